@@ -1,0 +1,1 @@
+"""`heapd bench`: the workloads of BENCHMARKS.md against a fresh local cell."""

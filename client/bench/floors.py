@@ -1,0 +1,65 @@
+"""The floors every figure is divided by, measured in the same run (BENCHMARKS.md).
+
+F1: p50 of a unary gRPC call with a tiny message to another Python process on loopback
+(sync client, aio server: as heapd's client uses gRPC). F2: tasks/s of a ProcessPoolExecutor
+with SLOTS processes mapping the no-op, chunksize=1.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.bench.workloads import noop
+
+ECHO_CALLS = 1000
+WARMUP_CALLS = 100
+
+
+def echo_p50_ms() -> float:
+    """F1: p50 round trip (ms) of a health Check to a server in another process."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "client.bench.echo"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdout is not None
+        address = json.loads(server.stdout.readline())["address"]
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest()
+            for _ in range(WARMUP_CALLS):
+                stub.Check(request)
+            samples = []
+            for _ in range(ECHO_CALLS):
+                start = time.perf_counter()
+                stub.Check(request)
+                samples.append(time.perf_counter() - start)
+        return statistics.median(samples) * 1000
+    finally:
+        server.terminate()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def pool_tasks_per_s(slots: int, items: int) -> float:
+    """F2: ProcessPoolExecutor(slots).map(noop, range(items), chunksize=1), pool already started."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=slots, mp_context=context) as pool:
+        list(pool.map(noop, range(slots * 4), chunksize=1))  # start every process first
+        start = time.perf_counter()
+        results = list(pool.map(noop, range(items), chunksize=1))
+        elapsed = time.perf_counter() - start
+    if results != list(range(items)):
+        raise AssertionError("F2 pool returned wrong results")
+    return items / elapsed

@@ -1,0 +1,141 @@
+"""Runs the floors and the chosen workloads, `repeat` times each; reports medians.
+
+Every target is a ratio to a floor measured in the same run (the machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from client.bench import fault, floors
+from client.bench.workloads import noop
+from client.client import Client
+from client.launch import LocalCell
+
+W1_TASKS = 20_000
+W1_SLOTS = 2
+W2_ROUNDS = 1000
+W2_WARMUP = 50
+
+Figures = dict[str, float]
+
+
+def run_w1(cell: LocalCell) -> Figures:
+    """W1: 20,000 no-op calls submitted in batches; wait for all; tasks/s."""
+    with Client(cell.address) as client:
+        start = time.perf_counter()
+        futures = client.map(noop, range(W1_TASKS))
+        results = client.gather(futures)
+        elapsed = time.perf_counter() - start
+    if results != list(range(W1_TASKS)):
+        raise AssertionError("W1 returned wrong results")
+    return {"tasks_per_s": W1_TASKS / elapsed}
+
+
+def run_w2(cell: LocalCell) -> Figures:
+    """W2: 1,000 sequential round trips of one no-op after 50 warm-ups; p50/p90/p99 ms."""
+    samples = []
+    with Client(cell.address) as client:
+        for i in range(W2_WARMUP + W2_ROUNDS):
+            start = time.perf_counter()
+            value = client.submit(noop, i).result(timeout=30)
+            if i >= W2_WARMUP:
+                samples.append((time.perf_counter() - start) * 1000)
+            if value != i:
+                raise AssertionError("W2 returned a wrong result")
+    cuts = statistics.quantiles(samples, n=100)
+    return {"p50_ms": statistics.median(samples), "p90_ms": cuts[89], "p99_ms": cuts[98]}
+
+
+WORKLOADS: dict[str, tuple[Callable[[LocalCell], Figures], int, int]] = {
+    # name: (run, workers, slots per worker) — 2 slots in total for W1 and W2
+    "W1": (run_w1, 1, W1_SLOTS),
+    "W2": (run_w2, 1, W1_SLOTS),
+    "W4": (fault.run_w4, fault.WORKERS, 1),
+    "W4H": (fault.run_w4_hang, fault.WORKERS, 1),  # W4 with SIGSTOP instead of SIGKILL
+}
+SUMMED = ("lost", "duplicates")  # counts: summed over runs, not medians
+
+
+def median_of(runs: Sequence[Figures]) -> Figures:
+    """Per key, the median over runs (counts summed, and the worst time kept)."""
+    figures = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    for key in SUMMED:
+        if key in figures:
+            figures[key] = sum(r[key] for r in runs)
+    if "total_s" in figures:
+        figures["total_s_max"] = max(r["total_s"] for r in runs)
+        figures["detect_ms_max"] = max(r["detect_ms"] for r in runs)
+        figures["runs"] = float(len(runs))
+    return figures
+
+
+def measure(workloads: Sequence[str], repeat: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Floors, then each workload against its own fresh cell; medians of `repeat` runs."""
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; available: {sorted(WORKLOADS)}")
+    log("F2: process pool floor")
+    f2 = statistics.median(floors.pool_tasks_per_s(W1_SLOTS, W1_TASKS) for _ in range(repeat))
+    log("F1: gRPC echo floor")
+    f1 = statistics.median(floors.echo_p50_ms() for _ in range(repeat))
+    report: dict[str, Any] = {"F1": {"p50_ms": f1}, "F2": {"tasks_per_s": f2}}
+    for name in workloads:
+        run, workers, slots = WORKLOADS[name]
+        log(f"{name}: starting a cell ({workers} worker x {slots} slots)")
+        with (
+            tempfile.TemporaryDirectory() as logs,
+            LocalCell(
+                f"bench-{os.getpid()}-{name.lower()}",
+                workers=workers,
+                slots=slots,
+                log_dir=Path(logs),
+            ) as cell,
+        ):
+            runs = []
+            for i in range(repeat):
+                log(f"{name}: run {i + 1}/{repeat}")
+                runs.append(run(cell))
+        report[name] = median_of(runs)
+    _add_ratios(report)
+    return report
+
+
+def _add_ratios(report: dict[str, Any]) -> None:
+    if "W1" in report:
+        report["W1"]["ratio_to_F2"] = report["W1"]["tasks_per_s"] / report["F2"]["tasks_per_s"]
+    if "W2" in report:
+        report["W2"]["ratio_to_F1"] = report["W2"]["p50_ms"] / report["F1"]["p50_ms"]
+
+
+def render(report: dict[str, Any]) -> Table:
+    """The report as a table: one row per figure."""
+    table = Table(title="heapd bench (medians)")
+    table.add_column("id")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, figures in report.items():
+        for key, value in figures.items():
+            table.add_row(name, key, f"{value:,.3f}" if value < 100 else f"{value:,.0f}")
+    return table
+
+
+def main(workloads: Sequence[str], repeat: int, as_json: bool) -> int:
+    """`heapd bench`: print the table (or one JSON object)."""
+    console = Console(stderr=True)
+    report = measure(workloads, max(1, repeat), lambda m: console.log(m))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        Console().print(render(report))
+    return 0

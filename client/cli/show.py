@@ -1,0 +1,119 @@
+"""`heapd status`, `heapd tasks`, `heapd fsck`: look at a cell."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+import shm
+from client import errors
+from client.client import Client
+from client.convert import ClusterStatus
+
+
+def status(address: str, as_json: bool) -> int:
+    """Print the cell's workers, queue and totals."""
+    try:
+        with Client(address) as client:
+            cluster = client.cluster_status()
+    except errors.HeapdError as exc:
+        print(f"heapd status: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(dataclasses.asdict(cluster), indent=2))
+        return 0
+    console = Console()
+    console.print(_workers_table(cluster))
+    console.print(
+        f"cell [bold]{cluster.cell}[/bold]: queued {cluster.queued}, running {cluster.running}, "
+        f"pending {cluster.pending}; done {cluster.succeeded_total} succeeded, "
+        f"{cluster.failed_total} failed, {cluster.cancelled_total} cancelled "
+        f"of {cluster.submitted_total} submitted"
+    )
+    return 0
+
+
+def _workers_table(cluster: ClusterStatus) -> Table:
+    table = Table(title="workers")
+    for column in (
+        "id",
+        "address",
+        "host",
+        "pid",
+        "slots",
+        "in flight",
+        "state",
+        "done",
+        "last beat",
+    ):
+        table.add_column(column)
+    now = time.time()
+    for w in cluster.workers:
+        table.add_row(
+            str(w.worker_id),
+            w.address,
+            w.hostname,
+            str(w.pid),
+            str(w.slots),
+            str(w.in_flight),
+            w.state,
+            str(w.tasks_done),
+            f"{now - w.last_heartbeat:.1f}s ago" if w.last_heartbeat else "-",
+        )
+    return table
+
+
+def tasks(address: str, states: Sequence[str], limit: int, as_json: bool) -> int:
+    """List tasks, oldest first."""
+    try:
+        with Client(address) as client:
+            found = client.list_tasks(states, limit)
+    except (errors.HeapdError, ValueError) as exc:
+        print(f"heapd tasks: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        rows = [{k: v for k, v in dataclasses.asdict(t).items() if k != "outcome"} for t in found]
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"tasks ({len(found)})")
+    for column in ("id", "state", "priority", "attempt", "worker"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(
+            str(t.task_id), t.state, str(t.priority), str(t.attempt), str(t.worker_id or "-")
+        )
+    Console().print(table)
+    return 0
+
+
+def fsck(cell: str, repair: bool) -> int:
+    """Check the cell's shared memory; exit 0 when consistent, 1 with the problems listed."""
+    try:
+        with shm.Cell.attach(cell) as handle:
+            problems = handle.check()
+            if problems and repair:
+                handle.repair()
+                problems_after = handle.check()
+            else:
+                problems_after = problems
+    except shm.ShmError as exc:
+        print(f"heapd fsck: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"problem: {problem}")
+    if repair and problems:
+        print(
+            "repaired"
+            if not problems_after
+            else f"{len(problems_after)} problem(s) remain after repair"
+        )
+        return 0 if not problems_after else 1
+    if not problems:
+        print(f"cell {cell!r}: consistent")
+    return 0 if not problems else 1

@@ -1,0 +1,130 @@
+"""Start a whole local cell (`heapd up`) as a child process and stop it: for the demo, the
+benchmarks and the end-to-end tests.
+
+`heapd up` prints one JSON line when every role is ready; that is read instead of polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import shm
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+class CellStartError(RuntimeError):
+    """`heapd up` exited or stayed silent instead of announcing the cell."""
+
+
+class LocalCell:
+    """`with LocalCell("name", workers=2) as cell: Client(cell.address)`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        workers: int = 2,
+        slots: int = 2,
+        log_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.workers = workers
+        self.slots = slots
+        self.log_dir = log_dir
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def address(self) -> str:
+        """The PLM's HOST:PORT."""
+        return str(self.info["address"])
+
+    @property
+    def register(self) -> str:
+        """The register's HOST:PORT."""
+        return str(self.info["register"])
+
+    def __enter__(self) -> LocalCell:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Run `heapd up` and wait for its ready line."""
+        argv = [
+            sys.executable, "-m", "client.cli", "up", "--cell", self.name, "--port", "0",
+            "--workers", str(self.workers), "--slots", str(self.slots), *self.extra_args,
+        ]  # fmt: skip
+        if self.log_dir is not None:
+            argv += ["--logs", str(self.log_dir)]
+        self.process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
+        try:
+            self.info = self._read_ready(self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> int | None:
+        """SIGTERM the supervisor, wait, and make sure nothing of the cell is left."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        shm.Cell.unlink(self.name)
+        return process.returncode
+
+    @staticmethod
+    def _read_ready(process: subprocess.Popen[bytes]) -> dict[str, Any]:
+        assert process.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(deadline - time.monotonic()):
+                    break
+                line = process.stdout.readline()
+                if not line:
+                    raise CellStartError(
+                        f"heapd up exited with {process.wait()} before the cell was ready"
+                    )
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if isinstance(message, dict) and message.get("ready") == "cell":
+                        return message
+        raise CellStartError(f"heapd up did not announce the cell within {READY_TIMEOUT_S}s")

@@ -1,0 +1,324 @@
+"""`heapd up`: create a cell's shared memory, start its roles and local workers, supervise them.
+
+Children are started with fork+exec (asyncio subprocesses) before this process creates any gRPC
+object, each in its own session so a terminal's Ctrl-C reaches only the supervisor, which then
+stops them in order: workers (drain), PLM, scheduler, register — and unlinks the shared memory.
+A role that exits unexpectedly is restarted with backoff, reacting to its exit (no polling);
+the register keeps its port across restarts so workers find it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import shm
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CELL_EXISTS = 2
+EXIT_ROLE_FAILED = 4
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+RESTART_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+STABLE_S = 30.0  # a role that ran this long before exiting starts the backoff over
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What `heapd up` starts."""
+
+    cell: str
+    host: str = "127.0.0.1"
+    port: int = 7070
+    workers: int = 2
+    slots: int = 2
+    capacities: shm.Capacities = field(default_factory=shm.Capacities)
+    log_dir: Path | None = None
+    prefetch_per_slot: int | None = None
+    heartbeat_interval_s: float | None = None  # None: the register's own default
+    missed_heartbeats: int | None = None
+
+
+@dataclass
+class Child:
+    """One supervised role process."""
+
+    name: str
+    argv: list[str]
+    process: asyncio.subprocess.Process | None = None
+    address: str = ""
+    restarts: int = 0  # consecutive quick exits: the index into RESTART_BACKOFF_S
+    started_at: float = 0.0  # loop time of the last start
+    stopping: bool = False
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the processes of one cell."""
+
+    def __init__(self, plan: CellPlan, out: IO[str] = sys.stdout) -> None:
+        self.plan = plan
+        self._out = out
+        self._children: list[Child] = []
+        self._stop = asyncio.Event()
+        self._failed: str | None = None
+        self._drains: set[asyncio.Task[None]] = set()
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (first signal)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Bring the cell up, supervise until stopped, bring it down; returns the exit code."""
+        try:
+            cell = shm.Cell.create(self.plan.cell, self.plan.capacities)
+        except shm.CellExists:
+            print(
+                f"heapd up: cell {self.plan.cell!r} already exists; is it running? "
+                f"(`heapd down --cell {self.plan.cell}` removes it)",
+                file=sys.stderr,
+            )
+            return EXIT_CELL_EXISTS
+        cell.close()
+        try:
+            if await self._start_all():
+                self._announce()
+                await self._supervise()
+        finally:
+            await self._stop_all()
+            shm.Cell.unlink(self.plan.cell)
+        return EXIT_ROLE_FAILED if self._failed else EXIT_OK
+
+    # --- start
+
+    async def _start_all(self) -> bool:
+        plan = self.plan
+        common = ["--cell", plan.cell]
+        register_args = [*common, "--host", plan.host, "--port", "0"]
+        if plan.heartbeat_interval_s is not None:
+            register_args += ["--heartbeat-interval-s", str(plan.heartbeat_interval_s)]
+        if plan.missed_heartbeats is not None:
+            register_args += ["--missed-heartbeats", str(plan.missed_heartbeats)]
+        register = Child("register", self._role("register", register_args))
+        if not await self._start(register):
+            return False
+        register.argv[register.argv.index("--port") + 1] = register.address.rpartition(":")[2]
+        scheduler_args = [*common]
+        if plan.prefetch_per_slot is not None:
+            scheduler_args += ["--prefetch-per-slot", str(plan.prefetch_per_slot)]
+        scheduler = Child("scheduler", self._role("scheduler", scheduler_args))
+        plm = Child(
+            "plm", self._role("plm", [*common, "--host", plan.host, "--port", str(plan.port)])
+        )
+        for child in (scheduler, plm):
+            if not await self._start(child):
+                return False
+        if plan.port == 0:
+            plm.argv[plm.argv.index("--port") + 1] = plm.address.rpartition(":")[2]
+        workers = [
+            Child(
+                f"worker-{i}",
+                self._role("worker", ["--register", register.address, "--slots", str(plan.slots)]),
+            )
+            for i in range(plan.workers)
+        ]
+        started = await asyncio.gather(*(self._start(w) for w in workers))
+        return all(started)
+
+    def _role(self, role: str, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", role, *args]
+
+    async def _start(self, child: Child) -> bool:
+        """Start a child and wait for its ready line; False (and stop) if it never comes."""
+        if child not in self._children:
+            self._children.append(child)
+        stderr = self._log_file(child.name)
+        child.started_at = asyncio.get_running_loop().time()
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        if stderr is not None:
+            stderr.close()
+        try:
+            child.address = await asyncio.wait_for(self._ready(child), READY_TIMEOUT_S)
+        except (TimeoutError, EOFError):
+            self._failed = child.name
+            print(f"heapd up: {child.name} did not start (see its log)", file=sys.stderr)
+            self._stop.set()
+            return False
+        return True
+
+    async def _ready(self, child: Child) -> str:
+        assert child.process is not None and child.process.stdout is not None
+        stream = child.process.stdout
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise EOFError(child.name)
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if isinstance(message, dict) and "ready" in message:
+                    self._drains.add(asyncio.create_task(_drain(stream)))
+                    return str(message.get("address", ""))
+
+    def _log_file(self, name: str) -> IO[bytes] | None:
+        if self.plan.log_dir is None:
+            return None
+        self.plan.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.plan.log_dir / f"{name}.log", "ab")
+
+    def _announce(self) -> None:
+        plm = next(c for c in self._children if c.name == "plm")
+        register = next(c for c in self._children if c.name == "register")
+        message = {
+            "ready": "cell",
+            "cell": self.plan.cell,
+            "address": plm.address,
+            "register": register.address,
+            "workers": self.plan.workers,
+            "pid": os.getpid(),
+        }
+        self._out.write(json.dumps(message) + "\n")
+        self._out.flush()
+        print(
+            f"heapd: cell {self.plan.cell!r} is up — PLM at {plm.address}, register at "
+            f"{register.address}, {self.plan.workers} worker(s) x {self.plan.slots} slot(s). "
+            "Ctrl-C stops it.",
+            file=sys.stderr,
+        )
+
+    # --- supervise
+
+    async def _supervise(self) -> None:
+        waits = {asyncio.create_task(self._wait(c)): c for c in self._children}
+        stop = asyncio.create_task(self._stop.wait())
+        while not self._stop.is_set():
+            done, _ = await asyncio.wait({*waits, stop}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stop}:
+                child = waits.pop(task)
+                if self._stop.is_set() or child.stopping:
+                    continue
+                if await self._restart(child):
+                    waits[asyncio.create_task(self._wait(child))] = child
+        stop.cancel()
+        for task in waits:
+            task.cancel()
+
+    async def _wait(self, child: Child) -> int:
+        assert child.process is not None
+        return await child.process.wait()
+
+    async def _restart(self, child: Child) -> bool:
+        assert child.process is not None
+        if asyncio.get_running_loop().time() - child.started_at > STABLE_S:
+            child.restarts = 0  # a crash a day must not cost 5 s of downtime from day six on
+        delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+        print(
+            f"heapd up: {child.name} exited ({child.process.returncode}); restart in {delay}s",
+            file=sys.stderr,
+        )
+        child.restarts += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        if self._stop.is_set():
+            return False
+        return await self._start(child)
+
+    # --- stop
+
+    async def _stop_all(self) -> None:
+        """Workers first (they drain), then PLM, scheduler, register."""
+        order = ["worker", "plm", "scheduler", "register"]
+        for prefix in order:
+            group = [c for c in self._children if c.name.startswith(prefix)]
+            await asyncio.gather(*(self._stop_child(c) for c in group))
+
+    async def _stop_child(self, child: Child) -> None:
+        process = child.process
+        child.stopping = True
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # leftovers of its session (task children)
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Read and drop a child's stdout after its ready line, so it never blocks on a full pipe."""
+    while await stream.readline():
+        pass
+
+
+def pidfile(cell: str) -> Path:
+    """Where `heapd up` records its pid for `heapd down`."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return Path(base) / f"heapd-{cell}.pid"
+
+
+async def _main(plan: CellPlan) -> int:
+    supervisor = Supervisor(plan)
+    loop = asyncio.get_running_loop()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) > 1:
+            os._exit(130)
+        supervisor.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return await supervisor.run()
+
+
+def up(plan: CellPlan) -> int:
+    """Run a cell in the foreground until SIGINT/SIGTERM."""
+    path = pidfile(plan.cell)
+    path.write_text(str(os.getpid()))
+    try:
+        return asyncio.run(_main(plan))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text() == str(os.getpid()):
+                path.unlink()
+
+
+def down(cell: str, timeout_s: float = 30.0) -> int:
+    """Stop the cell's `heapd up` (SIGTERM, wait), then remove any shared memory left."""
+    path = pidfile(cell)
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        pid = int(path.read_text())
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid, timeout_s)
+    removed = shm.Cell.unlink(cell)
+    return 0 if removed or not shm.Cell.exists(cell) else 1
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Wait for a process that is not our child to exit (pidfd: no polling)."""
+    fd = os.pidfd_open(pid)
+    try:
+        select.select([fd], [], [], timeout_s)
+    finally:
+        os.close(fd)

@@ -1,0 +1,51 @@
+"""`heapd plm`: run the PLM (TaskService) of a cell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import shm
+from plm import service
+from plm.daemon import Plm
+from runtime import config, entry, logs, ready, server, signals
+
+SHUTDOWN_GRACE_S = 2.0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `heapd plm` flags."""
+    p = argparse.ArgumentParser(
+        prog="heapd plm", description="Run the PLM (TaskService) of a cell."
+    )
+    config.add_common_flags(p, config.DEFAULT_PLM_PORT)
+    p.add_argument(
+        "--result-ttl-s", dest="result_ttl_s", type=float, help="hold unwatched results this long"
+    )
+    return p
+
+
+async def serve(cfg: config.PlmConfig, cell: shm.Cell) -> None:
+    """Run the PLM until SIGTERM/SIGINT."""
+    async with Plm(cell, cfg.result_ttl_s) as plm:
+        grpc_server, port = await server.start(
+            cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
+        )
+        signals.install(asyncio.get_running_loop(), plm.shutdown)
+        ready.announce("plm", server.format_address(cfg.host, port))
+        await plm.wait_stopped()
+        await grpc_server.stop(SHUTDOWN_GRACE_S)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit 2 when the cell cannot be attached."""
+    cfg = config.from_args(config.PlmConfig, "plm", parser().parse_args(argv), os.environ)
+    logs.setup("plm")
+    return entry.run_attached("plm", cfg.cell, lambda cell: serve(cfg, cell))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The PLM: owns the cell handle, takes submissions, routes settled tasks to their sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+
+import shm
+from plm.held import HeldResults
+from plm.sessions import Session, Sessions
+from plm.workers import WorkerCanceller
+from runtime.bells import BellListener
+
+log = logging.getLogger(__name__)
+
+FINISHED_BATCH = 4096
+
+
+class Plm:
+    """Task intake and result delivery over one attached cell."""
+
+    def __init__(self, cell: shm.Cell, result_ttl_s: float) -> None:
+        self.cell = cell
+        self._ttl_s = result_ttl_s
+        self._sessions = Sessions()
+        self._stop = asyncio.Event()
+        self._closed = False
+        self._held: HeldResults | None = None
+        self._listener: BellListener | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._canceller = WorkerCanceller()
+
+    async def __aenter__(self) -> Plm:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen to the PLM doorbell and pick up tasks that settled while no PLM ran."""
+        loop = asyncio.get_running_loop()
+        self._held = HeldResults(self._ttl_s, self._release, loop)
+        for info in self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks):
+            self._held.hold(info.task_id, info.finished_at)
+        self._listener = BellListener(self.cell.plm_bell, loop, "plm")
+        self._listener.start()
+        self._drainer = asyncio.create_task(self._drain_finished(), name="plm-finished")
+
+    def shutdown(self) -> None:
+        """Ask `wait_stopped` to return (idempotent; safe from a signal handler)."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        """Until `shutdown` is called."""
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        """Stop background work; held results stay in shared memory for the next PLM."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.stop()
+        if self._drainer is not None:
+            self._drainer.cancel()
+        if self._held is not None:
+            self._held.close()
+        await self._canceller.close()
+
+    # --- intake
+
+    def submit(self, session: str, tasks: Sequence[shm.NewTask]) -> list[int]:
+        """Queue tasks (all or none) and route their results to `session`."""
+        ids = self.cell.submit(tasks, time.time())
+        self._sessions.own(session, ids)
+        return ids
+
+    def get(self, task_id: int) -> tuple[shm.TaskInfo, bytes | None]:
+        """A task's status and, once settled and still held, its outcome."""
+        info = self.cell.get(task_id)
+        outcome = self.cell.read_result(task_id) if info.state in shm.TERMINAL_STATES else None
+        return info, outcome
+
+    async def cancel(self, task_id: int) -> shm.TaskState:
+        """Cancel a task; a running one is also killed on its worker. Returns its state after."""
+        result = self.cell.cancel(task_id, time.time())
+        before = result.before
+        if result.cancelled and before.state in shm.ACTIVE_STATES and result.address:
+            await self._canceller.cancel(result.address, task_id, before.attempt)
+        return shm.TaskState.CANCELLED if result.cancelled else before.state
+
+    def list_tasks(self, states: list[shm.TaskState] | None, limit: int) -> list[shm.TaskInfo]:
+        """Tasks in the given states, oldest first."""
+        return self.cell.list_tasks(states, limit)
+
+    def stats(self) -> tuple[shm.CellStats, int]:
+        """The cell's statistics and the number of results held for nobody."""
+        return self.cell.stats(), len(self._held or ())
+
+    # --- delivery
+
+    async def watch(
+        self, name: str, task_ids: Sequence[int]
+    ) -> AsyncIterator[list[tuple[int, shm.TaskInfo | None, bytes | None]]]:
+        """Yield batches of (task id, info or None if unknown, outcome) for session `name`."""
+        session = self._sessions.attach(name)
+        try:
+            self._adopt(session, task_ids)
+            while not self._stop.is_set():
+                await session.event.wait()
+                ids = session.take()
+                if not ids:
+                    continue
+                batch = [self._settled(task_id) for task_id in ids]
+                yield batch
+                self._release([task_id for task_id, info, _ in batch if info is not None])
+        finally:
+            self._sessions.detach(session)
+
+    def _adopt(self, session: Session, task_ids: Sequence[int]) -> None:
+        """A (re)connecting client names tasks it still waits for: own them, push settled ones."""
+        self._sessions.own(session.name, task_ids)
+        for task_id in task_ids:
+            try:
+                settled = self.cell.get(task_id).state in shm.TERMINAL_STATES
+            except shm.TaskNotFound:
+                settled = True  # delivered as unknown
+            if settled:
+                self._sessions.settle(task_id)
+
+    def _settled(self, task_id: int) -> tuple[int, shm.TaskInfo | None, bytes | None]:
+        try:
+            info = self.cell.get(task_id)
+        except shm.TaskNotFound:
+            return task_id, None, None
+        return task_id, info, self.cell.read_result(task_id)
+
+    async def _drain_finished(self) -> None:
+        assert self._listener is not None
+        event = self._listener.event
+        while True:
+            self._route_finished()
+            await event.wait()
+            event.clear()
+
+    def _route_finished(self) -> None:
+        """Hand every task from the completion ring to its session, or hold it."""
+        assert self._held is not None
+        while ids := self.cell.take_finished(FINISHED_BATCH):
+            now = time.time()
+            for task_id in ids:
+                if self._sessions.settle(task_id) is None:
+                    self._held.hold(task_id, now)
+            if len(ids) < FINISHED_BATCH:
+                return
+
+    def _release(self, task_ids: Sequence[int]) -> None:
+        if task_ids:
+            self.cell.release(task_ids)

@@ -1,0 +1,94 @@
+from protos.heapd.v1 import task_pb2 as _task_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("address", "slots", "pid", "hostname")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    slots: int
+    pid: int
+    hostname: str
+    def __init__(self, address: _Optional[str] = ..., slots: _Optional[int] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("worker_id", "epoch", "heartbeat_interval_s", "deadline_s")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    epoch: int
+    heartbeat_interval_s: float
+    deadline_s: float
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+
+class TaskRef(_message.Message):
+    __slots__ = ("task_id", "attempt")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    attempt: int
+    def __init__(self, task_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class TaskCompletion(_message.Message):
+    __slots__ = ("task_id", "attempt", "state", "retryable", "outcome")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    attempt: int
+    state: _task_pb2.TaskState
+    retryable: bool
+    outcome: bytes
+    def __init__(self, task_id: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., retryable: _Optional[bool] = ..., outcome: _Optional[bytes] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id", "epoch", "started", "completions", "running", "draining")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    epoch: int
+    started: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    completions: _containers.RepeatedCompositeFieldContainer[TaskCompletion]
+    running: int
+    draining: bool
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., started: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[TaskCompletion, _Mapping]]] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("accepted", "stale", "cancel")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    stale: int
+    cancel: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, accepted: _Optional[int] = ..., stale: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class DeregisterRequest(_message.Message):
+    __slots__ = ("worker_id", "epoch")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    epoch: int
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class DeregisterResponse(_message.Message):
+    __slots__ = ("requeued",)
+    REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    requeued: int
+    def __init__(self, requeued: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The register daemon: worker registration, heartbeat streams with results, death detection."""

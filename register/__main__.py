@@ -1,0 +1,51 @@
+"""`heapd register`: run the register (RegisterService) of a cell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import shm
+from register import service
+from register.daemon import Register
+from runtime import config, entry, logs, ready, server, signals
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `heapd register` flags."""
+    p = argparse.ArgumentParser(prog="heapd register", description="Run the register of a cell.")
+    config.add_common_flags(p, 0)
+    p.add_argument("--heartbeat-interval-s", dest="heartbeat_interval_s", type=float)
+    p.add_argument(
+        "--missed-heartbeats",
+        dest="missed_heartbeats",
+        type=int,
+        help="silent intervals before DEAD (4)",
+    )
+    return p
+
+
+async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
+    """Run until SIGTERM/SIGINT."""
+    async with Register(cell, cfg.heartbeat_interval_s, cfg.deadline_s) as register:
+        grpc_server, port = await server.start(
+            cfg.host, cfg.port, [service.registration(register)], [service.SERVICE_NAME]
+        )
+        signals.install(asyncio.get_running_loop(), register.shutdown)
+        ready.announce("register", server.format_address(cfg.host, port))
+        await register.wait_stopped()
+        await grpc_server.stop(1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit 2 when the cell cannot be attached."""
+    cfg = config.from_args(config.RegisterConfig, "register", parser().parse_args(argv), os.environ)
+    logs.setup("register")
+    return entry.run_attached("register", cfg.cell, lambda cell: serve(cfg, cell))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

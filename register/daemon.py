@@ -1,0 +1,233 @@
+"""The register: admits workers, applies their heartbeats (results included), buries the dead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+import shm
+from register import convert
+from register.convert import Beat, Registration
+from register.history import AttemptHistory
+from register.leases import Lease, Leases
+from register.liveness import Deadlines
+
+log = logging.getLogger(__name__)
+
+
+class Register:
+    """Worker membership and result intake over one attached cell."""
+
+    def __init__(self, cell: shm.Cell, interval_s: float, deadline_s: float) -> None:
+        self.cell = cell
+        self.interval_s = interval_s
+        self.deadline_s = deadline_s
+        self._stop = asyncio.Event()
+        self._deadlines: Deadlines | None = None
+        self._closed = False
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_at = 0.0
+        self._leases: Leases | None = None
+        self._cancels: dict[int, list[tuple[int, int]]] = {}
+        self._history = AttemptHistory()
+        self.stale_total = 0
+
+    async def __aenter__(self) -> Register:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Arm a deadline for every worker the cell already knows, and a lease for every running
+        attempt with a timeout (after a register restart: timers live only in memory)."""
+        self._deadlines = Deadlines(asyncio.get_running_loop(), self._expired)
+        self._leases = Leases(asyncio.get_running_loop(), self._lease_expired)
+        now = time.time()
+        self._retry_due()  # retries left waiting by a previous register
+        for w in self.cell.workers():
+            if w.state in shm.LIVE_WORKER_STATES:
+                self._deadlines.arm(
+                    w.worker_id, w.epoch, max(w.deadline, now + self.deadline_s) - now
+                )
+        running = self.cell.list_tasks([shm.TaskState.RUNNING], limit=self.cell.capacities.tasks)
+        for info in running:
+            if info.timeout_ms:  # a full lease from now: late, never early
+                lease = Lease(
+                    info.task_id,
+                    info.attempt,
+                    info.worker_id,
+                    info.worker_epoch,
+                    info.timeout_ms / 1000,
+                )
+                self._leases.grant(lease)
+
+    @property
+    def stopping(self) -> bool:
+        """True once shutdown began: broken streams then mean us, not the worker."""
+        return self._stop.is_set()
+
+    def shutdown(self) -> None:
+        """Ask `wait_stopped` to return (idempotent; safe from a signal handler)."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        """Until `shutdown` is called."""
+        await self._stop.wait()
+
+    def close(self) -> None:
+        """Stop the deadline timers; workers stay in the table for the next register."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._deadlines is not None:
+            self._deadlines.close()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if self._leases is not None:
+            self._leases.close()
+
+    def admit(self, reg: Registration) -> shm.WorkerInfo:
+        """Register a worker under a new id and epoch and start its deadline."""
+        now = time.time()
+        info = self.cell.register_worker(
+            reg.address, reg.slots, reg.pid, reg.hostname, now, now + self.deadline_s
+        )
+        self._arm(info.worker_id, info.epoch)
+        log.info(
+            "worker registered",
+            extra={"fields": {"worker_id": info.worker_id, "address": reg.address}},
+        )
+        return info
+
+    def beat(self, beat: Beat) -> shm.CompleteOutcome:
+        """Apply one heartbeat; StaleEpoch/WorkerNotFound tell the worker to register again."""
+        now = time.time()
+        try:
+            self.cell.heartbeat(beat.worker_id, beat.epoch, now, now + self.deadline_s)
+        except (shm.StaleEpoch, shm.WorkerNotFound):
+            # A worker declared DEAD is back (it hung, or was cut off): whatever results it
+            # carries are for attempts already requeued, so they are dropped; say how many.
+            if beat.completions:
+                self.stale_total += len(beat.completions)
+                log.warning(
+                    "late results of a fenced worker dropped",
+                    extra={
+                        "fields": {
+                            "worker_id": beat.worker_id,
+                            "epoch": beat.epoch,
+                            "dropped": len(beat.completions),
+                        }
+                    },
+                )
+            raise
+        self._arm(beat.worker_id, beat.epoch)
+        # The worker repeats the flag until it leaves; the cell's worker state is the record.
+        if beat.draining and self.cell.drain_worker(beat.worker_id, beat.epoch):
+            log.info("worker draining", extra={"fields": {"worker_id": beat.worker_id}})
+        if beat.started:
+            started = self.cell.mark_running(beat.worker_id, beat.epoch, beat.started, now)
+            self._grant_leases(beat, started)
+        if self._leases is not None and beat.completions and len(self._leases):
+            self._leases.settle((c.task_id, c.attempt) for c in beat.completions)
+        if not beat.completions:
+            return shm.CompleteOutcome(0, 0, 0)
+        return self._settle(beat.worker_id, beat.epoch, beat.completions, now)
+
+    def _settle(
+        self, worker_id: int, epoch: int, completions: Sequence[shm.Completion], now: float
+    ) -> shm.CompleteOutcome:
+        """The one way finished attempts enter the cell, reported (heartbeats) or decided here
+        (expired leases): earlier failures attached, stale ones counted, retries timed."""
+        outcome = self.cell.complete(worker_id, epoch, self._history.annotate(completions), now)
+        self.stale_total += outcome.stale
+        if outcome.retry_at:
+            self._arm_retry(outcome.retry_at)
+        return outcome
+
+    def leave(self, worker_id: int, epoch: int) -> int:
+        """A worker deregisters; its unfinished tasks are requeued. Returns how many."""
+        if self._deadlines is not None:
+            self._deadlines.disarm(worker_id)
+        requeued = self.cell.deregister(worker_id, epoch, time.time())
+        log.info(
+            "worker left", extra={"fields": {"worker_id": worker_id, "requeued": len(requeued)}}
+        )
+        return len(requeued)
+
+    def stream_broken(self, worker_id: int, epoch: int) -> None:
+        """The worker's heartbeat stream ended without a Deregister: it is dead."""
+        if not self.stopping:
+            self._bury(worker_id, epoch, "heartbeat stream broke")
+
+    def take_cancels(self, worker_id: int) -> list[tuple[int, int]]:
+        """Attempts the worker must stop (their lease ran out); sent with the next reply."""
+        return self._cancels.pop(worker_id, [])
+
+    def _grant_leases(self, beat: Beat, started: list[tuple[int, int, int]]) -> None:
+        if self._leases is None:
+            return
+        for task_id, attempt, timeout_ms in started:
+            if timeout_ms:
+                lease = Lease(task_id, attempt, beat.worker_id, beat.epoch, timeout_ms / 1000)
+                self._leases.grant(lease)
+
+    def _lease_expired(self, lease: Lease) -> None:
+        """Settle the attempt as timed out (retried if allowed) and tell the worker to kill it."""
+        failure = convert.lease_expired_outcome(lease.timeout_s)
+        done = shm.Completion(lease.task_id, lease.attempt, shm.TaskState.FAILED, failure, True)
+        try:
+            outcome = self._settle(lease.worker_id, lease.epoch, [done], time.time())
+        except (shm.StaleEpoch, shm.WorkerNotFound):
+            return  # the worker is gone; its tasks were requeued with it
+        if outcome.accepted:
+            log.warning(
+                "task lease expired",
+                extra={"fields": {"task_id": lease.task_id, "worker_id": lease.worker_id}},
+            )
+            self._cancels.setdefault(lease.worker_id, []).append((lease.task_id, lease.attempt))
+
+    def _arm_retry(self, at: float) -> None:
+        """One timer for the earliest retry backoff to end (no thread or sleep per task)."""
+        if self._retry_timer is not None and self._retry_at <= at:
+            return
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self._retry_at = at
+        delay = max(0.0, at - time.time())
+        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        next_due = self.cell.promote_due(time.time())
+        if next_due:
+            self._arm_retry(next_due)
+
+    def _arm(self, worker_id: int, epoch: int) -> None:
+        if self._deadlines is not None:
+            self._deadlines.arm(worker_id, epoch, self.deadline_s)
+
+    def _expired(self, worker_id: int, epoch: int) -> None:
+        self._bury(worker_id, epoch, "heartbeat deadline passed")
+
+    def _bury(self, worker_id: int, epoch: int, reason: str) -> None:
+        if self._deadlines is not None:
+            self._deadlines.disarm(worker_id)
+        try:
+            info = self.cell.worker(worker_id)
+        except shm.WorkerNotFound:
+            return
+        if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
+            return  # already buried, or a newer registration
+        requeued = self.cell.worker_lost(worker_id, epoch, time.time())
+        log.warning(
+            "worker dead",
+            extra={"fields": {"worker_id": worker_id, "reason": reason, "requeued": len(requeued)}},
+        )

@@ -1,0 +1,1 @@
+"""What every heapd role process needs: configuration, logs, gRPC servers, doorbells."""

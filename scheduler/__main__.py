@@ -1,0 +1,54 @@
+"""`heapd scheduler`: run the main scheduler of a cell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import shm
+from runtime import config, entry, logs, ready, server, signals
+from scheduler.daemon import Scheduler
+
+SERVICE_NAMES: list[str] = []
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `heapd scheduler` flags."""
+    p = argparse.ArgumentParser(
+        prog="heapd scheduler", description="Run the main scheduler of a cell."
+    )
+    config.add_common_flags(p, 0)
+    p.add_argument("--batch", type=int, help="tasks popped per lock acquisition (default 512)")
+    p.add_argument(
+        "--prefetch-per-slot",
+        dest="prefetch_per_slot",
+        type=int,
+        help="tasks per worker slot when the queue is deep (default 4; 1 = strict priority)",
+    )
+    return p
+
+
+async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
+    """Run until SIGTERM/SIGINT; serves health and reflection only."""
+    async with Scheduler(cell, cfg.batch, cfg.prefetch_per_slot) as scheduler:
+        grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES)
+        signals.install(asyncio.get_running_loop(), scheduler.shutdown)
+        ready.announce("scheduler", server.format_address(cfg.host, port))
+        await scheduler.wait_stopped()
+        await grpc_server.stop(1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit 2 when the cell cannot be attached."""
+    cfg = config.from_args(
+        config.SchedulerConfig, "scheduler", parser().parse_args(argv), os.environ
+    )
+    logs.setup("scheduler")
+    return entry.run_attached("scheduler", cfg.cell, lambda cell: serve(cfg, cell))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The main scheduler: on every doorbell, pop the task heap while workers have room, dispatch.
+
+Tasks stay in the shared heap until a worker has room, so a high-priority task submitted late
+overtakes queued low ones. Room is `slots` tasks per worker while the queue is shallow; once it
+is deep (>= DEEP_FACTOR x total slots) each slot may hold as many tasks as finish within the
+dispatch round trip at the observed rate (HIDE_S), at most `prefetch_per_slot`: short tasks get
+deep prefetch (children never idle across a round trip), long ones about 2 per slot, so a late
+high-priority task waits behind few of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from types import TracebackType
+
+import shm
+from runtime.bells import BellListener
+from scheduler.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+DEEP_FACTOR = 4
+# The dispatch round trip (refill decision -> task in a child) that prefetch must hide.
+HIDE_S = 0.01
+RATE_WINDOW_S = 0.1
+
+
+class TaskRate:
+    """Attempts ended per second, from a monotonic counter sampled when dispatching."""
+
+    def __init__(self) -> None:
+        self._t = time.monotonic()
+        self._count = -1
+        self.per_s = 0.0
+
+    def update(self, count: int) -> float:
+        """Fold in the counter's current value; returns the smoothed rate."""
+        now = time.monotonic()
+        if self._count < 0:
+            self._t, self._count = now, count
+        elif now - self._t >= RATE_WINDOW_S:
+            rate = (count - self._count) / (now - self._t)
+            self.per_s = rate if self.per_s == 0.0 else 0.5 * self.per_s + 0.5 * rate
+            self._t, self._count = now, count
+        return self.per_s
+
+
+class Scheduler:
+    """Pops the task heap and hands tasks to the dispatcher."""
+
+    def __init__(self, cell: shm.Cell, batch: int, prefetch_per_slot: int) -> None:
+        self.cell = cell
+        self._batch = batch
+        self._prefetch = max(1, prefetch_per_slot)
+        self._dispatcher = Dispatcher(cell)
+        self._rate = TaskRate()
+        self._stop = asyncio.Event()
+        self._listener: BellListener | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Scheduler:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Take back what a previous scheduler may have left half-sent, listen to the doorbell
+        and dispatch what is queued."""
+        self._reclaim_unsent()
+        loop = asyncio.get_running_loop()
+        self._listener = BellListener(self.cell.scheduler_bell, loop, "scheduler")
+        self._listener.start()
+        self._loop_task = asyncio.create_task(self._run(), name="scheduler-dispatch")
+
+    def shutdown(self) -> None:
+        """Ask `wait_stopped` to return (idempotent; safe from a signal handler)."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        """Until `shutdown` is called."""
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        """Stop dispatching; let AssignTasks calls in flight finish."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.stop()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        await self._dispatcher.close()
+
+    def _reclaim_unsent(self) -> int:
+        """Requeue every DISPATCHED (not yet started) task.
+
+        A scheduler killed between committing a dispatch and writing it to the worker's stream
+        leaves tasks DISPATCHED that no worker holds; nothing else would ever move them. Which
+        of them did reach a worker is unknown, so all are requeued: a copy a worker did get runs
+        too (at least once), and its result is dropped as stale (fenced by attempt).
+        """
+        stuck = self.cell.list_tasks([shm.TaskState.DISPATCHED], limit=self.cell.capacities.tasks)
+        count = self.cell.requeue([(i.task_id, i.attempt) for i in stuck], time.time())
+        if count:
+            log.warning(
+                "requeued tasks a previous scheduler left unsent",
+                extra={"fields": {"tasks": count}},
+            )
+        return count
+
+    async def _run(self) -> None:
+        assert self._listener is not None
+        event = self._listener.event
+        while True:
+            self.dispatch_round()
+            await event.wait()
+            event.clear()
+
+    def dispatch_round(self) -> int:
+        """Dispatch until the heap is empty or no worker has room; returns tasks dispatched."""
+        total = 0
+        per_slot = self._per_slot()
+        # Deep queue: refill a worker only once half its prefetch room is free, so tasks go out
+        # in batches rather than one AssignTasks per finished task.
+        min_room = per_slot // 2
+        while True:
+            dispatches = self.cell.dispatch(self._batch, time.time(), per_slot, min_room)
+            min_room = 0
+            if dispatches:
+                self._dispatcher.send(dispatches)
+                total += len(dispatches)
+            if len(dispatches) < self._batch:
+                return total
+
+    def _per_slot(self) -> int:
+        """Tasks per slot for this round: 1 on a shallow queue; on a deep one, enough to cover
+        the dispatch round trip at the observed task rate, at most `prefetch_per_slot`."""
+        if self._prefetch == 1:
+            return 1
+        depth = self.cell.queue_depth()
+        if depth == 0:
+            return 1
+        slots = self.cell.alive_slots()
+        if depth < DEEP_FACTOR * max(1, slots):
+            return 1
+        per_slot_rate = self._rate.update(self.cell.settled_total()) / max(1, slots)
+        return min(self._prefetch, 1 + math.ceil(per_slot_rate * HIDE_S))

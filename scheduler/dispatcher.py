@@ -1,0 +1,149 @@
+"""Sends dispatched tasks to workers over one long-lived AssignStream per worker address.
+
+Each request carries the tasks of one dispatch round for one worker; the worker answers each
+request in order, so the unanswered requests are exactly the tasks whose delivery is unknown.
+When a stream fails, those go back to the queue (`requeue` is fenced by attempt, so tasks the
+worker did get and finish are not harmed: their late results are dropped as stale). Requeueing
+waits REQUEUE_DELAY_S so that a worker that just died is not fed in a loop before the register
+declares it dead (which requeues its tasks itself; the later requeue is then a no-op).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+
+import grpc
+
+import shm
+from protos.heapd.v1 import worker_service_pb2_grpc
+from runtime import server
+from scheduler import convert
+
+log = logging.getLogger(__name__)
+
+REQUEUE_DELAY_S = 0.1
+
+Requeue = Callable[[list[shm.Dispatch]], None]
+
+
+class WorkerFeed:
+    """One AssignStream to one worker: a writer task, a reader task, and the unanswered groups."""
+
+    def __init__(
+        self, address: str, on_lost: Requeue, on_closed: Callable[[WorkerFeed], None]
+    ) -> None:
+        self.address = address
+        self._on_lost = on_lost
+        self._on_closed = on_closed
+        self._channel = server.channel(address)
+        self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).AssignStream()
+        self._outbox: deque[list[shm.Dispatch]] = deque()
+        self._unanswered: deque[list[shm.Dispatch]] = deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+
+    def send(self, group: list[shm.Dispatch]) -> None:
+        """Queue one group for this worker (never blocks)."""
+        self._outbox.append(group)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """End the stream; whatever was not answered is requeued."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call.cancel()
+        for task in self._tasks:
+            task.cancel()
+        lost = [d for group in (*self._unanswered, *self._outbox) for d in group]
+        self._unanswered.clear()
+        self._outbox.clear()
+        if lost:
+            self._on_lost(lost)
+        await self._channel.close()
+        self._on_closed(self)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    group = self._outbox.popleft()
+                    self._unanswered.append(group)
+                    await self._call.write(convert.assign_request(group))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            self._failed(exc)
+
+    async def _read(self) -> None:
+        try:
+            async for reply in self._call:
+                group = self._unanswered.popleft() if self._unanswered else []
+                if reply.refused:
+                    log.info(
+                        "worker refused tasks; requeueing",
+                        extra={"fields": {"address": self.address, "reason": reply.refused}},
+                    )
+                    self._on_lost(group)
+            self._failed(None)
+        except grpc.aio.AioRpcError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException | None) -> None:
+        if not self._closed:
+            code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            log.warning(
+                "assign stream ended", extra={"fields": {"address": self.address, "why": code}}
+            )
+            asyncio.get_running_loop().create_task(self.close())
+
+
+class Dispatcher:
+    """Groups dispatches by worker and feeds them to that worker's stream."""
+
+    def __init__(self, cell: shm.Cell) -> None:
+        self._cell = cell
+        self._feeds: dict[str, WorkerFeed] = {}
+        self._pending_requeues: set[asyncio.Task[None]] = set()
+        self.requeued = 0
+
+    def send(self, dispatches: Sequence[shm.Dispatch]) -> None:
+        """Hand each worker its share of this round (does not wait)."""
+        by_address: dict[str, list[shm.Dispatch]] = defaultdict(list)
+        for d in dispatches:
+            by_address[d.address].append(d)
+        for address, group in by_address.items():
+            self._feed(address).send(group)
+
+    async def close(self) -> None:
+        """Close every stream; let delayed requeues run."""
+        for feed in list(self._feeds.values()):
+            await feed.close()
+        if self._pending_requeues:
+            await asyncio.gather(*self._pending_requeues, return_exceptions=True)
+
+    def _feed(self, address: str) -> WorkerFeed:
+        feed = self._feeds.get(address)
+        if feed is None:
+            feed = self._feeds[address] = WorkerFeed(address, self._requeue_later, self._forget)
+        return feed
+
+    def _forget(self, feed: WorkerFeed) -> None:
+        if self._feeds.get(feed.address) is feed:
+            del self._feeds[feed.address]
+
+    def _requeue_later(self, lost: list[shm.Dispatch]) -> None:
+        if not lost:
+            return
+        task = asyncio.get_running_loop().create_task(self._requeue(lost))
+        self._pending_requeues.add(task)
+        task.add_done_callback(self._pending_requeues.discard)
+
+    async def _requeue(self, lost: list[shm.Dispatch]) -> None:
+        await asyncio.sleep(REQUEUE_DELAY_S)
+        self.requeued += self._cell.requeue([(d.task_id, d.attempt) for d in lost], time.time())

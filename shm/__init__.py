@@ -1,0 +1,71 @@
+"""heapd's shared state: one cell's tables, heaps, blob arena, lock and doorbells in
+POSIX shared memory. See `shm.layout` for the bytes and `shm.cell.Cell` for the API."""
+
+from shm.cell import Cell
+from shm.doorbell import Doorbell
+from shm.errors import (
+    ArenaFull,
+    BlobTooLarge,
+    CellExists,
+    CellNotFound,
+    InvalidCapacity,
+    LayoutMismatch,
+    ShmError,
+    StaleEpoch,
+    TableFull,
+    TaskNotFound,
+    WorkerNotFound,
+)
+from shm.names import CellNames, validate_cell_name
+from shm.types import (
+    ACTIVE,
+    ACTIVE_STATES,
+    LIVE_WORKER_STATES,
+    TERMINAL,
+    TERMINAL_STATES,
+    CancelResult,
+    Capacities,
+    CellStats,
+    CompleteOutcome,
+    Completion,
+    Dispatch,
+    NewTask,
+    TaskInfo,
+    TaskState,
+    WorkerInfo,
+    WorkerState,
+)
+
+__all__ = [
+    "ACTIVE",
+    "ACTIVE_STATES",
+    "LIVE_WORKER_STATES",
+    "TERMINAL",
+    "TERMINAL_STATES",
+    "ArenaFull",
+    "BlobTooLarge",
+    "CancelResult",
+    "Capacities",
+    "Cell",
+    "CellExists",
+    "CellNames",
+    "CellNotFound",
+    "CellStats",
+    "CompleteOutcome",
+    "Completion",
+    "Dispatch",
+    "Doorbell",
+    "InvalidCapacity",
+    "LayoutMismatch",
+    "NewTask",
+    "ShmError",
+    "StaleEpoch",
+    "TableFull",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskState",
+    "WorkerInfo",
+    "WorkerNotFound",
+    "WorkerState",
+    "validate_cell_name",
+]

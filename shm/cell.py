@@ -1,0 +1,358 @@
+"""Cell: one process's handle on a cell's shared state.
+
+Every mutating method takes the cell lock once and does its whole batch under it;
+input is validated before the lock is taken so critical sections stay short. If the
+lock was taken over from a dead owner, or an operation fails half way for a reason
+other than a domain error, the derived state is repaired before the lock is given back.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+
+from shm import check as check_mod
+from shm import dispatch as dispatch_mod
+from shm import repair as repair_mod
+from shm import segment, tasks, workers
+from shm.doorbell import Doorbell
+from shm.errors import CellExists, CellNotFound, ShmError
+from shm.layout import H, Layout
+from shm.lock import CellLock
+from shm.memory import CellMemory
+from shm.names import CellNames
+from shm.types import (
+    CancelResult,
+    Capacities,
+    CellStats,
+    CompleteOutcome,
+    Completion,
+    Dispatch,
+    NewTask,
+    TaskInfo,
+    TaskState,
+    WorkerInfo,
+    WorkerState,
+)
+
+_OPEN_ATTEMPTS = 5
+DEFAULT_CAPACITIES = Capacities()
+
+
+class Cell:
+    """Handle on one cell: tables, heaps, arena, lock and doorbells in shared memory."""
+
+    def __init__(self, seg: segment.Segment, mem: CellMemory) -> None:
+        self._seg = seg
+        self._mem: CellMemory | None = mem
+        self.name = seg.names.cell
+        self.capacities = seg.capacities
+        self.generation = int(mem.hdr[H.GENERATION])
+        self._lock = CellLock(seg.lock, seg.repair, mem.hdr)
+        self.scheduler_bell = Doorbell(seg.scheduler_bell)
+        self.plm_bell = Doorbell(seg.plm_bell)
+
+    # ---- lifecycle
+
+    @classmethod
+    def create(cls, name: str, capacities: Capacities = DEFAULT_CAPACITIES) -> Cell:
+        """Create a new cell (CellExists if it exists); nothing is left if this fails."""
+        names = CellNames(name)
+        made: list[CellMemory] = []
+
+        def init(mm: mmap.mmap, layout: Layout) -> None:
+            segment.write_header(mm, layout, capacities)
+            made.append(CellMemory(mm, layout))
+            repair_mod.repair(made[0])  # empty heaps, full free lists
+            segment.commit_header(mm)
+
+        try:
+            seg = segment.create(names, capacities, init)
+        except BaseException:
+            for mem in made:
+                mem.release()
+            raise
+        return cls(seg, made[0])
+
+    @classmethod
+    def attach(cls, name: str) -> Cell:
+        """Attach to an existing cell (CellNotFound / LayoutMismatch)."""
+        seg = segment.attach(CellNames(name))
+        return cls(seg, CellMemory(seg.mm, seg.layout))
+
+    @classmethod
+    def open(cls, name: str, capacities: Capacities = DEFAULT_CAPACITIES) -> Cell:
+        """Attach if the cell exists, else create it; safe when several race."""
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                return cls.attach(name)
+            except CellNotFound:
+                pass
+            try:
+                return cls.create(name, capacities)
+            except CellExists:
+                continue
+        return cls.attach(name)
+
+    @staticmethod
+    def unlink(name: str) -> list[str]:
+        """Remove the cell's segment and semaphores (missing ones ignored); names removed."""
+        return segment.unlink(CellNames(name))
+
+    @staticmethod
+    def exists(name: str) -> bool:
+        """Whether the cell's segment exists."""
+        return segment.exists(CellNames(name))
+
+    def close(self) -> None:
+        """Unmap and close this handle; idempotent. The cell itself stays."""
+        if self._mem is None:
+            return
+        self._mem.release()
+        self._mem = None
+        self._seg.close()
+
+    def __enter__(self) -> Cell:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cell({self.name!r}, generation={self.generation})"
+
+    # ---- locking
+
+    @property
+    def _m(self) -> CellMemory:
+        if self._mem is None:
+            raise ShmError(f"cell {self.name!r}: handle is closed")
+        return self._mem
+
+    @contextmanager
+    def _locked(self) -> Iterator[CellMemory]:
+        """Hold the cell lock; repair first after a takeover, and after a crash inside."""
+        mem = self._m
+        took_over = self._lock.acquire()
+        try:
+            if took_over:
+                repair_mod.repair(mem)
+            yield mem
+        except ShmError:
+            raise  # domain errors are raised before anything changes, or after an undo
+        except BaseException:
+            repair_mod.repair(mem)
+            raise
+        finally:
+            self._lock.release()
+
+    # ---- PLM side
+
+    def submit(self, tasks_: Sequence[NewTask], now: float) -> list[int]:
+        """Queue tasks all-or-nothing; returns their ids and rings the scheduler."""
+        for task in tasks_:
+            tasks.validate_new(task)
+            self._m.arena.check_size(len(task.payload))
+        if not tasks_:
+            return []
+        with self._locked() as mem:
+            ids = tasks.submit(mem, tasks_, now)
+        self.scheduler_bell.ring()
+        return ids
+
+    def get(self, task_id: int) -> TaskInfo:
+        """A copy of one task (TaskNotFound)."""
+        with self._locked() as mem:
+            return tasks.info(mem, task_id)
+
+    def read_result(self, task_id: int) -> bytes | None:
+        """A copy of the task's result, None if it has none (TaskNotFound)."""
+        with self._locked() as mem:
+            return tasks.read_result(mem, task_id)
+
+    def take_finished(self, max_n: int) -> list[int]:
+        """Ids of tasks that became terminal since last taken, oldest first."""
+        with self._locked() as mem:
+            return tasks.take_finished(mem, max_n)
+
+    def release(self, task_ids: Sequence[int]) -> int:
+        """Free the slots and blobs of terminal tasks; returns how many."""
+        with self._locked() as mem:
+            return tasks.release(mem, task_ids)
+
+    def cancel(self, task_id: int, now: float) -> CancelResult:
+        """Cancel a task at once unless terminal; rings the PLM (and scheduler if it ran)."""
+        with self._locked() as mem:
+            result = tasks.cancel(mem, task_id, now)
+        if result.cancelled:
+            self.plm_bell.ring()
+            if result.address:
+                self.scheduler_bell.ring()
+        return result
+
+    def list_tasks(
+        self, states: Collection[TaskState] | None = None, limit: int = 100
+    ) -> list[TaskInfo]:
+        """Tasks (of these states), ordered by id, at most `limit`."""
+        with self._locked() as mem:
+            return tasks.list_tasks(mem, states, limit)
+
+    def stats(self) -> CellStats:
+        """Counters, per-state counts and workers, read under the lock."""
+        with self._locked() as mem:
+            hdr = mem.hdr
+            return CellStats(
+                cell=self.name,
+                capacities=self.capacities,
+                counts=tasks.state_counts(mem),
+                queued=len(mem.task_heap),
+                workers=workers.infos(mem),
+                submitted_total=int(hdr[H.SUBMITTED]),
+                succeeded_total=int(hdr[H.SUCCEEDED]),
+                failed_total=int(hdr[H.FAILED]),
+                cancelled_total=int(hdr[H.CANCELLED]),
+                requeued_total=int(hdr[H.REQUEUED]),
+                stale_total=int(hdr[H.STALE]),
+                arena_used_bytes=mem.arena.used_bytes,
+            )
+
+    def queue_depth(self) -> int:
+        """Task heap size: one word read without the lock."""
+        return int(self._m.hdr[H.TASK_HEAP_SIZE])
+
+    def settled_total(self) -> int:
+        """Attempts that ended (tasks settled plus attempts requeued): header words read
+        without the lock, for rate estimates."""
+        hdr = self._m.hdr
+        return int(hdr[H.SUCCEEDED] + hdr[H.FAILED] + hdr[H.CANCELLED] + hdr[H.REQUEUED])
+
+    def alive_slots(self) -> int:
+        """Slots of ALIVE workers, summed by numpy without the lock (a heuristic's input: a
+        torn read only skews one round's prefetch)."""
+        rec = self._m.workers.rec
+        return int(rec["slots"][rec["state"] == WorkerState.ALIVE].sum())
+
+    # ---- scheduler side
+
+    def dispatch(
+        self, limit: int, now: float, max_per_slot: int = 1, min_room_per_slot: int = 0
+    ) -> list[Dispatch]:
+        """Pop up to `limit` tasks onto the least-loaded ALIVE workers (see shm.dispatch)."""
+        if limit <= 0:
+            return []
+        with self._locked() as mem:
+            return dispatch_mod.dispatch(mem, limit, now, max_per_slot, min_room_per_slot)
+
+    def requeue(self, refs: Sequence[tuple[int, int]], now: float) -> int:
+        """Requeue (task_id, attempt) pairs still running at that attempt."""
+        with self._locked() as mem:
+            count = dispatch_mod.requeue(mem, refs)
+        if count:
+            self.scheduler_bell.ring()
+        return count
+
+    # ---- register side
+
+    def register_worker(
+        self, address: str, slots: int, pid: int, hostname: str, now: float, deadline: float
+    ) -> WorkerInfo:
+        """A new ALIVE worker (new id and epoch); rings the scheduler. TableFull."""
+        addr, host = workers.validate_registration(address, slots, pid, hostname)
+        with self._locked() as mem:
+            info = workers.register(mem, addr, host, slots, pid, now, deadline)
+        self.scheduler_bell.ring()
+        return info
+
+    def heartbeat(self, worker_id: int, epoch: int, now: float, deadline: float) -> None:
+        """Push the worker's deadline forward (WorkerNotFound / StaleEpoch)."""
+        with self._locked() as mem:
+            workers.heartbeat(mem, worker_id, epoch, now, deadline)
+
+    def mark_running(
+        self, worker_id: int, epoch: int, refs: Sequence[tuple[int, int]], now: float
+    ) -> list[tuple[int, int, int]]:
+        """DISPATCHED -> RUNNING for these (task_id, attempt) of that worker; returns
+        (task_id, attempt, timeout_ms) of those that started."""
+        with self._locked() as mem:
+            return workers.mark_running(mem, worker_id, epoch, refs)
+
+    def complete(
+        self, worker_id: int, epoch: int, completions: Sequence[Completion], now: float
+    ) -> CompleteOutcome:
+        """Settle finished attempts (fenced by worker, epoch and attempt)."""
+        for done in completions:
+            if done.state not in (TaskState.SUCCEEDED, TaskState.FAILED):
+                raise ValueError(f"completion of task {done.task_id}: state {done.state!r}")
+        with self._locked() as mem:
+            outcome, finished = workers.complete(mem, worker_id, epoch, completions, now)
+        if outcome.accepted:
+            self.scheduler_bell.ring()
+        if finished:
+            self.plm_bell.ring()
+        return outcome
+
+    def promote_due(self, now: float) -> float:
+        """Queue retries whose backoff has passed (rings the scheduler if any); returns when the
+        next one is due, 0.0 if none waits."""
+        with self._locked() as mem:
+            queued, next_due = tasks.promote_due(mem, now)
+        if queued:
+            self.scheduler_bell.ring()
+        return next_due
+
+    def worker_lost(self, worker_id: int, epoch: int, now: float) -> list[int]:
+        """Declare a worker DEAD and requeue its tasks; idempotent."""
+        with self._locked() as mem:
+            ids = workers.worker_lost(mem, worker_id, epoch)
+        if ids:
+            self.scheduler_bell.ring()
+        return ids
+
+    def deregister(self, worker_id: int, epoch: int, now: float) -> list[int]:
+        """Like worker_lost, then free the worker's slot."""
+        with self._locked() as mem:
+            ids = workers.deregister(mem, worker_id, epoch)
+        if ids:
+            self.scheduler_bell.ring()
+        return ids
+
+    def drain_worker(self, worker_id: int, epoch: int) -> bool:
+        """ALIVE -> DRAINING: off the worker heap; its running tasks still complete."""
+        with self._locked() as mem:
+            return workers.drain(mem, worker_id, epoch)
+
+    def expired_workers(self, now: float) -> list[tuple[int, int]]:
+        """(worker_id, epoch) of ALIVE (and DRAINING) workers whose deadline < now."""
+        with self._locked() as mem:
+            return workers.expired(mem, now)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every non-FREE worker."""
+        with self._locked() as mem:
+            return workers.infos(mem)
+
+    def worker(self, worker_id: int) -> WorkerInfo:
+        """One worker (WorkerNotFound)."""
+        with self._locked() as mem:
+            return mem.workers.info(mem.workers.slot_of(worker_id))
+
+    # ---- consistency
+
+    def check(self) -> list[str]:
+        """Readable problems; [] = consistent."""
+        with self._locked() as mem:
+            return check_mod.check(mem)
+
+    def repair(self) -> None:
+        """Rebuild everything derived from the tables."""
+        with self._locked() as mem:
+            repair_mod.repair(mem)
+
+    @property
+    def repairs(self) -> int:
+        """How many dead-owner takeovers this cell has seen."""
+        return int(self._m.hdr[H.REPAIRS])

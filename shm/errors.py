@@ -1,0 +1,125 @@
+"""Errors raised by the shared-memory layer, one hierarchy.
+
+    ShmError(Exception)
+     ├─ CellNotFound        attach to a cell that does not exist
+     ├─ CellExists          create when the cell (or a leftover of it) exists
+     ├─ LayoutMismatch      foreign, truncated or other-version segment
+     ├─ InvalidCapacity     (also ValueError) capacities <= 0 or absurd
+     ├─ TaskNotFound        (also KeyError) unknown or released task id
+     ├─ WorkerNotFound      unknown worker id
+     ├─ StaleEpoch          worker known but not at that epoch, or DEAD (fencing)
+     ├─ TableFull           task or worker table full (.table: "tasks" | "workers")
+     ├─ BlobTooLarge        (also ValueError) blob above max_blob_bytes (.size, .limit)
+     └─ ArenaFull           no room in the blob arena (.size, .free)
+
+The PLM maps BlobTooLarge to INVALID_ARGUMENT and ArenaFull / TableFull to
+RESOURCE_EXHAUSTED; every message names what to do next.
+"""
+
+from __future__ import annotations
+
+
+class ShmError(Exception):
+    """Base of every error raised by `shm`."""
+
+
+class CellNotFound(ShmError):
+    """The cell has no shared memory segment."""
+
+    def __init__(self, cell: str) -> None:
+        super().__init__(
+            f"cell {cell!r} does not exist (no shared memory segment): "
+            f"start it with `heapd up --cell {cell}`"
+        )
+        self.cell = cell
+
+
+class CellExists(ShmError):
+    """Creating a cell whose segment or semaphores already exist."""
+
+    def __init__(self, cell: str, what: str = "it already exists") -> None:
+        super().__init__(
+            f"cannot create cell {cell!r}: {what}; attach to it, or remove it with "
+            f"`heapd down --cell {cell}`"
+        )
+        self.cell = cell
+
+
+class LayoutMismatch(ShmError):
+    """The segment is not a heapd cell of this layout version."""
+
+    def __init__(self, cell: str, found: str) -> None:
+        super().__init__(
+            f"cell {cell!r}: {found}; it was made by another program or another heapd "
+            f"version; remove it with `heapd down --cell {cell}` and start the cell again"
+        )
+        self.cell = cell
+
+
+class InvalidCapacity(ShmError, ValueError):
+    """Capacities out of range (message says which and the allowed range)."""
+
+
+class TaskNotFound(ShmError, KeyError):
+    """Unknown or already released task id."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"task {task_id} not found (unknown or released)")
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WorkerNotFound(ShmError):
+    """Unknown worker id (never registered, or deregistered)."""
+
+    def __init__(self, worker_id: int) -> None:
+        super().__init__(f"worker {worker_id} not found (unknown or deregistered)")
+        self.worker_id = worker_id
+
+
+class StaleEpoch(ShmError):
+    """The worker is not at that epoch any more, or was declared DEAD: re-register."""
+
+    def __init__(self, worker_id: int, epoch: int, why: str) -> None:
+        super().__init__(f"worker {worker_id} epoch {epoch} is stale ({why}): re-register")
+        self.worker_id = worker_id
+        self.epoch = epoch
+
+
+class TableFull(ShmError):
+    """No free slot in the task or worker table."""
+
+    def __init__(self, table: str, capacity: int) -> None:
+        super().__init__(
+            f"{table} table full ({capacity} slots): wait for tasks to finish and be "
+            f"released, or start the cell with a larger capacity"
+        )
+        self.table = table
+        self.capacity = capacity
+
+
+class BlobTooLarge(ShmError, ValueError):
+    """One payload or result is larger than max_blob_bytes."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"blob of {size} bytes exceeds the {limit}-byte limit (max_blob_bytes): pass a "
+            f"reference (a path, URL or object-store key) instead of the data"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class ArenaFull(ShmError):
+    """The blob arena has no run of free chunks large enough."""
+
+    def __init__(self, size: int, free: int) -> None:
+        hint = " (fragmented)" if free >= size else ""
+        super().__init__(
+            f"blob arena full: {size} bytes requested, {free} bytes free{hint}; retry when "
+            f"results are released, or start the cell with a larger arena"
+        )
+        self.size = size
+        self.free = free

@@ -1,0 +1,74 @@
+"""CellMemory: typed views of every section of one mapped cell segment."""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+from shm.arena import Arena
+from shm.freelist import SlotStack
+from shm.heap import IndexedHeap
+from shm.layout import HEADER_WORDS, H, Layout
+from shm.ring import CompletionRing
+from shm.tables import TaskTable, WorkerTable
+
+
+class CellMemory:
+    """The header words, tables, heaps, free lists, ring and arena of one segment."""
+
+    def __init__(self, mm: mmap.mmap, layout: Layout) -> None:
+        self.layout = layout
+        self.root = memoryview(mm)
+        self.hdr = self.root[: HEADER_WORDS * 8].cast("q")
+        self.hdr_np = np.frombuffer(self.hdr, dtype=np.int64)
+        t, w = layout.tasks, layout.workers
+        self.tasks = TaskTable(self.root, layout.task_table, t)
+        self.workers = WorkerTable(self.root, layout.worker_table, w)
+        self.task_heap = IndexedHeap(
+            "task heap",
+            self.root,
+            (layout.task_keys, layout.task_items, layout.task_pos),
+            t,
+            self.hdr,
+            H.TASK_HEAP_SIZE,
+        )
+        self.worker_heap = IndexedHeap(
+            "worker heap",
+            self.root,
+            (layout.worker_keys, layout.worker_items, layout.worker_pos),
+            w,
+            self.hdr,
+            H.WORKER_HEAP_SIZE,
+        )
+        self.task_free = SlotStack(
+            "task free list", self.root, layout.task_free, t, self.hdr, H.TASK_FREE_TOP
+        )
+        self.worker_free = SlotStack(
+            "worker free list", self.root, layout.worker_free, w, self.hdr, H.WORKER_FREE_TOP
+        )
+        self.ring = CompletionRing(self.root, layout.ring, self.tasks, self.hdr)
+        self.arena = Arena(mm, self.root, layout.arena_map, layout.arena, layout.chunks, self.hdr)
+
+    def bump(self, word: H, by: int = 1) -> int:
+        """Add to a header counter and return the new value."""
+        value = int(self.hdr[word]) + by
+        self.hdr[word] = value
+        return value
+
+    def release(self) -> None:
+        """Release every view so the mmap can be closed."""
+        for part in (
+            self.tasks,
+            self.workers,
+            self.task_heap,
+            self.worker_heap,
+            self.task_free,
+            self.worker_free,
+            self.ring,
+            self.arena,
+        ):
+            part.release()
+        del self.hdr_np
+        self.hdr.release()
+        self.root.release()

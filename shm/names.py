@@ -1,0 +1,69 @@
+"""Every POSIX name of a cell, derived from the cell name in this one module.
+
+A cell `NAME` owns `/heapd.NAME.shm` (the segment) and four semaphores
+`/heapd.NAME.lock`, `.repair`, `.sched`, `.plm`. Linux shows the segment as
+`/dev/shm/heapd.NAME.shm` and each semaphore as `/dev/shm/sem.heapd.NAME.<x>`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_CELL_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+DEV_SHM = "/dev/shm"
+
+
+def validate_cell_name(name: str) -> str:
+    """Return `name` if it is 1-40 chars of [A-Za-z0-9_.-], else raise ValueError."""
+    if not isinstance(name, str) or not _CELL_RE.fullmatch(name):
+        raise ValueError(f"bad cell name {name!r}: use 1-40 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class CellNames:
+    """The POSIX names of one cell's segment and semaphores."""
+
+    cell: str
+
+    def __post_init__(self) -> None:
+        validate_cell_name(self.cell)
+
+    @property
+    def prefix(self) -> str:
+        return f"/heapd.{self.cell}."
+
+    @property
+    def segment(self) -> str:
+        return self.prefix + "shm"
+
+    @property
+    def lock(self) -> str:
+        return self.prefix + "lock"
+
+    @property
+    def repair(self) -> str:
+        return self.prefix + "repair"
+
+    @property
+    def scheduler_bell(self) -> str:
+        return self.prefix + "sched"
+
+    @property
+    def plm_bell(self) -> str:
+        return self.prefix + "plm"
+
+    def semaphores(self) -> list[str]:
+        """Semaphore names, the lock first (it is created first and unlinked last)."""
+        return [self.lock, self.repair, self.scheduler_bell, self.plm_bell]
+
+    def all(self) -> list[str]:
+        """Every POSIX name of the cell."""
+        return [self.segment, *self.semaphores()]
+
+    def dev_shm_paths(self) -> list[str]:
+        """Where Linux shows each object under /dev/shm."""
+        paths = [f"{DEV_SHM}/{self.segment[1:]}"]
+        paths += [f"{DEV_SHM}/sem.{name[1:]}" for name in self.semaphores()]
+        return paths

@@ -1,0 +1,186 @@
+"""Plain value types of the shared-memory API (no numpy leaks past `shm`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from shm.errors import InvalidCapacity
+
+MAX_TASKS = 1 << 24  # the slot is the low 24 bits of a task id
+MAX_WORKERS = 1 << 16  # the slot is the low 16 bits of a worker id
+CHUNK_BYTES = 64  # arena allocation unit
+MAX_ARENA_BYTES = CHUNK_BYTES << 32  # chunk numbers are u32
+MAX_BLOB_LIMIT = (1 << 32) - 1  # blob lengths are u32
+
+
+class TaskState(enum.IntEnum):
+    """Where a task slot is in its life; FREE = slot unused."""
+
+    FREE = 0
+    PENDING = 1
+    QUEUED = 2
+    DISPATCHED = 3
+    RUNNING = 4
+    SUCCEEDED = 5
+    FAILED = 6
+    CANCELLED = 7
+
+
+TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+ACTIVE = frozenset({TaskState.DISPATCHED, TaskState.RUNNING})
+TERMINAL_STATES = TERMINAL  # the same sets under the names the daemons use
+ACTIVE_STATES = ACTIVE
+
+
+class WorkerState(enum.IntEnum):
+    """Where a worker slot is in its life; FREE = slot unused."""
+
+    FREE = 0
+    ALIVE = 1
+    DRAINING = 2
+    DEAD = 3
+
+
+LIVE_WORKER_STATES = frozenset({WorkerState.ALIVE, WorkerState.DRAINING})  # may hold tasks
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidCapacity(f"capacity {name} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidCapacity(f"capacity {name}={value} out of range {low}..{high}")
+
+
+@dataclass(frozen=True, slots=True)
+class Capacities:
+    """Sizes fixed when a cell is created."""
+
+    tasks: int = 1 << 20
+    workers: int = 1024
+    arena_bytes: int = 256 << 20
+    max_blob_bytes: int = 1 << 20
+
+    def validate(self) -> None:
+        """Raise InvalidCapacity naming the first field out of range."""
+        _check_int("tasks", self.tasks, 1, MAX_TASKS)
+        _check_int("workers", self.workers, 1, MAX_WORKERS)
+        _check_int("arena_bytes", self.arena_bytes, CHUNK_BYTES, MAX_ARENA_BYTES)
+        _check_int("max_blob_bytes", self.max_blob_bytes, 1, MAX_BLOB_LIMIT)
+        if self.max_blob_bytes > self.arena_bytes:
+            raise InvalidCapacity(
+                f"max_blob_bytes={self.max_blob_bytes} is larger than "
+                f"arena_bytes={self.arena_bytes}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task as submitted: payload and settings."""
+
+    payload: bytes
+    priority: int = 0
+    max_retries: int = 0
+    timeout_ms: int = 0
+    cpus: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A copy of one task record."""
+
+    task_id: int
+    state: TaskState
+    priority: int
+    attempt: int
+    max_retries: int
+    timeout_ms: int
+    worker_id: int
+    worker_epoch: int
+    submitted_at: float
+    dispatched_at: float
+    finished_at: float
+    has_result: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """One task handed to one worker by Cell.dispatch."""
+
+    task_id: int
+    attempt: int
+    worker_id: int
+    worker_epoch: int
+    address: str
+    payload: bytes
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One finished attempt reported by a worker."""
+
+    task_id: int
+    attempt: int
+    state: TaskState
+    result: bytes
+    retryable: bool = False
+
+
+RETRY_BASE_S = 0.1  # backoff before retry n is RETRY_BASE_S * 2 ** (n - 1) ...
+RETRY_MAX_S = 30.0  # ... capped here
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteOutcome:
+    """What Cell.complete did with a batch of completions."""
+
+    accepted: int
+    stale: int
+    requeued: int
+    retry_at: float = 0.0  # earliest time a failed attempt waiting out its backoff is due; 0 = none
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A copy of one worker record."""
+
+    worker_id: int
+    epoch: int
+    state: WorkerState
+    address: str
+    hostname: str
+    pid: int
+    slots: int
+    in_flight: int
+    registered_at: float
+    last_heartbeat: float
+    deadline: float
+    tasks_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The task before cancel, its worker's address ("" if none), and whether it changed."""
+
+    before: TaskInfo
+    address: str
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CellStats:
+    """A snapshot of a cell's counters and tables."""
+
+    cell: str
+    capacities: Capacities
+    counts: dict[TaskState, int]
+    queued: int
+    workers: list[WorkerInfo]
+    submitted_total: int
+    succeeded_total: int
+    failed_total: int
+    cancelled_total: int
+    requeued_total: int
+    stale_total: int
+    arena_used_bytes: int

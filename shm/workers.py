@@ -1,0 +1,270 @@
+"""Register-side operations: workers joining, beating, running, completing, leaving.
+
+Functions over a CellMemory; the caller (`shm.cell.Cell`) holds the lock. Fencing:
+a worker is named by (worker id, epoch); a stale pair raises StaleEpoch, and a
+completion is accepted only for the task's current attempt on that worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from shm import transitions
+from shm.errors import ArenaFull, BlobTooLarge, StaleEpoch, TableFull, WorkerNotFound
+from shm.layout import (
+    ADDRESS_BYTES,
+    F_RESULT,
+    HOSTNAME_BYTES,
+    WORKER_SLOT_BITS,
+    H,
+    worker_key,
+)
+from shm.memory import CellMemory
+from shm.types import (
+    ACTIVE,
+    RETRY_BASE_S,
+    RETRY_MAX_S,
+    CompleteOutcome,
+    Completion,
+    TaskState,
+    WorkerInfo,
+    WorkerState,
+)
+
+ALIVE = int(WorkerState.ALIVE)
+DEAD = int(WorkerState.DEAD)
+RUNNING = int(TaskState.RUNNING)
+DISPATCHED = int(TaskState.DISPATCHED)
+_EPOCH_MASK = (1 << 32) - 1
+
+
+def validate_registration(address: str, slots: int, pid: int, hostname: str) -> tuple[bytes, bytes]:
+    """Encoded address and hostname, or ValueError naming the bad argument."""
+    if not isinstance(address, str) or not isinstance(hostname, str):
+        raise ValueError("worker address and hostname must be str")
+    addr, host = address.encode(), hostname.encode()
+    if not addr or len(addr) > ADDRESS_BYTES:
+        raise ValueError(f"worker address must be 1..{ADDRESS_BYTES} bytes of utf-8: {address!r}")
+    if len(host) > HOSTNAME_BYTES:
+        raise ValueError(f"hostname must be at most {HOSTNAME_BYTES} bytes of utf-8: {hostname!r}")
+    if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 65535:
+        raise ValueError(f"slots must be an int in 1..65535, got {slots!r}")
+    if not isinstance(pid, int) or not 0 <= pid < 1 << 31:
+        raise ValueError(f"pid must be an int in 0..2**31-1, got {pid!r}")
+    return addr, host
+
+
+def register(
+    mem: CellMemory,
+    address: bytes,
+    hostname: bytes,
+    slots: int,
+    pid: int,
+    now: float,
+    deadline: float,
+) -> WorkerInfo:
+    """A new ALIVE worker with a new id and epoch, on the worker heap."""
+    w = mem.worker_free.pop()
+    if w < 0:
+        w = _reclaim_dead(mem)
+    workers = mem.workers
+    workers.id[w] = (mem.bump(H.WORKER_SEQ) << WORKER_SLOT_BITS) | w
+    workers.epoch[w] = mem.bump(H.EPOCH) & _EPOCH_MASK
+    workers.registered_at[w] = now
+    workers.last_heartbeat[w] = now
+    workers.deadline[w] = deadline
+    workers.tasks_done[w] = 0
+    workers.last_pick[w] = 0
+    workers.pid[w] = pid
+    workers.slots[w] = slots
+    workers.in_flight[w] = 0
+    workers.rec["address"][w] = address
+    workers.rec["hostname"][w] = hostname
+    workers.state[w] = ALIVE
+    mem.worker_heap.push(w, worker_key(0, slots, 0))
+    return workers.info(w)
+
+
+def _reclaim_dead(mem: CellMemory) -> int:
+    """With no FREE slot, reuse the DEAD worker slot that has been silent longest."""
+    rec = mem.workers.rec
+    dead = np.flatnonzero(rec["state"] == DEAD)
+    if not len(dead):
+        raise TableFull("workers", mem.workers.capacity)
+    return int(dead[np.argmin(rec["last_heartbeat"][dead])])
+
+
+def live_slot(mem: CellMemory, worker_id: int, epoch: int) -> int:
+    """The slot of a worker at its current epoch and not DEAD; else raise."""
+    workers = mem.workers
+    w = workers.slot_of(worker_id)
+    if workers.epoch[w] != epoch:
+        raise StaleEpoch(worker_id, epoch, f"current epoch is {workers.epoch[w]}")
+    if workers.state[w] == DEAD:
+        raise StaleEpoch(worker_id, epoch, "declared dead")
+    return w
+
+
+def heartbeat(mem: CellMemory, worker_id: int, epoch: int, now: float, deadline: float) -> None:
+    """Push the worker's deadline forward."""
+    w = live_slot(mem, worker_id, epoch)
+    mem.workers.last_heartbeat[w] = now
+    mem.workers.deadline[w] = deadline
+
+
+def drain(mem: CellMemory, worker_id: int, epoch: int) -> bool:
+    """ALIVE -> DRAINING: no new tasks; the ones it runs still complete. Idempotent; True
+    when this call made the change."""
+    w = live_slot(mem, worker_id, epoch)
+    if mem.workers.state[w] == WorkerState.DRAINING:
+        return False
+    if w in mem.worker_heap:
+        mem.worker_heap.remove(w)
+    mem.workers.state[w] = int(WorkerState.DRAINING)
+    return True
+
+
+def _owned_slot(mem: CellMemory, task_id: int, attempt: int, worker_id: int, epoch: int) -> int:
+    """The task's slot if it runs that attempt on that worker registration, else -1."""
+    tasks = mem.tasks
+    try:
+        slot = tasks.slot_of(task_id)
+    except KeyError:
+        return -1
+    if (
+        tasks.state[slot] in ACTIVE
+        and tasks.attempt[slot] == attempt
+        and tasks.worker_id[slot] == worker_id
+        and tasks.worker_epoch[slot] == epoch
+    ):
+        return slot
+    return -1
+
+
+def mark_running(
+    mem: CellMemory, worker_id: int, epoch: int, refs: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, int]]:
+    """DISPATCHED -> RUNNING for that worker's current attempts; returns (task_id, attempt,
+    timeout_ms) of each attempt that started (so the register can hold a lease on it)."""
+    live_slot(mem, worker_id, epoch)
+    started = []
+    for task_id, attempt in refs:
+        slot = _owned_slot(mem, task_id, attempt, worker_id, epoch)
+        if slot >= 0 and mem.tasks.state[slot] == DISPATCHED:
+            mem.tasks.state[slot] = RUNNING
+            started.append((task_id, attempt, int(mem.tasks.timeout_ms[slot])))
+    return started
+
+
+def complete(
+    mem: CellMemory, worker_id: int, epoch: int, completions: Sequence[Completion], now: float
+) -> tuple[CompleteOutcome, bool]:
+    """Settle finished attempts; returns the outcome and whether any became terminal."""
+    w = live_slot(mem, worker_id, epoch)
+    accepted = stale = requeued = 0
+    retry_at = 0.0
+    for done in completions:
+        slot = _owned_slot(mem, done.task_id, done.attempt, worker_id, epoch)
+        if slot < 0:
+            stale += 1
+            continue
+        accepted += 1
+        due = _settle(mem, slot, done, now)
+        if due == 0.0:
+            mem.workers.tasks_done[w] += 1
+        else:
+            requeued += 1
+            retry_at = due if retry_at == 0.0 else min(retry_at, due)
+    mem.bump(H.STALE, stale)
+    outcome = CompleteOutcome(accepted=accepted, stale=stale, requeued=requeued, retry_at=retry_at)
+    return outcome, accepted > requeued
+
+
+def retry_delay_s(attempt: int) -> float:
+    """Exponential backoff before the retry that follows failed attempt `attempt` (1-based)."""
+    return float(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, attempt - 1)))
+
+
+def _settle(mem: CellMemory, slot: int, done: Completion, now: float) -> float:
+    """A retryable failure waits out its backoff as PENDING (returns when it is due); anything
+    else stores the result and finishes (returns 0.0)."""
+    tasks = mem.tasks
+    failed = done.state == TaskState.FAILED
+    attempt = int(tasks.attempt[slot])
+    if failed and done.retryable and attempt <= tasks.max_retries[slot]:
+        due = now + retry_delay_s(attempt)
+        transitions.delay_active(mem, slot, due)
+        return due
+    state = TaskState.FAILED if failed else TaskState.SUCCEEDED
+    try:
+        chunk, size = mem.arena.store(done.result), len(done.result)
+    except (BlobTooLarge, ArenaFull):
+        chunk, size, state = 0, 0, TaskState.FAILED  # never lose a completion
+    tasks.result_chunk[slot] = chunk
+    tasks.result_len[slot] = size
+    tasks.flags[slot] |= F_RESULT
+    transitions.finish_active(mem, slot, state, now)
+    return 0.0
+
+
+def worker_lost(mem: CellMemory, worker_id: int, epoch: int) -> list[int]:
+    """DEAD, off the heap, its running tasks requeued (ids returned); idempotent."""
+    workers = mem.workers
+    try:
+        w = workers.slot_of(worker_id)
+    except WorkerNotFound:
+        return []
+    if workers.epoch[w] != epoch:
+        raise StaleEpoch(worker_id, epoch, f"current epoch is {workers.epoch[w]}")
+    if workers.state[w] == DEAD:
+        return []
+    if w in mem.worker_heap:
+        mem.worker_heap.remove(w)
+    ids = _requeue_all(mem, worker_id)
+    workers.in_flight[w] = 0
+    workers.state[w] = DEAD
+    return ids
+
+
+def _requeue_all(mem: CellMemory, worker_id: int) -> list[int]:
+    rec = mem.tasks.rec
+    state = rec["state"]
+    mine = np.flatnonzero(
+        ((state == DISPATCHED) | (state == RUNNING)) & (rec["worker_id"] == worker_id)
+    )
+    ids = [int(x) for x in rec["id"][mine]]
+    for slot in mine.tolist():
+        transitions.requeue_active(mem, slot)
+    return ids
+
+
+def deregister(mem: CellMemory, worker_id: int, epoch: int) -> list[int]:
+    """Like worker_lost, then the slot becomes FREE."""
+    ids = worker_lost(mem, worker_id, epoch)
+    workers = mem.workers
+    try:
+        w = workers.slot_of(worker_id)
+    except WorkerNotFound:
+        return ids
+    workers.state[w] = int(WorkerState.FREE)
+    mem.worker_free.push(w)
+    return ids
+
+
+def expired(mem: CellMemory, now: float) -> list[tuple[int, int]]:
+    """(worker_id, epoch) of live workers whose deadline has passed.
+
+    DRAINING counts as live: a draining worker that goes silent still holds tasks.
+    """
+    rec = mem.workers.rec
+    state = rec["state"]
+    live = (state == ALIVE) | (state == WorkerState.DRAINING)
+    late = np.flatnonzero(live & (rec["deadline"] < now))
+    return [(int(rec["id"][w]), int(rec["epoch"][w])) for w in late]
+
+
+def infos(mem: CellMemory) -> list[WorkerInfo]:
+    """Every non-FREE worker."""
+    return [mem.workers.info(int(w)) for w in np.flatnonzero(mem.workers.rec["state"] != 0)]

@@ -1,0 +1,74 @@
+"""Fixtures: a clean environment, a unique cell per test, real cells torn down even on failure."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import shm
+from client.launch import LocalCell
+from tests.helpers import MARK, kill_all, marked_processes, shm_entries
+
+
+@pytest.fixture(autouse=True)
+def _no_heapd_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's HEAPD_* settings."""
+    for key in list(os.environ):
+        if key.startswith("HEAPD_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def cell_name() -> Iterator[str]:
+    """A cell name no other test (or run) uses; its shared memory is removed afterwards."""
+    name = f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        shm.Cell.unlink(name)
+
+
+StartCell = Callable[..., LocalCell]
+
+
+@pytest.fixture
+def start_cell(tmp_path: Path) -> Iterator[StartCell]:
+    """Factory: start a real cell (`heapd up` and its processes); on teardown check the shared
+    memory is consistent, stop everything, and fail if any process or /dev/shm entry survived."""
+    started: list[LocalCell] = []
+
+    def start(workers: int = 2, slots: int = 2, extra_args: tuple[str, ...] = ()) -> LocalCell:
+        name = f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        env = {**os.environ, MARK: name}
+        cell = LocalCell(
+            name,
+            workers=workers,
+            slots=slots,
+            log_dir=tmp_path / name,
+            extra_args=extra_args,
+            env=env,
+        )
+        started.append(cell)
+        cell.start()
+        return cell
+
+    yield start
+    problems: list[str] = []
+    for cell in started:
+        if cell.info and shm.Cell.exists(cell.name):
+            with shm.Cell.attach(cell.name) as handle:
+                problems += [f"{cell.name}: {p}" for p in handle.check()]
+        cell.stop()
+        leftovers = marked_processes(cell.name)
+        kill_all(leftovers)
+        if leftovers:
+            problems.append(f"{cell.name}: processes left running: {leftovers}")
+        entries = shm_entries(cell.name)
+        shm.Cell.unlink(cell.name)
+        if entries:
+            problems.append(f"{cell.name}: /dev/shm entries left: {entries}")
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,48 @@
+"""Task functions the end-to-end tests run on workers (imported there by reference)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def fail_with(kind: str, message: str) -> None:
+    errors = {
+        "KeyError": KeyError,
+        "ValueError": ValueError,
+        "ZeroDivisionError": ZeroDivisionError,
+    }
+    raise errors[kind](message)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()  # neither pickle nor cloudpickle can encode a lock
+
+
+def sleep_and_tag(tag: str, seconds: float) -> tuple[str, float]:
+    time.sleep(seconds)
+    return tag, time.time()
+
+
+def whoami() -> int:
+    return os.getppid()
+
+
+def flaky(counter_path: str, failures: int) -> int:
+    """Fails `failures` times (counted in a file), then returns the attempt number."""
+    with open(counter_path, "a+") as f:
+        f.write("x")
+        f.seek(0)
+        attempt = len(f.read())
+    if attempt <= failures:
+        raise ConnectionError(f"transient failure {attempt}")
+    return attempt

@@ -1,0 +1,59 @@
+"""`heapd worker --register HOST:PORT`: run a worker that joins a cell's register."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from runtime import config, logs, signals
+from worker.daemon import Worker
+from worker.pool import Pool
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `heapd worker` flags."""
+    p = argparse.ArgumentParser(
+        prog="heapd worker", description="Run a worker for a cell's register."
+    )
+    p.add_argument("--register", help="the register's HOST:PORT (HEAPD_WORKER_REGISTER)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 0 = any)")
+    p.add_argument("--advertise-host", dest="advertise_host", help="host the scheduler should dial")
+    p.add_argument("--slots", type=int, help="task processes (default 2)")
+    p.add_argument(
+        "--register-timeout-s",
+        dest="register_timeout_s",
+        type=float,
+        help="exit after the register is unreachable this long (default 30)",
+    )
+    p.add_argument("--config", help="TOML configuration file (or HEAPD_CONFIG)")
+    return p
+
+
+async def serve(cfg: config.WorkerConfig, pool: Pool) -> int:
+    """Run the worker until drained (SIGTERM) or cut off from its register."""
+    worker = Worker(pool, cfg.register, cfg.slots, cfg.register_timeout_s)
+    signals.install(asyncio.get_running_loop(), worker.shutdown)
+    return await worker.run(cfg.host, cfg.advertise_host, cfg.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. The pool's children are spawned before any gRPC object exists."""
+    cfg = config.from_args(config.WorkerConfig, "worker", parser().parse_args(argv), os.environ)
+    if cfg.slots < 1:
+        print("heapd worker: --slots must be at least 1", file=sys.stderr)
+        return 2
+    logs.setup("worker")
+    pool = Pool(cfg.slots)
+    pool.start()
+    try:
+        return asyncio.run(serve(cfg, pool))
+    finally:
+        pool.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""A pool child: runs jobs handed over a pipe, one at a time, and reports as it goes.
+
+Started by `worker.pool` with the multiprocessing *spawn* context (fork+exec: safe once gRPC
+threads exist in the worker, grpc/grpc#16001). The child first leads its own process group, so
+that a timeout or a cancel kills the task together with everything it started.
+
+Protocol (pickled over one duplex `Connection`):
+
+- parent → child: `Run(jobs)` appends to the local queue; `Skip(task_id, attempt)` drops a job
+  not yet started (a cancel); `None` asks the child to exit.
+- child → parent: `Ready(pid)` once, when it can take work; then `Report(started, results)`.
+  A job's start is reported just before it runs (the parent times it from there). A finished
+  result rides with the next job's start when more jobs are already waiting locally — that is
+  microseconds later, so it is never held back — and is sent on its own otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import NamedTuple
+
+from worker.execute import execute
+
+JobTuple = tuple[int, int, bytes]  # task_id, attempt, serialized TaskSpec
+ResultTuple = tuple[int, int, bool, bool, bytes]  # task_id, attempt, succeeded, retryable, outcome
+
+
+class Run(NamedTuple):
+    """Parent → child: jobs to run, in order."""
+
+    jobs: list[JobTuple]
+
+
+class Skip(NamedTuple):
+    """Parent → child: drop this job if it has not started (it was cancelled)."""
+
+    task_id: int
+    attempt: int
+
+
+class Ready(NamedTuple):
+    """Child → parent: imports done, process group set; the child can take work."""
+
+    pid: int
+
+
+class Report(NamedTuple):
+    """Child → parent: the job just started (if any) and results finished since the last report."""
+
+    started: tuple[int, int] | None
+    results: list[ResultTuple]
+
+
+def main(conn: Connection, parent_pid: int) -> None:
+    """Child entry point: lead a process group, say ready, serve jobs until told or orphaned."""
+    os.setsid()  # a new session and group led by this pid; grandchildren inherit the group
+    _die_with_parent(parent_pid)
+    try:
+        conn.send(Ready(os.getpid()))
+        _serve(conn)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the worker went away: nobody is left to report to
+    finally:
+        conn.close()
+
+
+def _serve(conn: Connection) -> None:
+    pending: deque[JobTuple] = deque()
+    done: list[ResultTuple] = []
+    while True:
+        if not pending:
+            if done:
+                conn.send(Report(None, done))
+                done = []
+            if not _absorb(conn.recv(), pending):
+                return
+        while conn.poll():  # cancels and new work that came in while the last job ran
+            if not _absorb(conn.recv(), pending):
+                return
+        if not pending:
+            continue
+        task_id, attempt, spec = pending.popleft()
+        conn.send(Report((task_id, attempt), done))
+        done = []
+        succeeded, retryable, outcome = execute(spec)
+        done.append((task_id, attempt, succeeded, retryable, outcome))
+
+
+def _absorb(message: Run | Skip | None, pending: deque[JobTuple]) -> bool:
+    """Apply one parent message to the local queue; False means exit."""
+    if message is None:
+        return False
+    if isinstance(message, Skip):
+        kept = [job for job in pending if (job[0], job[1]) != (message.task_id, message.attempt)]
+        pending.clear()
+        pending.extend(kept)
+    else:
+        pending.extend(message.jobs)
+    return True
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """On Linux, ask for SIGKILL when the worker dies, so a killed worker leaves no task running.
+
+    The pipe would tell the child too, but only between jobs; a long task would run on as an
+    orphan. Checked against `parent_pid` afterwards because the worker may already be gone.
+    """
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:
+        os._exit(1)

@@ -1,0 +1,232 @@
+"""The worker daemon: joins a register, runs assigned tasks in its pool, reports on one stream.
+
+Lifecycle: serve WorkerService → RegisterWorker → hold the heartbeat stream. A stream that breaks
+is reopened with backoff under the same membership (a restarted register keeps it); a register
+that answers "unknown worker / stale epoch" means this worker was declared dead, so everything it
+still runs is cancelled and it registers again under a new epoch. A register unreachable for
+`register_timeout_s` makes the worker stop: children killed, exit code 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from protos.heapd.v1 import register_service_pb2_grpc
+from runtime import ready, server
+from worker import convert
+from worker.convert import Membership
+from worker.heartbeats import HeartbeatLink
+from worker.jobs import Job, JobResult
+from worker.pool import Pool
+
+log = logging.getLogger(__name__)
+
+FENCED = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+REGISTER_CALL_TIMEOUT_S = 5.0
+
+T = TypeVar("T")
+
+
+class RegisterUnreachable(Exception):
+    """The register did not answer within the worker's register timeout."""
+
+
+class Worker:
+    """One worker: a pool of child processes plus its membership in a cell."""
+
+    def __init__(
+        self, pool: Pool, register_address: str, slots: int, register_timeout_s: float
+    ) -> None:
+        self._pool = pool
+        self._register_address = register_address
+        self._slots = slots
+        self._register_timeout_s = register_timeout_s
+        self._address = ""
+        self._link: HeartbeatLink | None = None
+        self._draining = False
+        self._stop = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
+        self._stub: register_service_pb2_grpc.RegisterServiceStub | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def member(self) -> Membership | None:
+        """The current membership, None while not registered."""
+        return self._link.member if self._link is not None else None
+
+    # --- called by the servicer
+
+    def refusal(self, worker_id: int, epoch: int) -> str | None:
+        """Why an assignment for (worker_id, epoch) is refused, None if it is accepted."""
+        member = self.member
+        if self._draining:
+            return "worker is draining"
+        if member is None or (member.worker_id, member.epoch) != (worker_id, epoch):
+            return f"worker {worker_id} epoch {epoch} is not this worker's current membership"
+        return None
+
+    def assign(self, jobs: list[Job]) -> int:
+        """Queue jobs in the pool; returns how many."""
+        self._pool.submit(jobs)
+        return len(jobs)
+
+    def cancel(self, task_id: int, attempt: int) -> bool:
+        """Kill a running attempt (or drop a queued one)."""
+        return self._pool.cancel(task_id, attempt or None)
+
+    def drain(self) -> int:
+        """Take no new tasks, finish running ones, then leave the cell."""
+        if not self._draining:
+            self._draining = True
+            if self._link is not None:
+                self._link.drain()
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_then_stop())
+        return self._pool.running + self._pool.queued
+
+    def shutdown(self) -> None:
+        """SIGTERM: drain (a second signal exits at once, see runtime.signals)."""
+        self.drain()
+
+    # --- lifecycle
+
+    async def run(self, host: str, advertise_host: str, port: int) -> int:
+        """Serve and stay in the cell until drained or fenced out for good; returns an exit code."""
+        from worker import service  # the servicer needs the class defined above
+
+        grpc_server, bound = await server.start(
+            host, port, [service.registration(self)], [service.SERVICE_NAME]
+        )
+        self._address = server.format_address(advertise_host or host, bound)
+        self._channel = server.channel(self._register_address)
+        self._stub = register_service_pb2_grpc.RegisterServiceStub(self._channel)
+        self._pool.bind(asyncio.get_running_loop(), self._on_started, self._on_results)
+        try:
+            code = await self._stay_in_cell()
+        finally:
+            await grpc_server.stop(1.0)
+            await self._channel.close()
+        return code
+
+    async def _stay_in_cell(self) -> int:
+        announced = False
+        try:
+            while not self._stop.is_set():
+                if self._link is None:
+                    self._link = HeartbeatLink(
+                        await self._join(),
+                        running=lambda: self._pool.running,
+                        busy=self._pool_busy,
+                        draining=lambda: self._draining,
+                        on_cancel=self.cancel,
+                    )
+                    if not announced:
+                        ready.announce("worker", self._address)
+                        announced = True
+                await self._hold_stream(self._link)
+        except RegisterUnreachable as exc:
+            log.error("register unreachable; stopping", extra={"fields": {"error": str(exc)}})
+            self._pool.cancel_all()
+            return 3
+        return 0
+
+    async def _join(self) -> Membership:
+        assert self._stub is not None
+        request = convert.register_request(
+            self._address, self._slots, os.getpid(), socket.gethostname()
+        )
+        reply = await self._with_retries(
+            lambda: self._stub.RegisterWorker(request, timeout=REGISTER_CALL_TIMEOUT_S)  # type: ignore[union-attr]
+        )
+        member = convert.membership_from_proto(reply)
+        log.info(
+            "registered",
+            extra={
+                "fields": {
+                    "worker_id": member.worker_id,
+                    "epoch": member.epoch,
+                    "address": self._address,
+                }
+            },
+        )
+        return member
+
+    async def _hold_stream(self, link: HeartbeatLink) -> None:
+        """Keep the heartbeat stream up; on fencing drop the membership, on loss retry."""
+        assert self._stub is not None
+        broken_since: float | None = None  # the register timeout counts from the first failure
+        attempt = 0
+        while not self._stop.is_set():
+            stream = asyncio.create_task(link.run(self._stub))
+            stopper = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({stream, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not stream.done():
+                stream.cancel()
+                return
+            error = stream.exception()
+            if isinstance(error, grpc.aio.AioRpcError) and error.code() in FENCED:
+                log.warning("fenced out by the register; cancelling and re-registering")
+                self._pool.cancel_all()
+                self._link = None
+                return
+            now = time.monotonic()
+            if broken_since is None or link.acked_at > broken_since:
+                broken_since, attempt = now, 0  # the stream worked since: a new outage
+            if now - broken_since > self._register_timeout_s:
+                raise RegisterUnreachable(f"no heartbeat stream to {self._register_address}")
+            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self._register_timeout_s
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise
+                if time.monotonic() > deadline:
+                    raise RegisterUnreachable(f"{self._register_address}: {exc.details()}") from exc
+            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+
+    async def _drain_then_stop(self) -> None:
+        await self._pool.wait_idle()
+        link, self._link = self._link, None
+        if link is not None and self._stub is not None:
+            try:
+                await asyncio.wait_for(link.flush(), REGISTER_CALL_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("last results not acknowledged before deregistering")
+            try:
+                await self._stub.Deregister(
+                    convert.deregister_request(link.member), timeout=REGISTER_CALL_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning("deregister failed", extra={"fields": {"code": exc.code().name}})
+        self._stop.set()
+
+    def _pool_busy(self) -> bool:
+        """More work than children: results may wait a moment to share a heartbeat."""
+        return self._pool.running + self._pool.queued > self._slots
+
+    def _on_started(self, refs: list[tuple[int, int]]) -> None:
+        if self._link is not None:
+            self._link.started(refs)
+
+    def _on_results(self, results: list[JobResult]) -> None:
+        if self._link is not None:
+            self._link.finished(results)

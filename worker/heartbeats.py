@@ -1,0 +1,130 @@
+"""The worker's heartbeat stream: liveness, started attempts and results, coalesced.
+
+Everything that happens between two turns of the event loop goes out in one message; with
+nothing to report a message still goes out every interval. Each reply acknowledges one request
+in order, so results sent but not acknowledged when a stream breaks are sent again on the next
+stream (the register drops duplicates as stale).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from protos.heapd.v1 import register_service_pb2_grpc
+from worker import convert
+from worker.convert import Membership
+from worker.jobs import JobResult
+
+COALESCE_S = 0.002
+
+
+class HeartbeatLink:
+    """Reports for one membership (worker id + epoch), over successive streams."""
+
+    def __init__(
+        self,
+        member: Membership,
+        running: Callable[[], int],
+        busy: Callable[[], bool],
+        draining: Callable[[], bool],
+        on_cancel: Callable[[int, int], object],
+    ) -> None:
+        self.member = member
+        self._running = running
+        self._busy = busy
+        self._draining = draining
+        self._on_cancel = on_cancel
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._started: list[tuple[int, int]] = []
+        self._results: list[JobResult] = []
+        self._unacked: deque[list[JobResult]] = deque()
+        self._wake = asyncio.Event()
+        self._acked = asyncio.Event()
+        self.acked_at = 0.0  # time.monotonic() of the last reply from the register
+        self.sent_results = 0
+        self.stale_results = 0
+
+    def started(self, refs: Sequence[tuple[int, int]]) -> None:
+        """Attempts that began running in a child: they ride with the next message (results
+        or the periodic beat) rather than costing a message of their own."""
+        self._started.extend(refs)
+
+    def drain(self) -> None:
+        """Tell the register at once that this worker takes no new tasks (every message says
+        so from now on, read from the worker's own state)."""
+        self._flush_now()
+
+    def finished(self, results: Sequence[JobResult]) -> None:
+        """Attempts that settled. They go out on the next turn of the loop, or — while the pool
+        has more queued work, when nobody waits on a single result — within COALESCE_S, so a
+        busy worker sends one message per batch of results instead of one per result."""
+        self._results.extend(results)
+        if self._busy():
+            if self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(COALESCE_S, self._flush_now)
+        else:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        self._cancel_flush_timer()
+        self._wake.set()
+
+    def _cancel_flush_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    async def run(self, stub: register_service_pb2_grpc.RegisterServiceStub) -> None:
+        """Hold one stream open until it fails (raises grpc.aio.AioRpcError) or ends."""
+        while self._unacked:  # resend what the last stream may have lost
+            self._results[:0] = self._unacked.pop()
+        call = stub.Heartbeat()
+        reader = asyncio.create_task(self._read(call))
+        loop = asyncio.get_running_loop()
+        try:
+            while not reader.done():
+                await call.write(self._next_message())
+                # Wait for news or the periodic beat; the reader also wakes us when it ends.
+                tick = loop.call_later(self.member.interval_s, self._wake.set)
+                await self._wake.wait()
+                tick.cancel()
+            reader.result()  # re-raise why the stream ended
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for reply in call:
+                if self._unacked:
+                    self._unacked.popleft()
+                self.stale_results += reply.stale
+                self.acked_at = time.monotonic()
+                for ref in reply.cancel:
+                    self._on_cancel(ref.task_id, ref.attempt)
+                self._acked.set()
+        finally:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Until everything reported so far has been acknowledged by the register."""
+        while self._started or self._results or any(self._unacked):
+            self._acked.clear()
+            self._wake.set()
+            await self._acked.wait()
+
+    def _next_message(self) -> object:
+        self._wake.clear()
+        self._cancel_flush_timer()
+        started, self._started = self._started, []
+        results, self._results = self._results, []
+        self._unacked.append(results)
+        self.sent_results += len(results)
+        return convert.heartbeat_request(
+            self.member, started, results, self._running(), self._draining()
+        )

@@ -1,0 +1,26 @@
+"""What the pool runs and what it reports: one attempt of a task, in and out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One attempt of a task to run; timeout_s = 0 means none."""
+
+    task_id: int
+    attempt: int
+    spec: bytes  # serialized heapd.v1.TaskSpec
+    timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """How one attempt settled."""
+
+    task_id: int
+    attempt: int
+    succeeded: bool
+    retryable: bool
+    outcome: bytes  # serialized heapd.v1.TaskOutcome

@@ -1,0 +1,66 @@
+"""WorkerService servicer: the scheduler assigns tasks, the PLM cancels them, operators drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from protos.heapd.v1 import worker_service_pb2 as pb
+from protos.heapd.v1 import worker_service_pb2_grpc
+from runtime.server import Registration
+from worker import convert
+from worker.daemon import Worker
+
+SERVICE_NAME = "heapd.v1.WorkerService"
+
+
+class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
+    """Thin: checks the caller's fencing token, then hands to the Worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def AssignTasks(
+        self, request: pb.AssignTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AssignTasksResponse:
+        refusal = self._worker.refusal(request.worker_id, request.epoch)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+        return convert.assigned_reply(self._worker.assign(convert.jobs_from_proto(request)))
+
+    async def AssignStream(
+        self,
+        request_iterator: AsyncIterator[pb.AssignTasksRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.AssignTasksResponse]:
+        try:
+            async for request in request_iterator:
+                refusal = self._worker.refusal(request.worker_id, request.epoch)
+                if refusal is not None:
+                    yield convert.refused_reply(refusal)
+                else:
+                    jobs = convert.jobs_from_proto(request)
+                    yield convert.assigned_reply(self._worker.assign(jobs))
+        except asyncio.CancelledError:
+            return  # the server is stopping, or the scheduler went away: nothing to answer
+
+    async def CancelTask(
+        self, request: pb.WorkerCancelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkerCancelResponse:
+        return convert.cancel_reply(self._worker.cancel(request.task_id, request.attempt))
+
+    async def Drain(
+        self, request: pb.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DrainResponse:
+        return convert.drain_reply(self._worker.drain())
+
+
+def registration(worker: Worker) -> Registration:
+    """Adds the WorkerService for `worker` to a server."""
+
+    def add(server: grpc.aio.Server) -> None:
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(worker), server)
+
+    return add
