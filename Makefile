@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint protos bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py shm/_heapcore.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -6,20 +6,46 @@ heap position) and `pos` (int32, the heap position of each item, -1 = absent), p
 size in a header word. Used twice: task heap (item = task slot, key = `task_key`) and
 worker heap (item = worker slot, key = `worker_key`).
 
-The per-element paths (push, pop, update, remove) run on `memoryview.cast` arrays: the
-cheapest element access Python has on shared memory. Bulk work (rebuild, batch paths
-on large batches, check) uses numpy. A sorted array is a valid min-heap, so `rebuild`
-is one numpy argsort: O(n log n) at C speed, faster here than a Python O(n) heapify.
+The per-element paths (push, pop, update, remove) run in `HeapCore`: compiled C
+(shm/_heapcore.c) where the extension was built, else the same loops in Python over
+`memoryview.cast` arrays (shm/heapcore_py.py). A Python sift level costs ~0.3 us and a
+1e6 heap has 20 levels; in C the whole push+pop is well under a microsecond. Bulk work
+(rebuild, batch paths on large batches, check) uses numpy. A sorted array is a valid
+min-heap, so `rebuild` is one numpy argsort: O(n log n) at C speed, faster here than a
+Python O(n) heapify.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-INF = (1 << 63) - 1
+from shm import heapcore_py
+from shm.heapcore_py import INF
+
+
+class SiftCore(Protocol):
+    """What both cores (compiled and Python) provide."""
+
+    def push(self, item: int, key: int) -> None: ...
+    def pop(self) -> int: ...
+    def update(self, item: int, key: int) -> None: ...
+    def remove(self, item: int) -> None: ...
+    def release(self) -> None: ...
+
+
+CompiledCore: Callable[..., SiftCore] | None
+try:
+    from shm._heapcore import HeapCore as _Compiled
+
+    CompiledCore = _Compiled
+except ImportError:  # built without a C compiler: the Python loops, same behaviour
+    CompiledCore = None
+
+COMPILED = CompiledCore is not None
 _BATCH_REBUILD = 16  # a batch of k is merged by numpy when k * this >= the heap size
 
 
@@ -27,6 +53,7 @@ class IndexedHeap:
     """Min-heap of distinct int items 0..capacity-1 with int64 keys, all in shared memory."""
 
     __slots__ = (
+        "_core",
         "_hdr",
         "_items",
         "_items_np",
@@ -47,6 +74,7 @@ class IndexedHeap:
         capacity: int,
         hdr: memoryview,
         size_word: int,
+        compiled: bool = COMPILED,
     ) -> None:
         keys_at, items_at, pos_at = offsets
         self.name = name
@@ -59,9 +87,16 @@ class IndexedHeap:
         self._keys_np = np.frombuffer(self._keys, dtype=np.int64)
         self._items_np = np.frombuffer(self._items, dtype=np.int32)
         self._pos_np = np.frombuffer(self._pos, dtype=np.int32)
+        core: Callable[..., SiftCore] = heapcore_py.HeapCore
+        if compiled:
+            if CompiledCore is None:
+                raise RuntimeError("shm._heapcore is not built: reinstall heapd with a C compiler")
+            core = CompiledCore
+        self._core = core(name, self._keys, self._items, self._pos, hdr, self._size_word, capacity)
 
     def release(self) -> None:
         """Drop the views so the segment can be unmapped."""
+        self._core.release()
         del self._keys_np, self._items_np, self._pos_np
         for view in (self._keys, self._items, self._pos):
             view.release()
@@ -92,141 +127,23 @@ class IndexedHeap:
         n = len(self)
         return self._items_np[:n].copy(), self._keys_np[:n].copy()
 
-    # ---- per-element operations, O(log n)
+    # ---- per-element operations, O(log n), in the compiled core when there is one
 
     def push(self, item: int, key: int) -> None:
         """Insert an absent item."""
-        hdr, word, keys, items, pos = self._hdr, self._size_word, self._keys, self._items, self._pos
-        i = hdr[word]
-        if i >= self.capacity:
-            raise IndexError(f"{self.name} is full ({self.capacity})")
-        if pos[item] >= 0:
-            raise ValueError(f"item {item} is already in the {self.name}")
-        hdr[word] = i + 1
-        keys[i + 1] = INF
-        while i:  # the hole climbs while its parent's key is larger
-            parent = (i - 1) >> 1
-            parent_key = keys[parent]
-            if parent_key <= key:
-                break
-            keys[i] = parent_key
-            items[i] = moved = items[parent]
-            pos[moved] = i
-            i = parent
-        keys[i] = key
-        items[i] = item
-        pos[item] = i
+        self._core.push(item, key)
 
     def pop(self) -> int:
-        """Remove and return the item with the smallest key (IndexError if empty).
-
-        Bottom-up: the hole left at the root sinks along the smaller children to a leaf
-        (one comparison per level), then the last entry climbs from there; it usually
-        belongs near the bottom, so this beats comparing it at every level on the way down.
-        """
-        hdr, word, keys, items, pos = self._hdr, self._size_word, self._keys, self._items, self._pos
-        n = hdr[word] - 1
-        if n < 0:
-            raise IndexError(f"{self.name} is empty")
-        top = items[0]
-        pos[top] = -1
-        hdr[word] = n
-        last_key = keys[n]
-        last = items[n]
-        keys[n] = INF
-        if n == 0:
-            return top
-        i = 0
-        child = 1
-        while child < n:  # keys[n] is INF, so keys[child + 1] always exists
-            child_key = keys[child]
-            right_key = keys[child + 1]
-            if right_key < child_key:
-                child += 1
-                child_key = right_key
-            keys[i] = child_key
-            items[i] = moved = items[child]
-            pos[moved] = i
-            i = child
-            child = 2 * child + 1
-        while i:
-            parent = (i - 1) >> 1
-            parent_key = keys[parent]
-            if parent_key <= last_key:
-                break
-            keys[i] = parent_key
-            items[i] = moved = items[parent]
-            pos[moved] = i
-            i = parent
-        keys[i] = last_key
-        items[i] = last
-        pos[last] = i
-        return top
+        """Remove and return the item with the smallest key (IndexError if empty)."""
+        return self._core.pop()
 
     def update(self, item: int, key: int) -> None:
         """Change the key of an item in the heap."""
-        at = self._pos[item]
-        if at < 0:
-            raise KeyError(item)
-        if key < self._keys[at]:
-            self._sift_up(at, item, key)
-        else:
-            self._sift_down(at, item, key)
+        self._core.update(item, key)
 
     def remove(self, item: int) -> None:
         """Remove an item from anywhere in the heap."""
-        hdr, word, keys, items, pos = self._hdr, self._size_word, self._keys, self._items, self._pos
-        at = pos[item]
-        if at < 0:
-            raise KeyError(item)
-        n = hdr[word] - 1
-        hdr[word] = n
-        pos[item] = -1
-        last_key = keys[n]
-        last = items[n]
-        keys[n] = INF
-        if at == n:
-            return
-        if at and keys[(at - 1) >> 1] > last_key:
-            self._sift_up(at, last, last_key)
-        else:
-            self._sift_down(at, last, last_key)
-
-    def _sift_up(self, i: int, item: int, key: int) -> None:
-        keys, items, pos = self._keys, self._items, self._pos
-        while i:
-            parent = (i - 1) >> 1
-            parent_key = keys[parent]
-            if parent_key <= key:
-                break
-            keys[i] = parent_key
-            items[i] = moved = items[parent]
-            pos[moved] = i
-            i = parent
-        keys[i] = key
-        items[i] = item
-        pos[item] = i
-
-    def _sift_down(self, i: int, item: int, key: int) -> None:
-        keys, items, pos = self._keys, self._items, self._pos
-        n = self._hdr[self._size_word]
-        child = 2 * i + 1
-        while child < n:
-            child_key = keys[child]
-            right_key = keys[child + 1]
-            if right_key < child_key:
-                child += 1
-                child_key = right_key
-            if key <= child_key:
-                break
-            keys[i] = child_key
-            items[i] = moved = items[child]
-            pos[moved] = i
-            i = child
-            child = 2 * child + 1
-        keys[i] = key
-        items[i] = item
-        pos[item] = i
+        self._core.remove(item)
 
     # ---- batches
 
@@ -237,8 +154,9 @@ class IndexedHeap:
         if n + k > self.capacity:
             raise IndexError(f"{self.name} would overflow ({n} + {k} > {self.capacity})")
         if k * _BATCH_REBUILD < n + k:
+            push = self._core.push
             for item, key in zip(items, keys, strict=True):
-                self.push(item, key)
+                push(item, key)
             return
         new_items = np.asarray(items, dtype=np.int32)
         if np.any(self._pos_np[new_items] >= 0) or len(np.unique(new_items)) != k:
@@ -254,7 +172,8 @@ class IndexedHeap:
         n = len(self)
         k = min(k, n)
         if k * _BATCH_REBUILD < n:
-            return [self.pop() for _ in range(k)]
+            pop = self._core.pop
+            return [pop() for _ in range(k)]
         items, keys = self.entries()
         order = np.argsort(keys, kind="stable")
         self.rebuild(items[order[k:]], keys[order[k:]])

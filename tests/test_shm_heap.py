@@ -1,4 +1,8 @@
-"""The generic indexed heap against a plain dict model, on a real mmap."""
+"""The generic indexed heap against a plain dict model, on a real mmap.
+
+Every test runs on both sift cores: the compiled one (shm/_heapcore.c, which `make test`
+builds) and the Python fallback (shm/heapcore_py.py).
+"""
 
 from __future__ import annotations
 
@@ -18,27 +22,61 @@ from hypothesis.stateful import (
     rule,
 )
 
+from shm import heap as heap_module
 from shm.heap import IndexedHeap
 
 CAP = 24
 KEYS = st.integers(min_value=-(1 << 62), max_value=(1 << 62)) | st.integers(0, 5)
 
 
-def make_heap(capacity: int) -> tuple[IndexedHeap, mmap.mmap]:
+CORES = [pytest.param(True, id="compiled"), pytest.param(False, id="python")]
+
+
+def make_heap(capacity: int, compiled: bool) -> tuple[IndexedHeap, mmap.mmap]:
     """A heap over an anonymous mapping laid out like a cell's (header word 0 = size)."""
     mm = mmap.mmap(-1, 64 + 16 * (capacity + 1))
     root = memoryview(mm)
     hdr = root[:64].cast("q")
     offsets = (64, 64 + 8 * (capacity + 1), 64 + 12 * (capacity + 1))
-    heap = IndexedHeap("test heap", root, offsets, capacity, hdr, 0)
+    heap = IndexedHeap("test heap", root, offsets, capacity, hdr, 0, compiled=compiled)
     heap.clear()
     return heap, mm
 
 
-@pytest.fixture
-def heap() -> Iterator[IndexedHeap]:
-    h, _ = make_heap(CAP)
+@pytest.fixture(params=CORES)
+def heap(request: pytest.FixtureRequest) -> Iterator[IndexedHeap]:
+    h, _ = make_heap(CAP, request.param)
     yield h
+
+
+def test_the_compiled_core_is_built() -> None:
+    """`make test` installs with a C compiler, so the fast path is the one under test."""
+    assert heap_module.COMPILED
+
+
+def test_out_of_range_items_are_refused(heap: IndexedHeap) -> None:
+    for bad in (-1, CAP):
+        with pytest.raises(IndexError, match="outside"):
+            heap.push(bad, 0)
+        with pytest.raises(IndexError, match="outside"):
+            heap.remove(bad)
+        with pytest.raises(IndexError, match="outside"):
+            heap.update(bad, 0)
+    assert len(heap) == 0
+    assert heap.check() == []
+
+
+def test_compiled_core_refuses_a_corrupt_heap() -> None:
+    """A garbage item in shared memory raises instead of writing outside the arrays."""
+    heap, _ = make_heap(CAP, compiled=True)
+    for item in range(8):
+        heap.push(item, item)
+    heap._items[1] = CAP + 1000
+    with pytest.raises(RuntimeError, match="needs repair"):
+        heap.pop()
+    heap._hdr[0] = CAP + 5
+    with pytest.raises(RuntimeError, match="needs repair"):
+        heap.push(9, 9)
 
 
 def test_pop_in_key_order(heap: IndexedHeap) -> None:
@@ -101,10 +139,11 @@ class HeapMachine(RuleBasedStateMachine):
     """Every operation on the shared heap matches a dict of item -> key."""
 
     items = Bundle("items")
+    compiled = True
 
     def __init__(self) -> None:
         super().__init__()
-        self.heap, self._mm = make_heap(CAP)
+        self.heap, self._mm = make_heap(CAP, self.compiled)
         self.model: dict[int, int] = {}
 
     def _free(self) -> list[int]:
@@ -158,5 +197,13 @@ class HeapMachine(RuleBasedStateMachine):
             assert self.heap.key_of(item) == key
 
 
+class PythonHeapMachine(HeapMachine):
+    """The same machine on the Python fallback core."""
+
+    compiled = False
+
+
 TestHeapMachine = HeapMachine.TestCase
 TestHeapMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestPythonHeapMachine = PythonHeapMachine.TestCase
+TestPythonHeapMachine.settings = TestHeapMachine.settings
