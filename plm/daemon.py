@@ -118,7 +118,7 @@ class Plm:
                 ids = session.take()
                 if not ids:
                     continue
-                batch = [self._settled(task_id) for task_id in ids]
+                batch = self.cell.read_settled(ids)
                 yield batch
                 self._release([task_id for task_id, info, _ in batch if info is not None])
         finally:
@@ -134,13 +134,6 @@ class Plm:
                 settled = True  # delivered as unknown
             if settled:
                 self._sessions.settle(task_id)
-
-    def _settled(self, task_id: int) -> tuple[int, shm.TaskInfo | None, bytes | None]:
-        try:
-            info = self.cell.get(task_id)
-        except shm.TaskNotFound:
-            return task_id, None, None
-        return task_id, info, self.cell.read_result(task_id)
 
     async def _drain_finished(self) -> None:
         assert self._listener is not None

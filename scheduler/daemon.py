@@ -147,7 +147,7 @@ class Scheduler:
         if self._prefetch == 1:
             return 1
         depth = self.cell.queue_depth()
-        if depth == 0:
+        if depth < DEEP_FACTOR:  # shallow whatever the slots: skip the table scan
             return 1
         slots = self.cell.alive_slots()
         if depth < DEEP_FACTOR * max(1, slots):

@@ -174,6 +174,14 @@ class Cell:
         with self._locked() as mem:
             return tasks.read_result(mem, task_id)
 
+    def read_settled(
+        self, task_ids: Sequence[int]
+    ) -> list[tuple[int, TaskInfo | None, bytes | None]]:
+        """For each id: (id, a copy of the task or None if unknown, its result or None), all
+        under one lock: the PLM delivers a batch of results with one acquisition."""
+        with self._locked() as mem:
+            return tasks.read_settled(mem, task_ids)
+
     def take_finished(self, max_n: int) -> list[int]:
         """Ids of tasks that became terminal since last taken, oldest first."""
         with self._locked() as mem:
@@ -289,10 +297,14 @@ class Cell:
                 raise ValueError(f"completion of task {done.task_id}: state {done.state!r}")
         with self._locked() as mem:
             outcome, finished = workers.complete(mem, worker_id, epoch, completions, now)
-        if outcome.accepted:
-            self.scheduler_bell.ring()
+            queued = len(mem.task_heap)
+        # The result's path first: a client may be waiting on it. Freed slots matter to the
+        # scheduler only while tasks wait in the heap (a later submit rings it itself); a
+        # needless wake costs a core on a small host exactly when the result is on its way.
         if finished:
             self.plm_bell.ring()
+        if outcome.accepted and queued:
+            self.scheduler_bell.ring()
         return outcome
 
     def promote_due(self, now: float) -> float:

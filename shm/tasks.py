@@ -11,7 +11,7 @@ import numpy as np
 
 from shm import transitions
 from shm.arena import chunks_for
-from shm.errors import ArenaFull, ShmError, TableFull
+from shm.errors import ArenaFull, ShmError, TableFull, TaskNotFound
 from shm.layout import F_NOTIFY, F_RESULT, MAX_SEQ, SLOT_BITS, H
 from shm.memory import CellMemory
 from shm.types import (
@@ -116,6 +116,19 @@ def read_result(mem: CellMemory, task_id: int) -> bytes | None:
     if not t.flags[slot] & F_RESULT:
         return None
     return mem.arena.read(t.result_chunk[slot], t.result_len[slot])
+
+
+def read_settled(
+    mem: CellMemory, task_ids: Sequence[int]
+) -> list[tuple[int, TaskInfo | None, bytes | None]]:
+    """(id, record copy or None if unknown, result copy or None) for each task."""
+    out: list[tuple[int, TaskInfo | None, bytes | None]] = []
+    for task_id in task_ids:
+        try:
+            out.append((task_id, info(mem, task_id), read_result(mem, task_id)))
+        except TaskNotFound:
+            out.append((task_id, None, None))
+    return out
 
 
 def take_finished(mem: CellMemory, max_n: int) -> list[int]:

@@ -104,6 +104,14 @@ def test_complete_and_result(cell: Cell) -> None:
     info = cell.get(tid)
     assert (info.state, info.has_result, info.finished_at) == (OK, True, 2.0)
     assert cell.read_result(tid) == b"answer"
+    [queued] = cell.submit([NewTask(b"q")], 1.0)
+    batch = cell.read_settled([tid, queued, 12345])
+    assert [(i, info is not None, result) for i, info, result in batch] == [
+        (tid, True, b"answer"),
+        (queued, True, None),
+        (12345, False, None),
+    ]
+    assert batch[0][1] == cell.get(tid)
     assert cell.take_finished(10) == [tid]
     assert cell.take_finished(10) == []
     assert cell.worker(w.worker_id).tasks_done == 1
@@ -346,6 +354,22 @@ def test_doorbells_wake_and_coalesce(cell: Cell) -> None:
     done(cell, w, d.task_id)
     waiter.join()
     assert woke and woke[0] - rung < 1.0
+
+
+def test_completion_wakes_the_scheduler_only_when_tasks_wait(cell: Cell) -> None:
+    """A freed slot is news to the scheduler only while the heap holds work; the PLM always
+    hears of a finished task."""
+    w = worker(cell)
+    first, second = cell.submit([NewTask(b"a"), NewTask(b"b")], 1.0)
+    assert cell.dispatch(1, 1.0)[0].task_id == first
+    cell.scheduler_bell.wait(0)  # the submit's ring
+    done(cell, w, first)
+    assert cell.plm_bell.wait(0) is True
+    assert cell.scheduler_bell.wait(0) is True, "the second task waits for the freed slot"
+    assert cell.dispatch(1, 1.0)[0].task_id == second
+    done(cell, w, second)
+    assert cell.plm_bell.wait(0) is True
+    assert cell.scheduler_bell.wait(0) is False, "nothing queued: no needless wake-up"
 
 
 def test_capacity_one(cell: Cell) -> None:
