@@ -95,12 +95,17 @@ class WorkerFeed:
             self._failed(exc)
 
     def _failed(self, exc: BaseException | None) -> None:
-        if not self._closed:
+        """The stream ended: the worker closed it (it is leaving; None) or it broke."""
+        if self._closed:
+            return
+        if exc is None:
+            log.info("worker closed its assign stream", extra={"fields": {"address": self.address}})
+        else:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             log.warning(
-                "assign stream ended", extra={"fields": {"address": self.address, "why": code}}
+                "assign stream broke", extra={"fields": {"address": self.address, "why": code}}
             )
-            asyncio.get_running_loop().create_task(self.close())
+        asyncio.get_running_loop().create_task(self.close())
 
 
 class Dispatcher:

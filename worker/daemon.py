@@ -57,6 +57,7 @@ class Worker:
         self._drainer: asyncio.Task[None] | None = None
         self._stub: register_service_pb2_grpc.RegisterServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
+        self._assign_streams: set[asyncio.Task[object]] = set()
 
     @property
     def member(self) -> Membership | None:
@@ -73,6 +74,17 @@ class Worker:
         if member is None or (member.worker_id, member.epoch) != (worker_id, epoch):
             return f"worker {worker_id} epoch {epoch} is not this worker's current membership"
         return None
+
+    def assign_stream_opened(self) -> None:
+        """The calling handler serves an AssignStream; it is ended cleanly when the worker
+        stops (otherwise grpc would cancel it at server stop and log the cancellation)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._assign_streams.add(task)
+
+    def assign_stream_closed(self) -> None:
+        """The calling AssignStream handler returned."""
+        self._assign_streams.discard(asyncio.current_task())
 
     def assign(self, jobs: list[Job]) -> int:
         """Queue jobs in the pool; returns how many."""
@@ -112,9 +124,18 @@ class Worker:
         try:
             code = await self._stay_in_cell()
         finally:
+            await self._end_assign_streams()
             await grpc_server.stop(1.0)
             await self._channel.close()
         return code
+
+    async def _end_assign_streams(self) -> None:
+        """Close the schedulers' streams with an OK status (the handlers return on cancel)."""
+        streams = list(self._assign_streams)
+        for task in streams:
+            task.cancel()
+        if streams:
+            await asyncio.wait(streams, timeout=1.0)
 
     async def _stay_in_cell(self) -> int:
         announced = False

@@ -35,6 +35,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         request_iterator: AsyncIterator[pb.AssignTasksRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AssignTasksResponse]:
+        self._worker.assign_stream_opened()
         try:
             async for request in request_iterator:
                 refusal = self._worker.refusal(request.worker_id, request.epoch)
@@ -44,7 +45,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
                     jobs = convert.jobs_from_proto(request)
                     yield convert.assigned_reply(self._worker.assign(jobs))
         except asyncio.CancelledError:
-            return  # the server is stopping, or the scheduler went away: nothing to answer
+            return  # the worker is stopping, or the scheduler went away: end the stream
+        finally:
+            self._worker.assign_stream_closed()
 
     async def CancelTask(
         self, request: pb.WorkerCancelRequest, context: grpc.aio.ServicerContext
