@@ -16,6 +16,7 @@ import grpc
 from client import calls, convert, errors
 from client.calls import Options
 from client.client import CALL_TIMEOUT_S, DEFAULT_ADDRESS, MAP_BATCH, RETRY_BACKOFF_S
+from client.submit_stream import AsyncSubmitLane
 from protos.heapd.v1 import task_service_pb2_grpc
 from runtime.server import CHANNEL_OPTIONS
 
@@ -46,6 +47,7 @@ class AsyncClient:
         self.session = session or calls.new_session()
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        self._lane = AsyncSubmitLane(self._stub)
         self._futures: dict[int, AsyncTaskFuture] = {}
         self._early: dict[int, Any] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -66,6 +68,7 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        self._lane.close()
         if self._watcher is not None:
             self._watcher.cancel()
         await self._channel.close()
@@ -153,8 +156,8 @@ class AsyncClient:
 
     async def _submit(self, submissions: list[Any]) -> list[AsyncTaskFuture]:
         request = convert.submit_request(self.session, submissions)
-        reply = await self._unary(lambda: self._stub.SubmitTasks(request, timeout=CALL_TIMEOUT_S))
-        futures = [AsyncTaskFuture(task_id, self) for task_id in reply.task_ids]
+        ids = await self._unary(lambda: self._lane.submit(request))
+        futures = [AsyncTaskFuture(task_id, self) for task_id in ids]
         for future in futures:
             self._futures[future.task_id] = future
             if future.task_id in self._early:
@@ -166,8 +169,9 @@ class AsyncClient:
         while True:
             try:
                 return await call()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= len(RETRY_BACKOFF_S):
+            except grpc.RpcError as exc:
+                unavailable = errors.rpc_code(exc) == grpc.StatusCode.UNAVAILABLE
+                if not unavailable or attempt >= len(RETRY_BACKOFF_S):
                     raise errors.from_rpc_error(exc) from None
             await asyncio.sleep(RETRY_BACKOFF_S[attempt])
             attempt += 1

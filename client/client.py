@@ -19,6 +19,7 @@ import grpc
 from client import calls, convert, errors
 from client.calls import Options
 from client.futures import TaskFuture
+from client.submit_stream import SubmitLane
 from protos.heapd.v1 import task_service_pb2_grpc
 from runtime.server import CHANNEL_OPTIONS
 
@@ -38,6 +39,7 @@ class Client:
         self.session = session or calls.new_session()
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        self._lane = SubmitLane(self._stub)
         self._lock = threading.Lock()
         self._futures: dict[int, TaskFuture] = {}
         self._early: dict[int, Any] = {}
@@ -59,6 +61,7 @@ class Client:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._lane.close()
         call = self._call
         if call is not None:
             call.cancel()
@@ -171,8 +174,8 @@ class Client:
 
     def _submit(self, submissions: list[Any]) -> list[TaskFuture]:
         request = convert.submit_request(self.session, submissions)
-        reply = self._unary(lambda: self._stub.SubmitTasks(request, timeout=CALL_TIMEOUT_S))
-        futures = [TaskFuture(task_id, self._cancel_id) for task_id in reply.task_ids]
+        ids = self._unary(lambda: self._lane.submit(request))
+        futures = [TaskFuture(task_id, self._cancel_id) for task_id in ids]
         with self._lock:
             for future in futures:
                 self._futures[future.task_id] = future
@@ -194,7 +197,8 @@ class Client:
             try:
                 return call()
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= len(RETRY_BACKOFF_S):
+                unavailable = errors.rpc_code(exc) == grpc.StatusCode.UNAVAILABLE
+                if not unavailable or attempt >= len(RETRY_BACKOFF_S):
                     raise errors.from_rpc_error(exc) from None
             time.sleep(RETRY_BACKOFF_S[attempt])
             attempt += 1

@@ -205,12 +205,27 @@ def from_failure(failure: FailureLike) -> BaseException:
 
 def from_rpc_error(error: grpc.RpcError) -> HeapdError:
     """heapd's error for a failed gRPC call; raise it `from` the original."""
-    code = _call_attr(error, "code")
     details = _call_attr(error, "details")
-    status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    return _for_status(rpc_code(error), details if isinstance(details, str) else "")
+
+
+def from_status(code: int, details: str) -> HeapdError:
+    """heapd's error for a status carried in a message (a SubmitStream answer)."""
+    return _for_status(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), details)
+
+
+def rpc_code(error: grpc.RpcError) -> grpc.StatusCode:
+    """The status code of a failed call (UNKNOWN if it has none)."""
+    code = _call_attr(error, "code")
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _for_status(status: grpc.StatusCode, details: str) -> HeapdError:
     cls = _BY_STATUS.get(status, RpcFailed)
-    text = details if isinstance(details, str) and details else status.name
-    return cls(text, code=status.name)
+    return cls(details or status.name, code=status.name)
+
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _rebuild(failure: FailureLike) -> BaseException:

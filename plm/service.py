@@ -39,6 +39,29 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
         tasks = convert.new_tasks_from_proto(request)
         return pb.SubmitTasksResponse(task_ids=self._plm.submit(request.session, tasks))
 
+    @status.streaming
+    async def SubmitStream(
+        self,
+        request_iterator: AsyncIterator[pb.SubmitTasksRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.SubmitStreamResponse]:
+        async for request in request_iterator:
+            yield self._submit_one(request)
+
+    def _submit_one(self, request: pb.SubmitTasksRequest) -> pb.SubmitStreamResponse:
+        """One request of a SubmitStream: its ids, or its error as a code (a domain error fails
+        that request only; anything else is a bug and ends the stream as INTERNAL)."""
+        try:
+            ids = self._plm.submit(request.session, convert.new_tasks_from_proto(request))
+        except Exception as exc:
+            code = status.code_for(exc)
+            if code is None:
+                raise
+            return pb.SubmitStreamResponse(
+                error_code=code.value[0], error_message=status.message_for(exc)
+            )
+        return pb.SubmitStreamResponse(task_ids=ids)
+
     @status.unary
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext

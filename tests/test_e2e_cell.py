@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from client import Client, CommandResult
+from client import AsyncClient, Client, CommandResult, InvalidArgument
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
 from tests.helpers import MARK, marked_processes, shm_entries
@@ -95,6 +96,28 @@ def test_task_exception_comes_back_with_its_type(start_cell: StartCell) -> None:
             future.result(timeout=30)
         assert "fail_with" in str(info.value.__cause__), "the remote traceback is attached"
         assert client.submit(t.square, 7).result(timeout=30) == 49, "the worker stays up"
+
+
+def test_async_client_end_to_end(start_cell: StartCell) -> None:
+    """AsyncClient: submit, map, gather, exception types, a refused submission that leaves the
+    client usable, and a submission from many concurrent coroutines."""
+    cell = start_cell(workers=1, slots=2, extra_args=("--max-blob-kb", "4"))
+
+    async def run() -> None:
+        async with AsyncClient(cell.address) as client:
+            assert await (await client.submit(t.square, 6)) == 36
+            futures = await client.map(t.square, range(100))
+            assert await client.gather(futures) == [i * i for i in range(100)]
+            with pytest.raises(InvalidArgument, match="4096"):
+                await client.submit(t.square, b"x" * 10_000)
+            failing = await client.submit(t.fail_with, "ValueError", "bad value")
+            with pytest.raises(ValueError, match="bad value"):
+                await failing
+            many = await asyncio.gather(*(client.submit(t.add, i, 1) for i in range(50)))
+            assert len({f.task_id for f in many}) == 50
+            assert await client.gather(many) == [i + 1 for i in range(50)]
+
+    asyncio.run(run())
 
 
 def test_two_cells_on_one_host_do_not_interfere(start_cell: StartCell) -> None:

@@ -44,6 +44,11 @@ class TaskServiceStub:
                 request_serializer=heapd_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
                 response_deserializer=heapd_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/heapd.v1.TaskService/SubmitStream',
+                request_serializer=heapd_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
+                response_deserializer=heapd_dot_v1_dot_task__service__pb2.SubmitStreamResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/heapd.v1.TaskService/GetTask',
                 request_serializer=heapd_dot_v1_dot_task__service__pb2.GetTaskRequest.SerializeToString,
@@ -82,6 +87,15 @@ class TaskServiceServicer:
 
     def SubmitTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """SubmitTasks over one long-lived stream: each request is answered, in order, by one
+        response carrying its ids or the error it met (the stream stays open after an error).
+        A message on an open stream costs about half a new unary call; the clients use this.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -129,6 +143,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTasks,
                     request_deserializer=heapd_dot_v1_dot_task__service__pb2.SubmitTasksRequest.FromString,
                     response_serializer=heapd_dot_v1_dot_task__service__pb2.SubmitTasksResponse.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=heapd_dot_v1_dot_task__service__pb2.SubmitTasksRequest.FromString,
+                    response_serializer=heapd_dot_v1_dot_task__service__pb2.SubmitStreamResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -210,6 +229,33 @@ class TaskService:
             '/heapd.v1.TaskService/SubmitTasks',
             heapd_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
             heapd_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/heapd.v1.TaskService/SubmitStream',
+            heapd_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
+            heapd_dot_v1_dot_task__service__pb2.SubmitStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
