@@ -17,6 +17,11 @@ from runtime.bells import BellListener
 log = logging.getLogger(__name__)
 
 FINISHED_BATCH = 4096
+# A result written to a client's stream is kept this long before its slot is freed: the bytes
+# may die in a socket that breaks (a PLM killed mid-write resets the connection), and the
+# client, reconnecting, names what it still awaits. A restarted PLM holds every unreleased
+# result for the full result TTL, so this only has to cover a reconnect to a live PLM.
+DELIVERED_HOLD_S = 10.0
 
 
 class Plm:
@@ -29,6 +34,7 @@ class Plm:
         self._stop = asyncio.Event()
         self._closed = False
         self._held: HeldResults | None = None
+        self._delivered: HeldResults | None = None
         self._listener: BellListener | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._canceller = WorkerCanceller()
@@ -46,6 +52,7 @@ class Plm:
         """Listen to the PLM doorbell and pick up tasks that settled while no PLM ran."""
         loop = asyncio.get_running_loop()
         self._held = HeldResults(self._ttl_s, self._release, loop)
+        self._delivered = HeldResults(DELIVERED_HOLD_S, self._release, loop)
         for info in self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks):
             self._held.hold(info.task_id, info.finished_at)
         self._listener = BellListener(self.cell.plm_bell, loop, "plm")
@@ -70,8 +77,9 @@ class Plm:
             self._listener.stop()
         if self._drainer is not None:
             self._drainer.cancel()
-        if self._held is not None:
-            self._held.close()
+        for held in (self._held, self._delivered):
+            if held is not None:
+                held.close()
         await self._canceller.close()
 
     # --- intake
@@ -120,7 +128,8 @@ class Plm:
                     continue
                 batch = self.cell.read_settled(ids)
                 yield batch
-                self._release([task_id for task_id, info, _ in batch if info is not None])
+                assert self._delivered is not None
+                self._delivered.hold_many([i for i, info, _ in batch if info is not None])
         finally:
             self._sessions.detach(session)
 

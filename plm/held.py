@@ -35,6 +35,13 @@ class HeldResults:
         if self._timer is None:
             self._arm()
 
+    def hold_many(self, task_ids: Sequence[int]) -> None:
+        """Keep these results for the TTL from now."""
+        deadline = time.time() + self._ttl_s
+        self._queue.extend((deadline, task_id) for task_id in task_ids)
+        if self._timer is None:
+            self._arm()
+
     def close(self) -> None:
         """Stop the timer (held results stay in the cell for a restarted PLM)."""
         if self._timer is not None:

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 
+import grpc
 import pytest
 
 from client import AsyncClient, Client, CommandResult, InvalidArgument
+from protos.heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
 from tests.helpers import MARK, marked_processes, shm_entries
@@ -118,6 +120,24 @@ def test_async_client_end_to_end(start_cell: StartCell) -> None:
             assert await client.gather(many) == [i + 1 for i in range(50)]
 
     asyncio.run(run())
+
+
+def test_a_delivered_result_waits_for_a_reconnecting_client(start_cell: StartCell) -> None:
+    """Written to the stream is not yet received (the connection may break under it): the PLM
+    keeps a delivered result for a while, and a client naming the task again gets it again."""
+    cell = start_cell(workers=1, slots=1)
+    with Client(cell.address) as client:
+        future = client.submit(t.square, 4)
+        assert future.result(timeout=30) == 16
+    with grpc.insecure_channel(cell.address) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        request = task_service_pb2.WatchTasksRequest(session="again", task_ids=[future.task_id])
+        stream = stub.WatchTasks(request, timeout=10)
+        reply = next(stream)
+        stream.cancel()
+    assert [(r.task_id, r.state) for r in reply.results] == [
+        (future.task_id, task_pb2.SUCCEEDED)
+    ]
 
 
 def test_two_cells_on_one_host_do_not_interfere(start_cell: StartCell) -> None:
