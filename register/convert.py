@@ -108,6 +108,22 @@ def lease_expired_outcome(timeout_s: float) -> bytes:
     return data
 
 
+def worker_lost_outcome(reason: str, losses: int) -> bytes:
+    """The outcome of a task failed for losing its worker too many times (a poison task)."""
+    outcome = task_pb2.TaskOutcome(
+        failure=task_pb2.Failure(
+            kind=task_pb2.WORKER_LOST,
+            type="heapd.WorkerLost",
+            message=(
+                f"the worker running this task was lost {losses} times (last: {reason}); "
+                "heapd stopped retrying it in case the task itself kills its workers"
+            ),
+        )
+    )
+    data: bytes = outcome.SerializeToString()
+    return data
+
+
 def with_earlier_failures(outcome: bytes, earlier: list[bytes]) -> tuple[bytes, bytes]:
     """One parse of a failed attempt's outcome: (the outcome with the earlier attempts'
     failures attached, this attempt's own serialized Failure). Unparsable: (outcome, b"")."""

@@ -156,11 +156,18 @@ class Register:
         """A worker deregisters; its unfinished tasks are requeued. Returns how many."""
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
-        requeued = self.cell.deregister(worker_id, epoch, time.time())
+        lost = self.cell.deregister(worker_id, epoch, time.time(), _lost_outcome("it left"))
         log.info(
-            "worker left", extra={"fields": {"worker_id": worker_id, "requeued": len(requeued)}}
+            "worker left",
+            extra={
+                "fields": {
+                    "worker_id": worker_id,
+                    "requeued": len(lost.requeued),
+                    "failed": len(lost.failed),
+                }
+            },
         )
-        return len(requeued)
+        return len(lost.requeued)
 
     def stream_broken(self, worker_id: int, epoch: int) -> None:
         """The worker's heartbeat stream ended without a Deregister: it is dead."""
@@ -226,8 +233,16 @@ class Register:
             return
         if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
             return  # already buried, or a newer registration
-        requeued = self.cell.worker_lost(worker_id, epoch, time.time())
-        log.warning(
-            "worker dead",
-            extra={"fields": {"worker_id": worker_id, "reason": reason, "requeued": len(requeued)}},
-        )
+        lost = self.cell.worker_lost(worker_id, epoch, time.time(), _lost_outcome(reason))
+        fields = {"worker_id": worker_id, "reason": reason, "requeued": len(lost.requeued)}
+        log.warning("worker dead", extra={"fields": fields})
+        if lost.failed:
+            log.warning(
+                "tasks failed after losing their worker too often",
+                extra={"fields": {"task_ids": lost.failed, "losses": shm.MAX_WORKER_LOSSES + 1}},
+            )
+
+
+def _lost_outcome(reason: str) -> bytes:
+    """The result of a task that lost its worker once too often (see shm.MAX_WORKER_LOSSES)."""
+    return convert.worker_lost_outcome(reason, shm.MAX_WORKER_LOSSES + 1)

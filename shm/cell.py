@@ -30,6 +30,7 @@ from shm.types import (
     CompleteOutcome,
     Completion,
     Dispatch,
+    LostTasks,
     NewTask,
     TaskInfo,
     TaskState,
@@ -316,21 +317,29 @@ class Cell:
             self.scheduler_bell.ring()
         return next_due
 
-    def worker_lost(self, worker_id: int, epoch: int, now: float) -> list[int]:
-        """Declare a worker DEAD and requeue its tasks; idempotent."""
+    def worker_lost(
+        self, worker_id: int, epoch: int, now: float, failure: bytes = b""
+    ) -> LostTasks:
+        """Declare a worker DEAD and requeue its tasks; a task that has now lost its worker
+        more than MAX_WORKER_LOSSES times ends FAILED with `failure` as its result.
+        Idempotent."""
         with self._locked() as mem:
-            ids = workers.worker_lost(mem, worker_id, epoch)
-        if ids:
-            self.scheduler_bell.ring()
-        return ids
+            lost = workers.worker_lost(mem, worker_id, epoch, now, failure)
+        self._announce(lost)
+        return lost
 
-    def deregister(self, worker_id: int, epoch: int, now: float) -> list[int]:
+    def deregister(self, worker_id: int, epoch: int, now: float, failure: bytes = b"") -> LostTasks:
         """Like worker_lost, then free the worker's slot."""
         with self._locked() as mem:
-            ids = workers.deregister(mem, worker_id, epoch)
-        if ids:
+            lost = workers.deregister(mem, worker_id, epoch, now, failure)
+        self._announce(lost)
+        return lost
+
+    def _announce(self, lost: LostTasks) -> None:
+        if lost.failed:
+            self.plm_bell.ring()
+        if lost.requeued:
             self.scheduler_bell.ring()
-        return ids
 
     def drain_worker(self, worker_id: int, epoch: int) -> bool:
         """ALIVE -> DRAINING: off the worker heap; its running tasks still complete."""

@@ -41,6 +41,7 @@ Task record (TASK_DTYPE, 80 bytes)::
     74   cpus           u2    resource need
     76   state          u1    TaskState; written LAST: the commit point of a change
     77   flags          u1    F_RESULT | F_NOTIFY
+    78   losses         u1    attempts that ended with their worker lost (poison-task cap)
 
 Worker record (WORKER_DTYPE, 264 bytes)::
 
@@ -73,7 +74,7 @@ import numpy as np
 from shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
-VERSION = 1
+VERSION = 2  # 2: task record gained `losses`
 HEADER_BYTES = 4096
 HEADER_WORDS = 64
 PAGE = 4096
@@ -140,6 +141,7 @@ _TASK_FIELDS = [
     ("cpus", "<u2", 74),
     ("state", "u1", 76),
     ("flags", "u1", 77),
+    ("losses", "u1", 78),
 ]
 
 _WORKER_FIELDS = [

@@ -43,6 +43,7 @@ class TaskTable:
         "finished_at",
         "flags",
         "id",
+        "losses",
         "max_retries",
         "payload_chunk",
         "payload_len",
@@ -78,6 +79,7 @@ class TaskTable:
         self.cpus = _field(rec, "cpus")
         self.state = _field(rec, "state")
         self.flags = _field(rec, "flags")
+        self.losses = _field(rec, "losses")
         self._views: list[FloatField | memoryview] = [
             getattr(self, name) for name in TASK_DTYPE.names or ()
         ]

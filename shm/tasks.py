@@ -93,6 +93,7 @@ def _submit_one(mem: CellMemory, task: NewTask, now: float) -> int:
     t.priority[slot] = task.priority
     t.cpus[slot] = task.cpus
     t.flags[slot] = 0
+    t.losses[slot] = 0
     transitions.queue(mem, slot)
     return slot
 

@@ -129,6 +129,18 @@ class Completion:
 
 RETRY_BASE_S = 0.1  # backoff before retry n is RETRY_BASE_S * 2 ** (n - 1) ...
 RETRY_MAX_S = 30.0  # ... capped here
+# A task whose worker dies under it is run again, up to this many times (as Ray's default for
+# system failures); one more loss fails it WORKER_LOST: a task that kills its worker every time
+# must not take the cell's workers down forever.
+MAX_WORKER_LOSSES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LostTasks:
+    """What losing a worker did to the tasks it held."""
+
+    requeued: list[int]
+    failed: list[int]  # past MAX_WORKER_LOSSES: FAILED with the caller's failure outcome
 
 
 @dataclass(frozen=True, slots=True)

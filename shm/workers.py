@@ -24,10 +24,12 @@ from shm.layout import (
 from shm.memory import CellMemory
 from shm.types import (
     ACTIVE,
+    MAX_WORKER_LOSSES,
     RETRY_BASE_S,
     RETRY_MAX_S,
     CompleteOutcome,
     Completion,
+    LostTasks,
     TaskState,
     WorkerInfo,
     WorkerState,
@@ -197,60 +199,78 @@ def _settle(mem: CellMemory, slot: int, done: Completion, now: float) -> float:
         due = now + retry_delay_s(attempt)
         transitions.delay_active(mem, slot, due)
         return due
-    state = TaskState.FAILED if failed else TaskState.SUCCEEDED
+    _finish_with(mem, slot, TaskState.FAILED if failed else TaskState.SUCCEEDED, done.result, now)
+    return 0.0
+
+
+def _finish_with(mem: CellMemory, slot: int, state: TaskState, result: bytes, now: float) -> None:
+    """Store the result and end the active task; a result that does not fit fails it without
+    one (never lose a completion)."""
+    tasks = mem.tasks
     try:
-        chunk, size = mem.arena.store(done.result), len(done.result)
+        chunk, size = mem.arena.store(result), len(result)
     except (BlobTooLarge, ArenaFull):
-        chunk, size, state = 0, 0, TaskState.FAILED  # never lose a completion
+        chunk, size, state = 0, 0, TaskState.FAILED
     tasks.result_chunk[slot] = chunk
     tasks.result_len[slot] = size
     tasks.flags[slot] |= F_RESULT
     transitions.finish_active(mem, slot, state, now)
-    return 0.0
 
 
-def worker_lost(mem: CellMemory, worker_id: int, epoch: int) -> list[int]:
-    """DEAD, off the heap, its running tasks requeued (ids returned); idempotent."""
+def worker_lost(
+    mem: CellMemory, worker_id: int, epoch: int, now: float, failure: bytes
+) -> LostTasks:
+    """DEAD, off the heap, its running tasks requeued, or failed with `failure` once their
+    worker was lost more than MAX_WORKER_LOSSES times; idempotent."""
     workers = mem.workers
     try:
         w = workers.slot_of(worker_id)
     except WorkerNotFound:
-        return []
+        return LostTasks([], [])
     if workers.epoch[w] != epoch:
         raise StaleEpoch(worker_id, epoch, f"current epoch is {workers.epoch[w]}")
     if workers.state[w] == DEAD:
-        return []
+        return LostTasks([], [])
     if w in mem.worker_heap:
         mem.worker_heap.remove(w)
-    ids = _requeue_all(mem, worker_id)
+    lost = _take_back_all(mem, worker_id, now, failure)
     workers.in_flight[w] = 0
     workers.state[w] = DEAD
-    return ids
+    return lost
 
 
-def _requeue_all(mem: CellMemory, worker_id: int) -> list[int]:
-    rec = mem.tasks.rec
-    state = rec["state"]
+def _take_back_all(mem: CellMemory, worker_id: int, now: float, failure: bytes) -> LostTasks:
+    tasks = mem.tasks
+    state = tasks.rec["state"]
     mine = np.flatnonzero(
-        ((state == DISPATCHED) | (state == RUNNING)) & (rec["worker_id"] == worker_id)
+        ((state == DISPATCHED) | (state == RUNNING)) & (tasks.rec["worker_id"] == worker_id)
     )
-    ids = [int(x) for x in rec["id"][mine]]
+    lost = LostTasks([], [])
     for slot in mine.tolist():
-        transitions.requeue_active(mem, slot)
-    return ids
+        losses = tasks.losses[slot] + 1
+        tasks.losses[slot] = losses
+        if losses > MAX_WORKER_LOSSES:
+            lost.failed.append(int(tasks.id[slot]))
+            _finish_with(mem, slot, TaskState.FAILED, failure, now)
+        else:
+            lost.requeued.append(int(tasks.id[slot]))
+            transitions.requeue_active(mem, slot)
+    return lost
 
 
-def deregister(mem: CellMemory, worker_id: int, epoch: int) -> list[int]:
+def deregister(
+    mem: CellMemory, worker_id: int, epoch: int, now: float, failure: bytes
+) -> LostTasks:
     """Like worker_lost, then the slot becomes FREE."""
-    ids = worker_lost(mem, worker_id, epoch)
+    lost = worker_lost(mem, worker_id, epoch, now, failure)
     workers = mem.workers
     try:
         w = workers.slot_of(worker_id)
     except WorkerNotFound:
-        return ids
+        return lost
     workers.state[w] = int(WorkerState.FREE)
     mem.worker_free.push(w)
-    return ids
+    return lost
 
 
 def expired(mem: CellMemory, now: float) -> list[tuple[int, int]]:

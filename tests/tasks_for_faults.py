@@ -36,6 +36,13 @@ def kill_own_process(path: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def kill_own_worker(path: str) -> None:
+    """Log the attempt with the worker's pid, then SIGKILL that worker daemon (a poison task)."""
+    note(path, f"attempt {os.getppid()}")
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(60)  # the worker's death-watch kills this child with it
+
+
 def hang_with_grandchild(path: str) -> None:
     """Start a grandchild in this process group, log both pids, then hang."""
     grandchild = subprocess.Popen(["sleep", "300"])

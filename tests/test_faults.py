@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import shm
-from client import Client, TaskCrashed, TaskTimeout
+from client import Client, TaskCrashed, TaskTimeout, WorkerLost
 from client.launch import LocalCell
 from client.supervisor import STABLE_S, CellPlan, Child, Supervisor
 from register.convert import Beat, Registration
@@ -386,6 +386,27 @@ def test_task_that_kills_its_process_fails_after_retries(
         assert len({pid for (_, pid) in attempts}) == 3, "each attempt had a fresh process"
         assert client.submit(f.worker_pid).result(timeout=30) == worker.pid, "the worker stays up"
         assert [w.worker_id for w in alive_workers(client)] == [worker.worker_id]
+
+
+@pytest.mark.timeout(90)
+def test_a_task_that_kills_its_worker_every_time_fails_after_its_losses(
+    start_cell: StartCell, tmp_path: Path
+) -> None:
+    """A poison task: each attempt SIGKILLs its worker. It is retried after each of
+    MAX_WORKER_LOSSES losses, then fails WorkerLost; the cell (and its restarted workers)
+    carry on."""
+    journal = tmp_path / "poison.log"
+    cell = start_cell(workers=2, slots=1)
+    with Client(cell.address) as client:
+        future = client.submit(f.kill_own_worker, str(journal))
+        with pytest.raises(WorkerLost, match=f"lost {shm.MAX_WORKER_LOSSES + 1} times"):
+            future.result(timeout=60)
+        attempts = read_lines(journal)
+        assert len(attempts) == shm.MAX_WORKER_LOSSES + 1, "retried after each loss, then failed"
+        assert client.submit(t.square, 9).result(timeout=30) == 81, "the cell carries on"
+        assert_eventually(lambda: len(alive_workers(client)) == 2, timeout_s=30)
+        final = client.cluster_status()
+    assert final.failed_total == 1 and final.succeeded_total == 1
 
 
 @pytest.mark.timeout(60)

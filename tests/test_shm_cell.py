@@ -9,11 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from shm import (
+    MAX_WORKER_LOSSES,
     ArenaFull,
     BlobTooLarge,
     Capacities,
     Cell,
     Completion,
+    LostTasks,
     NewTask,
     StaleEpoch,
     TableFull,
@@ -151,8 +153,8 @@ def test_fencing_stale_attempt_and_worker(cell: Cell) -> None:
     cell.dispatch(1, 1.0)
     out = cell.complete(w.worker_id, w.epoch, [Completion(tid, 9, OK, b"")], 2.0)
     assert (out.accepted, out.stale) == (0, 1)
-    assert cell.worker_lost(w.worker_id, w.epoch, 3.0) == [tid]
-    assert cell.worker_lost(w.worker_id, w.epoch, 3.0) == []
+    assert cell.worker_lost(w.worker_id, w.epoch, 3.0).requeued == [tid]
+    assert cell.worker_lost(w.worker_id, w.epoch, 3.0) == LostTasks([], [])
     assert cell.get(tid).state == TaskState.QUEUED
     with pytest.raises(StaleEpoch, match="dead"):
         cell.complete(w.worker_id, w.epoch, [Completion(tid, 1, OK, b"")], 4.0)
@@ -175,7 +177,7 @@ def test_requeue_and_deregister(cell: Cell) -> None:
     cell.dispatch(2, 1.0)
     assert cell.requeue([(a, 1), (b, 5), (999, 1)], 2.0) == 1
     assert cell.worker(w.worker_id).in_flight == 1
-    assert cell.deregister(w.worker_id, w.epoch, 3.0) == [b]
+    assert cell.deregister(w.worker_id, w.epoch, 3.0).requeued == [b]
     with pytest.raises(WorkerNotFound):
         cell.worker(w.worker_id)
     assert cell.queue_depth() == 2
@@ -267,6 +269,28 @@ def test_task_table_full(cell: Cell) -> None:
         cell.submit([NewTask(b"") for _ in range(5)], 1.0)
     assert err.value.table == "tasks"
     assert cell.queue_depth() == 60
+
+
+def test_a_task_that_keeps_losing_its_worker_fails(cell: Cell) -> None:
+    """Requeued after each of MAX_WORKER_LOSSES lost workers; one more loss fails it with the
+    caller's outcome (a poison task must not take every worker down forever)."""
+    [tid] = cell.submit([NewTask(b"poison")], 1.0)
+    for loss in range(1, MAX_WORKER_LOSSES + 1):
+        w = worker(cell)
+        assert cell.dispatch(1, 1.0)[0].task_id == tid
+        cell.scheduler_bell.wait(0)
+        assert cell.worker_lost(w.worker_id, w.epoch, 2.0, b"gone") == LostTasks([tid], [])
+        assert cell.scheduler_bell.wait(0) is True
+        assert cell.get(tid).state == TaskState.QUEUED, f"retried after loss {loss}"
+    w = worker(cell)
+    cell.dispatch(1, 3.0)
+    assert cell.worker_lost(w.worker_id, w.epoch, 4.0, b"gone") == LostTasks([], [tid])
+    info = cell.get(tid)
+    assert (info.state, info.finished_at, info.attempt) == (TaskState.FAILED, 4.0, 4)
+    assert cell.read_result(tid) == b"gone"
+    assert cell.plm_bell.wait(0) is True
+    assert cell.take_finished(10) == [tid]
+    assert cell.stats().failed_total == 1
 
 
 def test_worker_table_full_reuses_dead_slots(cell: Cell) -> None:

@@ -25,6 +25,7 @@ from shm import (
     WorkerState,
 )
 from shm.layout import task_key, worker_key
+from shm.types import MAX_WORKER_LOSSES
 from shm.workers import retry_delay_s
 from tests import shm_helpers
 
@@ -50,6 +51,7 @@ class MTask:
     attempt: int = 0
     worker: tuple[int, int] = (0, 0)
     result: bytes | None = None
+    losses: int = 0  # attempts that ended with their worker lost
 
     @property
     def key(self) -> int:
@@ -284,9 +286,20 @@ class CellMachine(RuleBasedStateMachine):
             return
         mine = [t for t in self._active() if t.worker[0] == worker.id]
         call = self.cell.deregister if event == "deregister" else self.cell.worker_lost
-        assert sorted(call(worker.id, worker.epoch, now)) == sorted(t.id for t in mine)
+        lost = call(worker.id, worker.epoch, now, b"lost")
         for t in mine:
-            t.state, t.worker = TaskState.QUEUED, (0, 0)
+            t.losses += 1
+        poisoned = [t for t in mine if t.losses > MAX_WORKER_LOSSES]
+        assert sorted(lost.failed) == sorted(t.id for t in poisoned)
+        assert sorted(lost.requeued) == sorted(t.id for t in mine if t not in poisoned)
+        for t in mine:
+            t.worker = (0, 0)
+            if t in poisoned:
+                self._finish(t, TaskState.FAILED)
+                t.result = b"lost"
+                assert self.cell.read_result(t.id) == b"lost"
+            else:
+                t.state = TaskState.QUEUED
         worker.in_flight, worker.state = 0, WorkerState.DEAD
         if event == "deregister":
             del self.workers[worker.id]
