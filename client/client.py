@@ -197,8 +197,7 @@ class Client:
             try:
                 return call()
             except grpc.RpcError as exc:
-                unavailable = errors.rpc_code(exc) == grpc.StatusCode.UNAVAILABLE
-                if not unavailable or attempt >= len(RETRY_BACKOFF_S):
+                if not errors.is_unavailable(exc) or attempt >= len(RETRY_BACKOFF_S):
                     raise errors.from_rpc_error(exc) from None
             time.sleep(RETRY_BACKOFF_S[attempt])
             attempt += 1

@@ -206,7 +206,7 @@ def from_failure(failure: FailureLike) -> BaseException:
 def from_rpc_error(error: grpc.RpcError) -> HeapdError:
     """heapd's error for a failed gRPC call; raise it `from` the original."""
     details = _call_attr(error, "details")
-    return _for_status(rpc_code(error), details if isinstance(details, str) else "")
+    return _for_status(_rpc_code(error), details if isinstance(details, str) else "")
 
 
 def from_status(code: int, details: str) -> HeapdError:
@@ -214,10 +214,15 @@ def from_status(code: int, details: str) -> HeapdError:
     return _for_status(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), details)
 
 
-def rpc_code(error: grpc.RpcError) -> grpc.StatusCode:
+def _rpc_code(error: grpc.RpcError) -> grpc.StatusCode:
     """The status code of a failed call (UNKNOWN if it has none)."""
     code = _call_attr(error, "code")
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def is_unavailable(error: grpc.RpcError) -> bool:
+    """The PLM could not be reached (or restarted mid-call): worth retrying with backoff."""
+    return _rpc_code(error) is grpc.StatusCode.UNAVAILABLE
 
 
 def _for_status(status: grpc.StatusCode, details: str) -> HeapdError:

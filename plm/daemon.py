@@ -92,9 +92,10 @@ class Plm:
 
     def get(self, task_id: int) -> tuple[shm.TaskInfo, bytes | None]:
         """A task's status and, once settled and still held, its outcome."""
-        info = self.cell.get(task_id)
-        outcome = self.cell.read_result(task_id) if info.state in shm.TERMINAL_STATES else None
-        return info, outcome
+        ((_, info, outcome),) = self.cell.read_settled([task_id])  # one lock, not two
+        if info is None:
+            raise shm.TaskNotFound(task_id)
+        return info, outcome if info.state in shm.TERMINAL_STATES else None
 
     async def cancel(self, task_id: int) -> shm.TaskState:
         """Cancel a task; a running one is also killed on its worker. Returns its state after."""

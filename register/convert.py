@@ -94,33 +94,28 @@ def deregistered_to_proto(requeued: int) -> pb.DeregisterResponse:
 
 def lease_expired_outcome(timeout_s: float) -> bytes:
     """The outcome the register records when a worker never reported a timed-out attempt."""
-    outcome = task_pb2.TaskOutcome(
-        failure=task_pb2.Failure(
-            kind=task_pb2.TIMEOUT,
-            type="heapd.TaskTimeout",
-            message=(
-                f"no result within the task's timeout of {timeout_s:g} s plus a grace period; "
-                "the register settled the attempt and told the worker to kill it"
-            ),
-        )
+    return _failure_outcome(
+        task_pb2.TIMEOUT,
+        "heapd.TaskTimeout",
+        f"no result within the task's timeout of {timeout_s:g} s plus a grace period; "
+        "the register settled the attempt and told the worker to kill it",
     )
-    data: bytes = outcome.SerializeToString()
-    return data
 
 
 def worker_lost_outcome(reason: str, losses: int) -> bytes:
     """The outcome of a task failed for losing its worker too many times (a poison task)."""
-    outcome = task_pb2.TaskOutcome(
-        failure=task_pb2.Failure(
-            kind=task_pb2.WORKER_LOST,
-            type="heapd.WorkerLost",
-            message=(
-                f"the worker running this task was lost {losses} times (last: {reason}); "
-                "heapd stopped retrying it in case the task itself kills its workers"
-            ),
-        )
+    return _failure_outcome(
+        task_pb2.WORKER_LOST,
+        "heapd.WorkerLost",
+        f"the worker running this task was lost {losses} times (last: {reason}); "
+        "heapd stopped retrying it in case the task itself kills its workers",
     )
-    data: bytes = outcome.SerializeToString()
+
+
+def _failure_outcome(kind: task_pb2.FailureKind, type_name: str, message: str) -> bytes:
+    """A serialized TaskOutcome for a failure the register decides on its own."""
+    failure = task_pb2.Failure(kind=kind, type=type_name, message=message)
+    data: bytes = task_pb2.TaskOutcome(failure=failure).SerializeToString()
     return data
 
 

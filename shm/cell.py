@@ -317,9 +317,7 @@ class Cell:
             self.scheduler_bell.ring()
         return next_due
 
-    def worker_lost(
-        self, worker_id: int, epoch: int, now: float, failure: bytes = b""
-    ) -> LostTasks:
+    def worker_lost(self, worker_id: int, epoch: int, now: float, failure: bytes) -> LostTasks:
         """Declare a worker DEAD and requeue its tasks; a task that has now lost its worker
         more than MAX_WORKER_LOSSES times ends FAILED with `failure` as its result.
         Idempotent."""
@@ -328,7 +326,7 @@ class Cell:
         self._announce(lost)
         return lost
 
-    def deregister(self, worker_id: int, epoch: int, now: float, failure: bytes = b"") -> LostTasks:
+    def deregister(self, worker_id: int, epoch: int, now: float, failure: bytes) -> LostTasks:
         """Like worker_lost, then free the worker's slot."""
         with self._locked() as mem:
             lost = workers.deregister(mem, worker_id, epoch, now, failure)

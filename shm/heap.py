@@ -28,13 +28,22 @@ from shm.heapcore_py import INF
 
 
 class SiftCore(Protocol):
-    """What both cores (compiled and Python) provide."""
+    """What both cores provide: HeapCore(name, keys, items, pos, hdr, size_word, capacity)."""
 
-    def push(self, item: int, key: int) -> None: ...
-    def pop(self) -> int: ...
-    def update(self, item: int, key: int) -> None: ...
-    def remove(self, item: int) -> None: ...
-    def release(self) -> None: ...
+    def push(self, item: int, key: int) -> None:
+        """Insert an absent item (IndexError when full, ValueError when present)."""
+
+    def pop(self) -> int:
+        """Remove and return the item with the smallest key (IndexError if empty)."""
+
+    def update(self, item: int, key: int) -> None:
+        """Change the key of an item in the heap (KeyError if absent)."""
+
+    def remove(self, item: int) -> None:
+        """Remove an item from anywhere in the heap (KeyError if absent)."""
+
+    def release(self) -> None:
+        """Drop the core's views of the shared arrays."""
 
 
 CompiledCore: Callable[..., SiftCore] | None
@@ -50,7 +59,16 @@ _BATCH_REBUILD = 16  # a batch of k is merged by numpy when k * this >= the heap
 
 
 class IndexedHeap:
-    """Min-heap of distinct int items 0..capacity-1 with int64 keys, all in shared memory."""
+    """Min-heap of distinct int items 0..capacity-1 with int64 keys, all in shared memory.
+
+    `push`, `pop`, `update` and `remove` (see SiftCore) are the core's own methods, bound
+    here so that a heap operation on the per-task path costs no extra Python call.
+    """
+
+    push: Callable[[int, int], None]
+    pop: Callable[[], int]
+    update: Callable[[int, int], None]
+    remove: Callable[[int], None]
 
     __slots__ = (
         "_core",
@@ -64,6 +82,10 @@ class IndexedHeap:
         "_size_word",
         "capacity",
         "name",
+        "pop",
+        "push",
+        "remove",
+        "update",
     )
 
     def __init__(
@@ -93,6 +115,8 @@ class IndexedHeap:
                 raise RuntimeError("shm._heapcore is not built: reinstall heapd with a C compiler")
             core = CompiledCore
         self._core = core(name, self._keys, self._items, self._pos, hdr, self._size_word, capacity)
+        self.push, self.pop = self._core.push, self._core.pop
+        self.update, self.remove = self._core.update, self._core.remove
 
     def release(self) -> None:
         """Drop the views so the segment can be unmapped."""
@@ -127,24 +151,6 @@ class IndexedHeap:
         n = len(self)
         return self._items_np[:n].copy(), self._keys_np[:n].copy()
 
-    # ---- per-element operations, O(log n), in the compiled core when there is one
-
-    def push(self, item: int, key: int) -> None:
-        """Insert an absent item."""
-        self._core.push(item, key)
-
-    def pop(self) -> int:
-        """Remove and return the item with the smallest key (IndexError if empty)."""
-        return self._core.pop()
-
-    def update(self, item: int, key: int) -> None:
-        """Change the key of an item in the heap."""
-        self._core.update(item, key)
-
-    def remove(self, item: int) -> None:
-        """Remove an item from anywhere in the heap."""
-        self._core.remove(item)
-
     # ---- batches
 
     def push_many(self, items: Sequence[int], keys: Sequence[int]) -> None:
@@ -154,7 +160,7 @@ class IndexedHeap:
         if n + k > self.capacity:
             raise IndexError(f"{self.name} would overflow ({n} + {k} > {self.capacity})")
         if k * _BATCH_REBUILD < n + k:
-            push = self._core.push
+            push = self.push
             for item, key in zip(items, keys, strict=True):
                 push(item, key)
             return
@@ -172,7 +178,7 @@ class IndexedHeap:
         n = len(self)
         k = min(k, n)
         if k * _BATCH_REBUILD < n:
-            pop = self._core.pop
+            pop = self.pop
             return [pop() for _ in range(k)]
         items, keys = self.entries()
         order = np.argsort(keys, kind="stable")

@@ -112,8 +112,11 @@ def _undo(mem: CellMemory, slots: list[int]) -> None:
 
 def read_result(mem: CellMemory, task_id: int) -> bytes | None:
     """A copy of the task's result blob, None if it has none."""
+    return _result_at(mem, mem.tasks.slot_of(task_id))
+
+
+def _result_at(mem: CellMemory, slot: int) -> bytes | None:
     t = mem.tasks
-    slot = t.slot_of(task_id)
     if not t.flags[slot] & F_RESULT:
         return None
     return mem.arena.read(t.result_chunk[slot], t.result_len[slot])
@@ -124,11 +127,14 @@ def read_settled(
 ) -> list[tuple[int, TaskInfo | None, bytes | None]]:
     """(id, record copy or None if unknown, result copy or None) for each task."""
     out: list[tuple[int, TaskInfo | None, bytes | None]] = []
+    t = mem.tasks
     for task_id in task_ids:
         try:
-            out.append((task_id, info(mem, task_id), read_result(mem, task_id)))
+            slot = t.slot_of(task_id)
         except TaskNotFound:
             out.append((task_id, None, None))
+            continue
+        out.append((task_id, t.info(slot), _result_at(mem, slot)))
     return out
 
 

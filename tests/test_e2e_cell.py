@@ -135,9 +135,7 @@ def test_a_delivered_result_waits_for_a_reconnecting_client(start_cell: StartCel
         stream = stub.WatchTasks(request, timeout=10)
         reply = next(stream)
         stream.cancel()
-    assert [(r.task_id, r.state) for r in reply.results] == [
-        (future.task_id, task_pb2.SUCCEEDED)
-    ]
+    assert [(r.task_id, r.state) for r in reply.results] == [(future.task_id, task_pb2.SUCCEEDED)]
 
 
 def test_two_cells_on_one_host_do_not_interfere(start_cell: StartCell) -> None:

@@ -153,8 +153,8 @@ def test_fencing_stale_attempt_and_worker(cell: Cell) -> None:
     cell.dispatch(1, 1.0)
     out = cell.complete(w.worker_id, w.epoch, [Completion(tid, 9, OK, b"")], 2.0)
     assert (out.accepted, out.stale) == (0, 1)
-    assert cell.worker_lost(w.worker_id, w.epoch, 3.0).requeued == [tid]
-    assert cell.worker_lost(w.worker_id, w.epoch, 3.0) == LostTasks([], [])
+    assert cell.worker_lost(w.worker_id, w.epoch, 3.0, b"lost").requeued == [tid]
+    assert cell.worker_lost(w.worker_id, w.epoch, 3.0, b"lost") == LostTasks([], [])
     assert cell.get(tid).state == TaskState.QUEUED
     with pytest.raises(StaleEpoch, match="dead"):
         cell.complete(w.worker_id, w.epoch, [Completion(tid, 1, OK, b"")], 4.0)
@@ -177,7 +177,7 @@ def test_requeue_and_deregister(cell: Cell) -> None:
     cell.dispatch(2, 1.0)
     assert cell.requeue([(a, 1), (b, 5), (999, 1)], 2.0) == 1
     assert cell.worker(w.worker_id).in_flight == 1
-    assert cell.deregister(w.worker_id, w.epoch, 3.0).requeued == [b]
+    assert cell.deregister(w.worker_id, w.epoch, 3.0, b"lost").requeued == [b]
     with pytest.raises(WorkerNotFound):
         cell.worker(w.worker_id)
     assert cell.queue_depth() == 2
@@ -298,7 +298,7 @@ def test_worker_table_full_reuses_dead_slots(cell: Cell) -> None:
     with pytest.raises(TableFull) as err:
         worker(cell)
     assert err.value.table == "workers"
-    cell.worker_lost(ws[3].worker_id, ws[3].epoch, 2.0)
+    cell.worker_lost(ws[3].worker_id, ws[3].epoch, 2.0, b"lost")
     again = worker(cell)
     assert again.worker_id & 0xFFFF == ws[3].worker_id & 0xFFFF
     with pytest.raises(WorkerNotFound):
