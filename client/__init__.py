@@ -1,8 +1,11 @@
-"""heapd's Python client: the whole public API is listed in `__all__` (pinned by a test)."""
+"""heapd: a task scheduler for Python. The whole public API is listed in `__all__` (pinned by a
+test); the daemons live in the subpackages (`heapd.plm`, `heapd.worker`, ...)."""
 
-from client.aio import AsyncClient, AsyncTaskFuture
-from client.client import Client
-from client.errors import (
+__version__ = "0.2.0"
+
+from heapd.aio import AsyncClient, AsyncTaskFuture
+from heapd.client import Client
+from heapd.errors import (
     BadResult,
     BadTask,
     HeapdError,
@@ -20,8 +23,8 @@ from client.errors import (
     Unavailable,
     WorkerLost,
 )
-from client.futures import TaskFuture
-from client.results import CommandResult
+from heapd.futures import TaskFuture
+from heapd.results import CommandResult
 
 __all__ = [
     "AsyncClient",

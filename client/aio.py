@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client import calls, convert, errors
-from client.calls import Options
-from client.client import CALL_TIMEOUT_S, DEFAULT_ADDRESS, MAP_BATCH, RETRY_BACKOFF_S
-from client.submit_stream import AsyncSubmitLane
-from protos.heapd.v1 import task_service_pb2_grpc
-from runtime.server import CHANNEL_OPTIONS
+from heapd import calls, convert, errors
+from heapd.calls import Options
+from heapd.client import CALL_TIMEOUT_S, DEFAULT_ADDRESS, MAP_BATCH, RETRY_BACKOFF_S
+from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.submit_stream import AsyncSubmitLane
+from heapd.v1 import task_service_pb2_grpc
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client import convert
+from heapd import convert
 
 
 @dataclass(frozen=True, slots=True)

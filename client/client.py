@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client import calls, convert, errors
-from client.calls import Options
-from client.futures import TaskFuture
-from client.submit_stream import SubmitLane
-from protos.heapd.v1 import task_service_pb2_grpc
-from runtime.server import CHANNEL_OPTIONS
+from heapd import calls, convert, errors
+from heapd.calls import Options
+from heapd.futures import TaskFuture
+from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.submit_stream import SubmitLane
+from heapd.v1 import task_service_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
 MAP_BATCH = 1000

@@ -24,9 +24,9 @@ from typing import Any
 import cloudpickle
 from google.protobuf.message import DecodeError
 
-from client.errors import FailureInfo, HeapdError, InvalidArgument, TaskLost
-from client.results import CommandResult, Outcome, TaskState, decode_outcome
-from protos.heapd.v1 import task_pb2, task_service_pb2
+from heapd.errors import FailureInfo, HeapdError, InvalidArgument, TaskLost
+from heapd.results import CommandResult, Outcome, TaskState, decode_outcome
+from heapd.v1 import task_pb2, task_service_pb2
 
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

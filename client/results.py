@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from client.errors import BadResult, FailureInfo, TaskCancelled, TaskFailed, from_failure
+from heapd.errors import BadResult, FailureInfo, TaskCancelled, TaskFailed, from_failure
 
 
 class TaskState(IntEnum):

@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
-from client import errors
-from protos.heapd.v1 import task_service_pb2 as pb
+from heapd import errors
+from heapd.v1 import task_service_pb2 as pb
 
 
 class StreamBroken(grpc.RpcError):  # type: ignore[misc]

@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-import shm
-from plm import service
-from plm.daemon import Plm
-from runtime import config, entry, logs, ready, server, signals
+from heapd import shm
+from heapd.plm import service
+from heapd.plm.daemon import Plm
+from heapd.runtime import channels, config, entry, logs, ready, server, signals
 
 SHUTDOWN_GRACE_S = 2.0
 
@@ -35,7 +35,7 @@ async def serve(cfg: config.PlmConfig, cell: shm.Cell) -> None:
             cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
         )
         signals.install(asyncio.get_running_loop(), plm.shutdown)
-        ready.announce("plm", server.format_address(cfg.host, port))
+        ready.announce("plm", channels.format_address(cfg.host, port))
         await plm.wait_stopped()
         await grpc_server.stop(SHUTDOWN_GRACE_S)
 

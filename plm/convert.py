@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-import shm
-from protos.heapd.v1 import task_pb2, task_service_pb2, worker_service_pb2
+from heapd import shm
+from heapd.v1 import task_pb2, task_service_pb2, worker_service_pb2
 
 BUILTINS = frozenset({"sleep", "cpu"})
 MAX_RETRIES = 1000

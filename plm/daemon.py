@@ -8,11 +8,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
-import shm
-from plm.held import HeldResults
-from plm.sessions import Session, Sessions
-from plm.workers import WorkerCanceller
-from runtime.bells import BellListener
+from heapd import shm
+from heapd.plm.held import HeldResults
+from heapd.plm.sessions import Session, Sessions
+from heapd.plm.workers import WorkerCanceller
+from heapd.runtime.bells import BellListener
 
 log = logging.getLogger(__name__)
 

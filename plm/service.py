@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from plm import convert
-from plm.daemon import Plm
-from protos.heapd.v1 import task_service_pb2 as pb
-from protos.heapd.v1 import task_service_pb2_grpc
-from runtime import status
-from runtime.server import Registration
+from heapd.plm import convert
+from heapd.plm.daemon import Plm
+from heapd.runtime import status
+from heapd.runtime.server import Registration
+from heapd.v1 import task_service_pb2 as pb
+from heapd.v1 import task_service_pb2_grpc
 
 SERVICE_NAME = "heapd.v1.TaskService"
 DEFAULT_LIST_LIMIT = 100

@@ -6,9 +6,9 @@ import logging
 
 import grpc
 
-from plm import convert
-from protos.heapd.v1 import worker_service_pb2_grpc
-from runtime import server
+from heapd.plm import convert
+from heapd.runtime import channels
+from heapd.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class WorkerCanceller:
     def _stub(self, address: str) -> worker_service_pb2_grpc.WorkerServiceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = server.channel(address)
+            channel = channels.channel(address)
             self._channels.append(channel)
             stub = self._stubs[address] = worker_service_pb2_grpc.WorkerServiceStub(channel)
         return stub

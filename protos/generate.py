@@ -1,13 +1,12 @@
-"""Regenerate the gRPC stubs from heapd/v1/*.proto: `python -m protos.generate`.
+"""Regenerate the gRPC stubs from heapd/v1/*.proto: `make protos` (`python protos/generate.py`).
 
-protoc writes imports as `from heapd.v1 import x_pb2`; they are rewritten to
-`from protos.heapd.v1 import x_pb2` so the stubs live inside the `protos` package
-instead of needing a second top-level name on sys.path.
+A development tool (it needs grpcio-tools, the `dev` extra), not part of the installed package.
+protoc writes the stubs' imports as `from heapd.v1 import x_pb2`, and that is where they are
+installed: the folder `protos/heapd/v1/` is the package `heapd.v1` (see pyproject.toml).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "heapd" / "v1"
-_IMPORT = re.compile(r"^from heapd\.v1 import", re.MULTILINE)
 
 
 def proto_files() -> list[Path]:
@@ -24,7 +22,7 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_dir: Path = ROOT) -> list[Path]:
-    """Run protoc into out_dir (mirroring heapd/v1/) and fix the imports; returns files written."""
+    """Run protoc into out_dir (mirroring heapd/v1/); returns the files written."""
     include = Path(protoc.__file__).resolve().parent / "_proto"
     args = [
         "grpc_tools.protoc",
@@ -37,10 +35,7 @@ def generate(out_dir: Path = ROOT) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
-    written = sorted((out_dir / "heapd" / "v1").glob("*_pb2*.py*"))
-    for path in written:
-        path.write_text(_IMPORT.sub("from protos.heapd.v1 import", path.read_text()))
-    return written
+    return sorted((out_dir / "heapd" / "v1").glob("*_pb2*.py*"))
 
 
 def main() -> int:

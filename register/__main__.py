@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-import shm
-from register import service
-from register.daemon import Register
-from runtime import config, entry, logs, ready, server, signals
+from heapd import shm
+from heapd.register import service
+from heapd.register.daemon import Register
+from heapd.runtime import channels, config, entry, logs, ready, server, signals
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
             cfg.host, cfg.port, [service.registration(register)], [service.SERVICE_NAME]
         )
         signals.install(asyncio.get_running_loop(), register.shutdown)
-        ready.announce("register", server.format_address(cfg.host, port))
+        ready.announce("register", channels.format_address(cfg.host, port))
         await register.wait_stopped()
         await grpc_server.stop(1.0)
 

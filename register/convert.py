@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-import shm
-from protos.heapd.v1 import register_service_pb2 as pb
-from protos.heapd.v1 import task_pb2
+from heapd import shm
+from heapd.v1 import register_service_pb2 as pb
+from heapd.v1 import task_pb2
 
 MAX_SLOTS = 65535
 SETTLED = {task_pb2.SUCCEEDED: shm.TaskState.SUCCEEDED, task_pb2.FAILED: shm.TaskState.FAILED}

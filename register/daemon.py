@@ -8,12 +8,12 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-import shm
-from register import convert
-from register.convert import Beat, Registration
-from register.history import AttemptHistory
-from register.leases import Lease, Leases
-from register.liveness import Deadlines
+from heapd import shm
+from heapd.register import convert
+from heapd.register.convert import Beat, Registration
+from heapd.register.history import AttemptHistory
+from heapd.register.leases import Lease, Leases
+from heapd.register.liveness import Deadlines
 
 log = logging.getLogger(__name__)
 

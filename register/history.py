@@ -12,8 +12,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 
-import shm
-from register import convert
+from heapd import shm
+from heapd.register import convert
 
 MAX_TASKS = 100_000
 MAX_PER_TASK = 20

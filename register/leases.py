@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 
-from register.timers import KeyedTimers
+from heapd.register.timers import KeyedTimers
 
 LEASE_GRACE_S = 1.0
 

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from functools import partial
 
-from register.timers import KeyedTimers
+from heapd.register.timers import KeyedTimers
 
 
 class Deadlines:

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from protos.heapd.v1 import register_service_pb2 as pb
-from protos.heapd.v1 import register_service_pb2_grpc
-from register import convert
-from register.daemon import Register
-from runtime import status
-from runtime.server import Registration
+from heapd.register import convert
+from heapd.register.daemon import Register
+from heapd.runtime import status
+from heapd.runtime.server import Registration
+from heapd.v1 import register_service_pb2 as pb
+from heapd.v1 import register_service_pb2_grpc
 
 SERVICE_NAME = "heapd.v1.RegisterService"
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import shm
+from heapd import shm
 
 
 def run_attached(

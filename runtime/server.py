@@ -1,4 +1,8 @@
-"""gRPC aio server setup shared by every daemon: health checking, reflection, message limits."""
+"""gRPC aio server setup shared by every daemon: health checking, reflection, message limits.
+
+Server-side only: clients import `heapd.runtime.channels`, never this module (it pulls in the
+health and reflection services).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-MAX_MESSAGE_BYTES = 64 << 20
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+from heapd.runtime.channels import CHANNEL_OPTIONS
+
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *CHANNEL_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -45,13 +42,3 @@ async def start(
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, bound
-
-
-def channel(address: str) -> grpc.aio.Channel:
-    """An aio channel to another role with heapd's message limits and keepalive."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-
-def format_address(host: str, port: int) -> str:
-    """host:port, bracketing IPv6 literals."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-import shm
+from heapd import shm
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-import shm
-from runtime import config, entry, logs, ready, server, signals
-from scheduler.daemon import Scheduler
+from heapd import shm
+from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.scheduler.daemon import Scheduler
 
 SERVICE_NAMES: list[str] = []
 
@@ -36,7 +36,7 @@ async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
     async with Scheduler(cell, cfg.batch, cfg.prefetch_per_slot) as scheduler:
         grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES)
         signals.install(asyncio.get_running_loop(), scheduler.shutdown)
-        ready.announce("scheduler", server.format_address(cfg.host, port))
+        ready.announce("scheduler", channels.format_address(cfg.host, port))
         await scheduler.wait_stopped()
         await grpc_server.stop(1.0)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import shm
-from protos.heapd.v1 import worker_service_pb2
+from heapd import shm
+from heapd.v1 import worker_service_pb2
 
 
 def assign_request(dispatches: Sequence[shm.Dispatch]) -> worker_service_pb2.AssignTasksRequest:

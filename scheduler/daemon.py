@@ -16,9 +16,9 @@ import math
 import time
 from types import TracebackType
 
-import shm
-from runtime.bells import BellListener
-from scheduler.dispatcher import Dispatcher
+from heapd import shm
+from heapd.runtime.bells import BellListener
+from heapd.scheduler.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-import shm
-from protos.heapd.v1 import worker_service_pb2_grpc
-from runtime import server
-from scheduler import convert
+from heapd import shm
+from heapd.runtime import channels
+from heapd.scheduler import convert
+from heapd.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class WorkerFeed:
         self.address = address
         self._on_lost = on_lost
         self._on_closed = on_closed
-        self._channel = server.channel(address)
+        self._channel = channels.channel(address)
         self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).AssignStream()
         self._outbox: deque[list[shm.Dispatch]] = deque()
         self._unanswered: deque[list[shm.Dispatch]] = deque()

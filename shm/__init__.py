@@ -1,9 +1,9 @@
 """heapd's shared state: one cell's tables, heaps, blob arena, lock and doorbells in
 POSIX shared memory. See `shm.layout` for the bytes and `shm.cell.Cell` for the API."""
 
-from shm.cell import Cell
-from shm.doorbell import Doorbell
-from shm.errors import (
+from heapd.shm.cell import Cell
+from heapd.shm.doorbell import Doorbell
+from heapd.shm.errors import (
     ArenaFull,
     BlobTooLarge,
     CellExists,
@@ -16,8 +16,8 @@ from shm.errors import (
     TaskNotFound,
     WorkerNotFound,
 )
-from shm.names import CellNames, validate_cell_name
-from shm.types import (
+from heapd.shm.names import CellNames, validate_cell_name
+from heapd.shm.types import (
     ACTIVE,
     ACTIVE_STATES,
     LIVE_WORKER_STATES,

@@ -13,9 +13,9 @@ import mmap
 import numpy as np
 import numpy.typing as npt
 
-from shm.errors import ArenaFull, BlobTooLarge
-from shm.layout import H
-from shm.types import CHUNK_BYTES
+from heapd.shm.errors import ArenaFull, BlobTooLarge
+from heapd.shm.layout import H
+from heapd.shm.types import CHUNK_BYTES
 
 
 def chunks_for(size: int) -> int:

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the shared-memory task heap: `python -m shm.bench [--json]`.
+"""Micro-benchmark of the shared-memory task heap: `python -m heapd.shm.bench [--json]`.
 
 For each heap size n it measures, on a real cell's task heap: push, pop and push+pop
 microseconds per operation at about n queued tasks; the same push+pop on a plain
@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shm.cell import Cell
-from shm.heap import IndexedHeap
-from shm.layout import bytes_per_task, task_key
-from shm.types import Capacities
+from heapd.shm.cell import Cell
+from heapd.shm.heap import IndexedHeap
+from heapd.shm.layout import bytes_per_task, task_key
+from heapd.shm.types import Capacities
 
 SIZES = (1_000, 100_000, 1_000_000)
 BATCH = 256
@@ -197,7 +197,7 @@ def _table(results: dict[int, Figures]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table, or JSON with --json."""
-    parser = argparse.ArgumentParser(prog="python -m shm.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m heapd.shm.bench", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="heap sizes")
     parser.add_argument("--ops", type=int, default=20_000, help="operations per measurement")

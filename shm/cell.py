@@ -13,17 +13,17 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
-from shm import check as check_mod
-from shm import dispatch as dispatch_mod
-from shm import repair as repair_mod
-from shm import segment, tasks, workers
-from shm.doorbell import Doorbell
-from shm.errors import CellExists, CellNotFound, ShmError
-from shm.layout import H, Layout
-from shm.lock import CellLock
-from shm.memory import CellMemory
-from shm.names import CellNames
-from shm.types import (
+from heapd.shm import check as check_mod
+from heapd.shm import dispatch as dispatch_mod
+from heapd.shm import repair as repair_mod
+from heapd.shm import segment, tasks, workers
+from heapd.shm.doorbell import Doorbell
+from heapd.shm.errors import CellExists, CellNotFound, ShmError
+from heapd.shm.layout import H, Layout
+from heapd.shm.lock import CellLock
+from heapd.shm.memory import CellMemory
+from heapd.shm.names import CellNames
+from heapd.shm.types import (
     CancelResult,
     Capacities,
     CellStats,

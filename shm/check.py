@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from shm import derived
-from shm.heap import IndexedHeap
-from shm.layout import F_RESULT, MAGIC, SLOT_BITS, SLOT_MASK, VERSION, H
-from shm.memory import CellMemory
-from shm.types import TaskState, WorkerState
+from heapd.shm import derived
+from heapd.shm.heap import IndexedHeap
+from heapd.shm.layout import F_RESULT, MAGIC, SLOT_BITS, SLOT_MASK, VERSION, H
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import TaskState, WorkerState
 
 LIMIT = 5  # problems listed per kind; the rest are counted
 

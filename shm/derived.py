@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from shm.layout import (
+from heapd.shm.layout import (
     F_RESULT,
     MAX_LOAD,
     PICK_MASK,
@@ -17,8 +17,8 @@ from shm.layout import (
     SLOT_BITS,
     WORKER_SLOT_MASK,
 )
-from shm.memory import CellMemory
-from shm.types import TaskState, WorkerState
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import TaskState, WorkerState
 
 Mask = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]

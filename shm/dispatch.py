@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shm import transitions
-from shm.layout import H, worker_key
-from shm.memory import CellMemory
-from shm.types import ACTIVE, Dispatch, TaskState
+from heapd.shm import transitions
+from heapd.shm.layout import H, worker_key
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import ACTIVE, Dispatch, TaskState
 
 DISPATCHED = int(TaskState.DISPATCHED)
 

@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from shm import heapcore_py
-from shm.heapcore_py import INF
+from heapd.shm import heapcore_py
+from heapd.shm.heapcore_py import INF
 
 
 class SiftCore(Protocol):
@@ -48,7 +48,7 @@ class SiftCore(Protocol):
 
 CompiledCore: Callable[..., SiftCore] | None
 try:
-    from shm._heapcore import HeapCore as _Compiled
+    from heapd.shm._heapcore import HeapCore as _Compiled
 
     CompiledCore = _Compiled
 except ImportError:  # built without a C compiler: the Python loops, same behaviour

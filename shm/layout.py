@@ -71,7 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shm.types import CHUNK_BYTES, Capacities
+from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
 VERSION = 2  # 2: task record gained `losses`

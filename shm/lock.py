@@ -24,7 +24,7 @@ import os
 
 import posix_ipc
 
-from shm.layout import H
+from heapd.shm.layout import H
 
 POLL_S = 0.2
 

@@ -6,12 +6,12 @@ import mmap
 
 import numpy as np
 
-from shm.arena import Arena
-from shm.freelist import SlotStack
-from shm.heap import IndexedHeap
-from shm.layout import HEADER_WORDS, H, Layout
-from shm.ring import CompletionRing
-from shm.tables import TaskTable, WorkerTable
+from heapd.shm.arena import Arena
+from heapd.shm.freelist import SlotStack
+from heapd.shm.heap import IndexedHeap
+from heapd.shm.layout import HEADER_WORDS, H, Layout
+from heapd.shm.ring import CompletionRing
+from heapd.shm.tables import TaskTable, WorkerTable
 
 
 class CellMemory:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm import derived
-from shm.layout import F_NOTIFY, F_RESULT, SLOT_BITS, WORKER_SLOT_BITS, H
-from shm.memory import CellMemory
-from shm.types import TaskState, WorkerState
+from heapd.shm import derived
+from heapd.shm.layout import F_NOTIFY, F_RESULT, SLOT_BITS, WORKER_SLOT_BITS, H
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import TaskState, WorkerState
 
 
 def repair(mem: CellMemory) -> None:

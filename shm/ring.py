@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from shm.layout import F_NOTIFY, SLOT_MASK, H
-from shm.tables import TaskTable
-from shm.types import TaskState
+from heapd.shm.layout import F_NOTIFY, SLOT_MASK, H
+from heapd.shm.tables import TaskTable
+from heapd.shm.types import TaskState
 
 _TERMINAL_MIN = int(TaskState.SUCCEEDED)
 

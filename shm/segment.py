@@ -21,10 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import posix_ipc
 
-from shm.errors import CellExists, CellNotFound, InvalidCapacity, LayoutMismatch, ShmError
-from shm.layout import HEADER_BYTES, HEADER_WORDS, MAGIC, VERSION, H, Layout
-from shm.names import DEV_SHM, CellNames
-from shm.types import CHUNK_BYTES, Capacities
+from heapd.shm.errors import CellExists, CellNotFound, InvalidCapacity, LayoutMismatch, ShmError
+from heapd.shm.layout import HEADER_BYTES, HEADER_WORDS, MAGIC, VERSION, H, Layout
+from heapd.shm.names import DEV_SHM, CellNames
+from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MODE = 0o600
 CREATION_WAIT_S = 2.0

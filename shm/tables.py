@@ -10,9 +10,9 @@ from typing import Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from shm.errors import TaskNotFound, WorkerNotFound
-from shm.layout import F_RESULT, SLOT_MASK, TASK_DTYPE, WORKER_DTYPE, WORKER_SLOT_MASK
-from shm.types import TaskInfo, TaskState, WorkerInfo, WorkerState
+from heapd.shm.errors import TaskNotFound, WorkerNotFound
+from heapd.shm.layout import F_RESULT, SLOT_MASK, TASK_DTYPE, WORKER_DTYPE, WORKER_SLOT_MASK
+from heapd.shm.types import TaskInfo, TaskState, WorkerInfo, WorkerState
 
 
 class FloatField(Protocol):

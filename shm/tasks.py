@@ -9,12 +9,12 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from shm import transitions
-from shm.arena import chunks_for
-from shm.errors import ArenaFull, ShmError, TableFull, TaskNotFound
-from shm.layout import F_NOTIFY, F_RESULT, MAX_SEQ, SLOT_BITS, H
-from shm.memory import CellMemory
-from shm.types import (
+from heapd.shm import transitions
+from heapd.shm.arena import chunks_for
+from heapd.shm.errors import ArenaFull, ShmError, TableFull, TaskNotFound
+from heapd.shm.layout import F_NOTIFY, F_RESULT, MAX_SEQ, SLOT_BITS, H
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import (
     ACTIVE,
     CHUNK_BYTES,
     TERMINAL,

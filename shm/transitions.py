@@ -8,9 +8,17 @@ counts, arena map, ring) from them. Callers hold the cell lock.
 
 from __future__ import annotations
 
-from shm.layout import F_NOTIFY, F_RESULT, SLOT_BITS, WORKER_SLOT_MASK, H, task_key, worker_key
-from shm.memory import CellMemory
-from shm.types import TaskState
+from heapd.shm.layout import (
+    F_NOTIFY,
+    F_RESULT,
+    SLOT_BITS,
+    WORKER_SLOT_MASK,
+    H,
+    task_key,
+    worker_key,
+)
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import TaskState
 
 QUEUED = int(TaskState.QUEUED)
 PENDING = int(TaskState.PENDING)

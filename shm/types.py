@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from shm.errors import InvalidCapacity
+from heapd.shm.errors import InvalidCapacity
 
 MAX_TASKS = 1 << 24  # the slot is the low 24 bits of a task id
 MAX_WORKERS = 1 << 16  # the slot is the low 16 bits of a worker id

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shm import transitions
-from shm.errors import ArenaFull, BlobTooLarge, StaleEpoch, TableFull, WorkerNotFound
-from shm.layout import (
+from heapd.shm import transitions
+from heapd.shm.errors import ArenaFull, BlobTooLarge, StaleEpoch, TableFull, WorkerNotFound
+from heapd.shm.layout import (
     ADDRESS_BYTES,
     F_RESULT,
     HOSTNAME_BYTES,
@@ -21,8 +21,8 @@ from shm.layout import (
     H,
     worker_key,
 )
-from shm.memory import CellMemory
-from shm.types import (
+from heapd.shm.memory import CellMemory
+from heapd.shm.types import (
     ACTIVE,
     MAX_WORKER_LOSSES,
     RETRY_BASE_S,

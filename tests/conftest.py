@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import shm
-from client.launch import LocalCell
+from heapd import shm
+from heapd.runtime.launch import LocalCell
 from tests.helpers import MARK, kill_all, marked_processes, shm_entries
 
 

@@ -74,13 +74,13 @@ def is_running(pid: int) -> bool:
 
 
 def role_pids(mark: str, role: str) -> list[int]:
-    """Pids of the cell's live `python -m ROLE` processes (plm, scheduler, register, worker)."""
+    """Pids of the cell's live `python -m heapd.ROLE` processes (ROLE: plm, scheduler, ...)."""
     found = []
     for pid in marked_processes(mark):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a == b"-m" and b == role.encode() for a, b in itertools.pairwise(argv)):
+        if any(a == b"-m" and b == f"heapd.{role}".encode() for a, b in itertools.pairwise(argv)):
             found.append(pid)
     return found

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 
-from shm import Capacities, Cell, CellNames, Completion, NewTask, TaskState
+from heapd.shm import Capacities, Cell, CellNames, Completion, NewTask, TaskState
 
 SMALL = Capacities(tasks=64, workers=8, arena_bytes=64 * 256, max_blob_bytes=2048)
 _counter = itertools.count()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from client import Client, InvalidArgument, NotFound, ResourceExhausted
-from client.errors import BadResult, BadTask
-from protos.heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from heapd import Client, InvalidArgument, NotFound, ResourceExhausted
+from heapd.errors import BadResult, BadTask
+from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import config
+from heapd.runtime import config
 
 
 def test_precedence(tmp_path: Path) -> None:

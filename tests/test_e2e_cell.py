@@ -11,8 +11,8 @@ import sys
 import grpc
 import pytest
 
-from client import AsyncClient, Client, CommandResult, InvalidArgument
-from protos.heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from heapd import AsyncClient, Client, CommandResult, InvalidArgument
+from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
 from tests.helpers import MARK, marked_processes, shm_entries
@@ -74,7 +74,7 @@ def test_command_exit_code_and_output(start_cell: StartCell) -> None:
         [
             sys.executable,
             "-m",
-            "client.cli",
+            "heapd",
             "submit",
             "--address",
             cell.address,

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from client import convert as client_convert
-from client.errors import FailureInfo, FailureKind
-from client.results import CommandResult
-from protos.heapd.v1 import task_pb2
+from heapd import convert as client_convert
+from heapd.errors import FailureInfo, FailureKind
+from heapd.results import CommandResult
+from heapd.v1 import task_pb2
+from heapd.worker.execute import Execution, execute
 from tests import tasks_for_worker as t
-from worker.execute import Execution, execute
 
 
 def run(spec: task_pb2.TaskSpec | bytes) -> tuple[Execution, Any]:

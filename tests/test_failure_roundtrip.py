@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client import convert as client_convert
-from client import errors
-from client.results import CommandResult, Outcome, TaskState, decode_outcome
-from protos.heapd.v1 import task_pb2
+from heapd import convert as client_convert
+from heapd import errors
+from heapd.results import CommandResult, Outcome, TaskState, decode_outcome
+from heapd.v1 import task_pb2
+from heapd.worker import convert as worker_convert
+from heapd.worker import failure as worker_failure
+from heapd.worker.failure import FailureInfo, FailureKind, to_failure
 from tests import tasks_for_worker as t
-from worker import convert as worker_convert
-from worker import failure as worker_failure
-from worker.failure import FailureInfo, FailureKind, to_failure
 
 
 def raised(fn: Any, *args: Any) -> BaseException:

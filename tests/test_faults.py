@@ -26,13 +26,12 @@ from typing import Any
 
 import pytest
 
-import shm
-from client import Client, TaskCrashed, TaskTimeout, WorkerLost
-from client.launch import LocalCell
-from client.supervisor import STABLE_S, CellPlan, Child, Supervisor
-from register.convert import Beat, Registration
-from register.daemon import Register
-from register.leases import LEASE_GRACE_S
+from heapd import Client, TaskCrashed, TaskTimeout, WorkerLost, shm
+from heapd.register.convert import Beat, Registration
+from heapd.register.daemon import Register
+from heapd.register.leases import LEASE_GRACE_S
+from heapd.runtime.launch import LocalCell
+from heapd.runtime.supervisor import STABLE_S, CellPlan, Child, Supervisor
 from tests import tasks_for_faults as f
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
@@ -464,7 +463,7 @@ def test_worker_exits_when_register_unreachable(tmp_path: Path) -> None:
     mark = f"t{os.getpid()}-unreachable"
     started = time.monotonic()
     argv = [
-        sys.executable, "-m", "worker", "--register", f"127.0.0.1:{port}",
+        sys.executable, "-m", "heapd.worker", "--register", f"127.0.0.1:{port}",
         "--register-timeout-s", "1", "--slots", "1",
     ]  # fmt: skip
     worker = subprocess.Popen(

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from client import convert as client_convert
-from client import errors
-from client.results import TaskState, decode_outcome
+from heapd import convert as client_convert
+from heapd import errors
+from heapd.results import TaskState, decode_outcome
+from heapd.worker.pool import Job, JobResult, Pool
 from tests import tasks_for_worker as t
 from tests.helpers import assert_eventually
-from worker.pool import Job, JobResult, Pool
 
 Key = tuple[int, int]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-import client
+import heapd
 
 EXPECTED = {
     "AsyncClient",
@@ -32,11 +32,11 @@ EXPECTED = {
 
 
 def test_exported_members_are_pinned() -> None:
-    assert set(client.__all__) == EXPECTED
-    for name in client.__all__:
-        assert getattr(client, name) is not None
+    assert set(heapd.__all__) == EXPECTED
+    for name in heapd.__all__:
+        assert getattr(heapd, name) is not None
 
 
 def test_future_is_a_concurrent_future() -> None:
-    assert issubclass(client.TaskFuture, concurrent.futures.Future)
-    assert issubclass(client.TaskCancelled, concurrent.futures.CancelledError)
+    assert issubclass(heapd.TaskFuture, concurrent.futures.Future)
+    assert issubclass(heapd.TaskCancelled, concurrent.futures.CancelledError)

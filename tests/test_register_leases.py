@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-import shm
-from protos.heapd.v1 import task_pb2
-from register.convert import Beat, Registration
-from register.daemon import Register
-from register.leases import LEASE_GRACE_S
+from heapd import shm
+from heapd.register.convert import Beat, Registration
+from heapd.register.daemon import Register
+from heapd.register.leases import LEASE_GRACE_S
+from heapd.v1 import task_pb2
 
 Scenario = Callable[[Register, shm.WorkerInfo, int, int], Awaitable[None]]
 

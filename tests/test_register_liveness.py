@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-import shm
-from register.convert import Beat, Registration
-from register.daemon import Register
+from heapd import shm
+from heapd.register.convert import Beat, Registration
+from heapd.register.daemon import Register
 
 
 @pytest.fixture

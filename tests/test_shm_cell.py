@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shm import (
+from heapd.shm import (
     MAX_WORKER_LOSSES,
     ArenaFull,
     BlobTooLarge,

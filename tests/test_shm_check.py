@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-import shm.dispatch
-from shm import Cell, Completion, NewTask, TaskState, WorkerState
-from shm.layout import H
-from shm.memory import CellMemory
+from heapd.shm import Cell, Completion, NewTask, TaskState, WorkerState
+from heapd.shm import dispatch as shm_dispatch
+from heapd.shm.layout import H
+from heapd.shm.memory import CellMemory
 from tests import shm_helpers
 from tests.shm_helpers import SMALL
 
@@ -142,7 +142,7 @@ def test_a_crash_inside_an_operation_is_repaired_before_unlock(
     def crash(*args: object) -> None:
         raise RuntimeError("bug after the pop")
 
-    monkeypatch.setattr(shm.dispatch, "_assign", crash)
+    monkeypatch.setattr(shm_dispatch, "_assign", crash)
     depth = cell.queue_depth()
     with pytest.raises(RuntimeError):
         cell.dispatch(1, 5.0)

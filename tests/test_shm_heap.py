@@ -22,8 +22,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from shm import heap as heap_module
-from shm.heap import IndexedHeap
+from heapd.shm import heap as heap_module
+from heapd.shm.heap import IndexedHeap
 
 CAP = 24
 KEYS = st.integers(min_value=-(1 << 62), max_value=(1 << 62)) | st.integers(0, 5)

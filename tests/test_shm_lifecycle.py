@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import posix_ipc
 import pytest
 
-import shm.repair
-from shm import (
+from heapd.shm import (
     Capacities,
     Cell,
     CellExists,
@@ -23,7 +22,8 @@ from shm import (
     ShmError,
     validate_cell_name,
 )
-from shm.layout import H
+from heapd.shm import repair as shm_repair
+from heapd.shm.layout import H
 from tests import shm_helpers
 from tests.shm_helpers import SMALL, leftovers
 
@@ -128,7 +128,7 @@ def test_failed_create_leaves_nothing(cell_name: str, monkeypatch: pytest.Monkey
     def broken(mem: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(shm.repair, "repair", broken)
+    monkeypatch.setattr(shm_repair, "repair", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         Cell.create(cell_name, SMALL)
     assert leftovers(cell_name) == []

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from shm import (
+from heapd.shm import (
     ArenaFull,
     BlobTooLarge,
     Capacities,
@@ -24,9 +24,9 @@ from shm import (
     TaskState,
     WorkerState,
 )
-from shm.layout import task_key, worker_key
-from shm.types import MAX_WORKER_LOSSES
-from shm.workers import retry_delay_s
+from heapd.shm.layout import task_key, worker_key
+from heapd.shm.types import MAX_WORKER_LOSSES
+from heapd.shm.workers import retry_delay_s
 from tests import shm_helpers
 
 CAPS = Capacities(tasks=16, workers=4, arena_bytes=64 * 32, max_blob_bytes=512)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shm import Capacities, Cell, NewTask, TaskState
+from heapd.shm import Capacities, Cell, NewTask, TaskState
 from tests import shm_helpers
 
 ctx = multiprocessing.get_context("spawn")

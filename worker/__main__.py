@@ -8,9 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from runtime import config, logs, signals
-from worker.daemon import Worker
-from worker.pool import Pool
+from heapd.runtime import config, logs, signals
+from heapd.worker.daemon import Worker
+from heapd.worker.pool import Pool
 
 
 def parser() -> argparse.ArgumentParser:

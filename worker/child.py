@@ -24,7 +24,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import NamedTuple
 
-from worker.execute import execute
+from heapd.worker.execute import execute
 
 JobTuple = tuple[int, int, bytes]  # task_id, attempt, serialized TaskSpec
 ResultTuple = tuple[int, int, bool, bool, bytes]  # task_id, attempt, succeeded, retryable, outcome

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from protos.heapd.v1 import register_service_pb2, task_pb2, worker_service_pb2
-from worker.failure import FailureInfo
-from worker.jobs import Job, JobResult
+from heapd.v1 import register_service_pb2, task_pb2, worker_service_pb2
+from heapd.worker.failure import FailureInfo
+from heapd.worker.jobs import Job, JobResult
 
 
 class BadSpec(ValueError):

@@ -19,13 +19,13 @@ from typing import TypeVar
 
 import grpc
 
-from protos.heapd.v1 import register_service_pb2_grpc
-from runtime import ready, server
-from worker import convert
-from worker.convert import Membership
-from worker.heartbeats import HeartbeatLink
-from worker.jobs import Job, JobResult
-from worker.pool import Pool
+from heapd.runtime import channels, ready, server
+from heapd.v1 import register_service_pb2_grpc
+from heapd.worker import convert
+from heapd.worker.convert import Membership
+from heapd.worker.heartbeats import HeartbeatLink
+from heapd.worker.jobs import Job, JobResult
+from heapd.worker.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,13 @@ class Worker:
 
     async def run(self, host: str, advertise_host: str, port: int) -> int:
         """Serve and stay in the cell until drained or fenced out for good; returns an exit code."""
-        from worker import service  # the servicer needs the class defined above
+        from heapd.worker import service  # the servicer needs the class defined above
 
         grpc_server, bound = await server.start(
             host, port, [service.registration(self)], [service.SERVICE_NAME]
         )
-        self._address = server.format_address(advertise_host or host, bound)
-        self._channel = server.channel(self._register_address)
+        self._address = channels.format_address(advertise_host or host, bound)
+        self._channel = channels.channel(self._register_address)
         self._stub = register_service_pb2_grpc.RegisterServiceStub(self._channel)
         self._pool.bind(asyncio.get_running_loop(), self._on_started, self._on_results)
         try:

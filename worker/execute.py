@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from worker import builtins
-from worker.convert import (
+from heapd.worker import builtins
+from heapd.worker.convert import (
     BuiltinSpec,
     CommandResult,
     CommandSpec,
@@ -37,7 +37,7 @@ from worker.convert import (
     outcome_to_bytes,
     spec_from_bytes,
 )
-from worker.failure import FailureInfo, FailureKind, to_failure, type_name
+from heapd.worker.failure import FailureInfo, FailureKind, to_failure, type_name
 
 _Call = Callable[..., Any]
 

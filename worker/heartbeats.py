@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from protos.heapd.v1 import register_service_pb2_grpc
-from worker import convert
-from worker.convert import Membership
-from worker.jobs import JobResult
+from heapd.v1 import register_service_pb2_grpc
+from heapd.worker import convert
+from heapd.worker.convert import Membership
+from heapd.worker.jobs import JobResult
 
 COALESCE_S = 0.002
 

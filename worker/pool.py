@@ -34,11 +34,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import cast
 
-from worker import child as child_main
-from worker.child import Ready, Report, ResultTuple, Run, Skip
-from worker.convert import Outcome, outcome_to_bytes
-from worker.failure import FailureInfo, crashed, describe_exitcode, timed_out
-from worker.jobs import Job, JobResult
+from heapd.worker import child as child_main
+from heapd.worker.child import Ready, Report, ResultTuple, Run, Skip
+from heapd.worker.convert import Outcome, outcome_to_bytes
+from heapd.worker.failure import FailureInfo, crashed, describe_exitcode, timed_out
+from heapd.worker.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
 

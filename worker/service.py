@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from protos.heapd.v1 import worker_service_pb2 as pb
-from protos.heapd.v1 import worker_service_pb2_grpc
-from runtime.server import Registration
-from worker import convert
-from worker.daemon import Worker
+from heapd.runtime.server import Registration
+from heapd.v1 import worker_service_pb2 as pb
+from heapd.v1 import worker_service_pb2_grpc
+from heapd.worker import convert
+from heapd.worker.daemon import Worker
 
 SERVICE_NAME = "heapd.v1.WorkerService"
 

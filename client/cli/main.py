@@ -8,11 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import shm
-from client import supervisor
-from client.calls import priority_from_name
-from client.cli import run, show
-from runtime.config import DEFAULT_PLM_PORT
+from heapd import shm
+from heapd.calls import priority_from_name
+from heapd.cli import run, show
+from heapd.runtime import supervisor
+from heapd.runtime.config import DEFAULT_PLM_PORT
 
 ROLES = ("plm", "scheduler", "register", "worker")
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PLM_PORT}"
@@ -132,7 +132,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from client.bench import runner  # numpy and friends only when benchmarking
+    from heapd.runtime.bench import runner  # numpy and friends only when benchmarking
 
     return runner.main(
         [w.strip().upper() for w in args.workload.split(",") if w.strip()], args.repeat, args.json
@@ -166,6 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_role(role: str, argv: list[str]) -> int:
     import importlib
 
-    module = importlib.import_module(f"{role}.__main__")
+    module = importlib.import_module(f"heapd.{role}.__main__")
     code: int = module.main(argv)
     return code

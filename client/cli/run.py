@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from client import errors
-from client.client import Client
+from heapd import errors
+from heapd.client import Client
 
 
 def submit(

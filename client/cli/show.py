@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-import shm
-from client import errors
-from client.client import Client
-from client.convert import ClusterStatus
+from heapd import errors, shm
+from heapd.client import Client
+from heapd.convert import ClusterStatus
 
 
 def status(address: str, as_json: bool) -> int:

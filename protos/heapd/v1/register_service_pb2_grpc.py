@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.heapd.v1 import register_service_pb2 as heapd_dot_v1_dot_register__service__pb2
+from heapd.v1 import register_service_pb2 as heapd_dot_v1_dot_register__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

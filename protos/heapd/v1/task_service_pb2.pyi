@@ -1,4 +1,4 @@
-from protos.heapd.v1 import task_pb2 as _task_pb2
+from heapd.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

@@ -17,10 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from client.bench import fault, floors
-from client.bench.workloads import noop
-from client.client import Client
-from client.launch import LocalCell
+from heapd.client import Client
+from heapd.runtime.bench import fault, floors
+from heapd.runtime.bench.workloads import noop
+from heapd.runtime.launch import LocalCell
 
 W1_TASKS = 20_000
 W1_SLOTS = 2

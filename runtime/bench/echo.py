@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from runtime import ready, server
+from heapd.runtime import ready, server
 
 
 async def _serve() -> None:

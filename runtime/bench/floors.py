@@ -18,7 +18,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.bench.workloads import noop
+from heapd.runtime.bench.workloads import noop
 
 ECHO_CALLS = 1000
 WARMUP_CALLS = 100
@@ -27,7 +27,7 @@ WARMUP_CALLS = 100
 def echo_p50_ms() -> float:
     """F1: p50 round trip (ms) of a health Check to a server in another process."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "client.bench.echo"],
+        [sys.executable, "-m", "heapd.runtime.bench.echo"],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )

@@ -18,9 +18,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from client.bench.workloads import logged_sleep
-from client.client import Client
-from client.launch import LocalCell
+from heapd.client import Client
+from heapd.runtime.bench.workloads import logged_sleep
+from heapd.runtime.launch import LocalCell
 
 TASKS = 200
 SECONDS = 0.2

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.client import Client
-from client.convert import ClusterStatus
-from client.futures import TaskFuture
-from client.launch import LocalCell
+from heapd.client import Client
+from heapd.convert import ClusterStatus
+from heapd.futures import TaskFuture
+from heapd.runtime.launch import LocalCell
 
 COLLATZ_TASKS = 2000
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import shm
+from heapd import shm
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Supervisor:
         return all(started)
 
     def _role(self, role: str, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", role, *args]
+        return [sys.executable, "-m", f"heapd.{role}", *args]
 
     async def _start(self, child: Child) -> bool:
         """Start a child and wait for its ready line; False (and stop) if it never comes."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import shm
+from heapd import shm
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -73,7 +73,7 @@ class LocalCell:
     def start(self) -> None:
         """Run `heapd up` and wait for its ready line."""
         argv = [
-            sys.executable, "-m", "client.cli", "up", "--cell", self.name, "--port", "0",
+            sys.executable, "-m", "heapd", "up", "--cell", self.name, "--port", "0",
             "--workers", str(self.workers), "--slots", str(self.slots), *self.extra_args,
         ]  # fmt: skip
         if self.log_dir is not None:

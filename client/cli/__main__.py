@@ -1,7 +1,0 @@
-"""`python -m client.cli` is `heapd`."""
-
-import sys
-
-from client.cli.main import main
-
-sys.exit(main())
