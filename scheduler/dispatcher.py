@@ -3,9 +3,11 @@
 Each request carries the tasks of one dispatch round for one worker; the worker answers each
 request in order, so the unanswered requests are exactly the tasks whose delivery is unknown.
 When a stream fails, those go back to the queue (`requeue` is fenced by attempt, so tasks the
-worker did get and finish are not harmed: their late results are dropped as stale). Requeueing
-waits REQUEUE_DELAY_S so that a worker that just died is not fed in a loop before the register
-declares it dead (which requeues its tasks itself; the later requeue is then a no-op).
+worker did get and finish are not harmed: their late results are dropped as stale), each counted
+as an attempt lost to its worker, as the register counts it when it buries the worker: whichever
+comes first takes the attempt back, so the poison-task cap stays exact. Tasks a worker refused
+(it is draining) go back without counting. Requeueing waits REQUEUE_DELAY_S so that a worker that
+just died is not fed in a loop before the register declares it dead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 REQUEUE_DELAY_S = 0.1
 
-Requeue = Callable[[list[shm.Dispatch]], None]
+Requeue = Callable[[list[shm.Dispatch], bool], None]
 
 
 class WorkerFeed:
@@ -64,7 +66,7 @@ class WorkerFeed:
         self._unanswered.clear()
         self._outbox.clear()
         if lost:
-            self._on_lost(lost)
+            self._on_lost(lost, True)
         await self._channel.close()
         self._on_closed(self)
 
@@ -89,7 +91,7 @@ class WorkerFeed:
                         "worker refused tasks; requeueing",
                         extra={"fields": {"address": self.address, "reason": reply.refused}},
                     )
-                    self._on_lost(group)
+                    self._on_lost(group, False)
             self._failed(None)
         except grpc.aio.AioRpcError as exc:
             self._failed(exc)
@@ -142,13 +144,14 @@ class Dispatcher:
         if self._feeds.get(feed.address) is feed:
             del self._feeds[feed.address]
 
-    def _requeue_later(self, lost: list[shm.Dispatch]) -> None:
+    def _requeue_later(self, lost: list[shm.Dispatch], worker_lost: bool) -> None:
         if not lost:
             return
-        task = asyncio.get_running_loop().create_task(self._requeue(lost))
+        task = asyncio.get_running_loop().create_task(self._requeue(lost, worker_lost))
         self._pending_requeues.add(task)
         task.add_done_callback(self._pending_requeues.discard)
 
-    async def _requeue(self, lost: list[shm.Dispatch]) -> None:
+    async def _requeue(self, lost: list[shm.Dispatch], worker_lost: bool) -> None:
         await asyncio.sleep(REQUEUE_DELAY_S)
-        self.requeued += self._cell.requeue([(d.task_id, d.attempt) for d in lost], time.time())
+        refs = [(d.task_id, d.attempt) for d in lost]
+        self.requeued += self._cell.requeue(refs, time.time(), worker_lost=worker_lost)

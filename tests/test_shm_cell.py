@@ -409,3 +409,20 @@ def test_capacity_one(cell: Cell) -> None:
         out = tiny.complete(w.worker_id, w.epoch, [Completion(tid, 1, OK, b"y")], 1.0)
         assert out.accepted == 1 and tiny.get(tid).state == FAIL  # no room for the result
         assert tiny.check() == []
+
+
+def test_an_attempt_lost_on_a_broken_stream_counts_against_the_poison_cap(cell: Cell) -> None:
+    """Whichever takes a lost attempt back first (the scheduler's broken stream or the register
+    burying the worker) counts it, once: the task runs exactly MAX_WORKER_LOSSES + 1 times."""
+    (tid,) = cell.submit([NewTask(b"poison")], 1.0)
+    w = worker(cell, slots=1)
+    for attempt in range(1, MAX_WORKER_LOSSES + 1):
+        assert [d.attempt for d in cell.dispatch(1, 1.0)] == [attempt]
+        assert cell.requeue([(tid, attempt)], 2.0, worker_lost=True) == 1
+        assert cell.worker_lost(w.worker_id, w.epoch, 2.0, b"lost").requeued == []
+        w = worker(cell, slots=1)
+    last = MAX_WORKER_LOSSES + 1
+    assert [d.attempt for d in cell.dispatch(1, 3.0)] == [last]
+    assert cell.requeue([(tid, last)], 4.0, worker_lost=True) == 0, "left for the register"
+    assert cell.worker_lost(w.worker_id, w.epoch, 4.0, b"lost").failed == [tid]
+    assert cell.get(tid).state == TaskState.FAILED
