@@ -16,6 +16,7 @@ from types import TracebackType
 from heapd.shm import check as check_mod
 from heapd.shm import dispatch as dispatch_mod
 from heapd.shm import repair as repair_mod
+from heapd.shm import restore as restore_mod
 from heapd.shm import segment, tasks, workers
 from heapd.shm.doorbell import Doorbell
 from heapd.shm.errors import CellExists, CellNotFound, ShmError
@@ -32,6 +33,7 @@ from heapd.shm.types import (
     Dispatch,
     LostTasks,
     NewTask,
+    RestoredTask,
     TaskInfo,
     TaskState,
     WorkerInfo,
@@ -164,6 +166,15 @@ class Cell:
             ids = tasks.submit(mem, tasks_, now)
         self.scheduler_bell.ring()
         return ids
+
+    def restore(self, tasks_: Sequence[RestoredTask], task_seq: int) -> int:
+        """Rebuild an empty cell from journaled tasks (see `shm.restore`); returns how many
+        were restored and rings the scheduler."""
+        kept = restore_mod.newest_per_slot(tasks_)
+        with self._locked() as mem:
+            restore_mod.restore(mem, kept, task_seq)
+        self.scheduler_bell.ring()
+        return len(kept)
 
     def get(self, task_id: int) -> TaskInfo:
         """A copy of one task (TaskNotFound)."""

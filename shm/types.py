@@ -86,6 +86,26 @@ class NewTask:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoredTask:
+    """A task read back from the journal into an empty cell (see `shm.restore`).
+
+    `state` is QUEUED for a task that had not settled (it runs again, as a new attempt) or the
+    terminal state it settled to, with `outcome` as its result blob (None: no result).
+    """
+
+    task_id: int
+    payload: bytes
+    priority: int
+    max_retries: int
+    timeout_ms: int
+    cpus: int
+    submitted_at: float
+    state: TaskState = TaskState.QUEUED
+    outcome: bytes | None = None
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
     """A copy of one task record."""
 
