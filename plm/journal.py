@@ -1,0 +1,339 @@
+"""The cell's journal: an SQLite file (WAL mode) that outlives shared memory and the host.
+
+Why the PLM is its only writer: every record it needs passes through the PLM already —
+submissions and cancellations arrive there, every settled task comes back to it on the
+completion ring before it is delivered, and acknowledgements come from its clients — so one
+process, one connection and one writer thread serve the whole cell with no cross-process
+locking on SQLite, and nothing on the scheduler's or a worker's per-task path ever touches it.
+
+What is recorded: every accepted task (before its submitter is answered), every settled outcome,
+every cancellation, every idempotency key, and the highest task sequence number ever issued (so
+ids are never reused). A task whose result has been acknowledged, or has expired, is deleted:
+the file holds what is still owed to somebody, plus the keys. One `write` is one transaction and
+one fsync (`synchronous=FULL`) or one write to the OS (`synchronous=NORMAL`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heapd.errors import HeapdError
+
+SCHEMA_VERSION = 1
+FILE_NAME = "journal.sqlite3"
+OPEN = 0  # the state column of a task with no terminal outcome yet
+
+_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY,
+    session TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    priority INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    timeout_ms INTEGER NOT NULL,
+    cpus INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    outcome BLOB,
+    finished_at REAL
+);
+CREATE TABLE keys (key TEXT PRIMARY KEY, task_id INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+class Durability(enum.StrEnum):
+    """How hard a commit is: fsync (survives power loss), os (survives any process crash and a
+    clean reboot), none (no journal at all; for benchmarks)."""
+
+    FSYNC = "fsync"
+    OS = "os"
+    NONE = "none"
+
+
+class JournalError(HeapdError):
+    """The journal cannot be used; the message names the file and what to do."""
+
+
+class JournalRefused(JournalError):
+    """The file belongs to another cell or schema, or is damaged: the cell does not start."""
+
+
+class JournalWriteFailed(JournalError):
+    """A write did not reach the journal (disk full, read-only, I/O error); nothing was lost
+    that had been acknowledged, and the caller must not acknowledge what it carried."""
+
+    def __init__(self, message: str, *, disk_full: bool) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """One accepted task, as recorded before its submitter is answered."""
+
+    task_id: int
+    session: str
+    submitted_at: float
+    priority: int
+    max_retries: int
+    timeout_ms: int
+    cpus: int
+    payload: bytes
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A task's terminal state and outcome (None: it has none, e.g. cancelled while queued)."""
+
+    task_id: int
+    state: int
+    outcome: bytes | None
+    finished_at: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one transaction writes."""
+
+    submitted: list[Submitted] = field(default_factory=list)
+    settled: list[Settled] = field(default_factory=list)
+    forgotten: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.submitted or self.settled or self.forgotten)
+
+    def extend(self, other: Batch) -> None:
+        """Append another batch's records after this one's."""
+        self.submitted += other.submitted
+        self.settled += other.settled
+        self.forgotten += other.forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledTask:
+    """A task read back from the journal: open (state OPEN) or settled and not yet released."""
+
+    task_id: int
+    session: str
+    submitted_at: float
+    priority: int
+    max_retries: int
+    timeout_ms: int
+    cpus: int
+    payload: bytes
+    state: int
+    outcome: bytes | None
+    finished_at: float
+
+
+def journal_path(state_dir: Path) -> Path:
+    """Where a cell's journal lives inside its state directory."""
+    return state_dir / FILE_NAME
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state directory (0700) if needed; JournalError if it cannot be used."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(f"cannot create the state directory {state_dir}: {exc}") from exc
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise JournalError(
+            f"the state directory {state_dir} is not writable: fix its permissions or pass"
+            " another --state-dir"
+        )
+
+
+class Journal:
+    """One open journal file. Not thread-safe: one thread (the PLM's writer) uses it."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    def open(cls, state_dir: Path, cell: str, durability: Durability) -> Journal:
+        """Open (or create) the journal of `cell`; JournalRefused if it is another cell's, of
+        another schema version, or damaged."""
+        if durability is Durability.NONE:
+            raise ValueError("durability 'none' keeps no journal")
+        prepare_state_dir(state_dir)
+        path = journal_path(state_dir)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+        journal = cls(path, conn)
+        try:
+            journal._configure(durability)
+            journal._adopt(cell)
+        except BaseException:
+            conn.close()
+            raise
+        return journal
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._conn.close()
+
+    def _configure(self, durability: Durability) -> None:
+        sync = "FULL" if durability is Durability.FSYNC else "NORMAL"
+        try:
+            os.chmod(self.path, 0o600)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={sync}")
+        except (sqlite3.Error, OSError) as exc:
+            raise self._refused(f"cannot be opened ({exc})") from exc
+
+    def _adopt(self, cell: str) -> None:
+        """Create the schema in a new file, or check that an existing one is this cell's."""
+        try:
+            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                self._create(cell)
+                return
+            meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+            status = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self._refused(f"is not a readable heapd journal ({exc})") from exc
+        if status != "ok":
+            raise self._refused(f"is damaged (SQLite quick_check: {status})")
+        if meta.get("schema") != SCHEMA_VERSION:
+            raise self._refused(
+                f"has schema version {meta.get('schema')!r}, this heapd reads {SCHEMA_VERSION}"
+            )
+        if meta.get("cell") != cell:
+            raise self._refused(f"belongs to cell {meta.get('cell')!r}, not {cell!r}")
+
+    def _create(self, cell: str) -> None:
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            self._conn.executemany(
+                "INSERT INTO meta(name, value) VALUES (?, ?)",
+                [("schema", SCHEMA_VERSION), ("cell", cell), ("task_seq", 0)],
+            )
+
+    def _refused(self, why: str) -> JournalRefused:
+        return JournalRefused(
+            f"the journal {self.path} {why}: start the cell with another --state-dir, or move"
+            " the file away to start this cell empty (its tasks are then forgotten)"
+        )
+
+    # ---- writing
+
+    def write(self, batch: Batch) -> None:
+        """Record a batch in one transaction; JournalWriteFailed if it did not commit."""
+        try:
+            with self._transaction():
+                self._write(batch)
+        except sqlite3.Error as exc:
+            full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+            what = "the disk is full" if full else str(exc)
+            raise JournalWriteFailed(
+                f"cannot write the journal {self.path}: {what}", disk_full=full
+            ) from exc
+
+    def _write(self, batch: Batch) -> None:
+        conn = self._conn
+        if batch.submitted:
+            conn.executemany(
+                "INSERT OR IGNORE INTO tasks(id, session, submitted_at, priority, max_retries,"
+                " timeout_ms, cpus, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.task_id,
+                        s.session,
+                        s.submitted_at,
+                        s.priority,
+                        s.max_retries,
+                        s.timeout_ms,
+                        s.cpus,
+                        s.payload,
+                    )
+                    for s in batch.submitted
+                ],
+            )
+            keyed = [(s.key, s.task_id) for s in batch.submitted if s.key]
+            if keyed:
+                conn.executemany("INSERT OR IGNORE INTO keys(key, task_id) VALUES (?, ?)", keyed)
+            top = max(s.task_id for s in batch.submitted) >> 24
+            conn.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'task_seq'", (top,))
+        if batch.settled:
+            conn.executemany(
+                "UPDATE tasks SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
+                [(s.state, s.outcome, s.finished_at, s.task_id) for s in batch.settled],
+            )
+        if batch.forgotten:
+            conn.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in batch.forgotten])
+
+    # ---- reading
+
+    def task_seq(self) -> int:
+        """The highest task sequence number ever issued in this cell."""
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'task_seq'").fetchone()
+        return int(row[0])
+
+    def keys(self) -> dict[str, int]:
+        """Every idempotency key and the task it named first."""
+        return dict(self._conn.execute("SELECT key, task_id FROM keys").fetchall())
+
+    def tasks(self) -> Iterator[JournaledTask]:
+        """Every task still recorded, in id order."""
+        rows = self._conn.execute(
+            "SELECT id, session, submitted_at, priority, max_retries, timeout_ms, cpus, payload,"
+            " state, outcome, finished_at FROM tasks ORDER BY id"
+        )
+        for tid, session, submitted, prio, retries, timeout, cpus, payload, state, out, fin in rows:
+            yield JournaledTask(
+                tid,
+                session,
+                submitted,
+                prio,
+                retries,
+                timeout,
+                cpus,
+                payload,
+                state,
+                out,
+                fin or 0.0,
+            )
+
+    def open_ids(self) -> list[int]:
+        """Ids of the tasks with no terminal outcome recorded."""
+        rows = self._conn.execute("SELECT id FROM tasks WHERE state = ? ORDER BY id", (OPEN,))
+        return [row[0] for row in rows]
+
+    def count(self) -> int:
+        """How many tasks the journal holds."""
+        return int(self._conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
+    def size_bytes(self) -> int:
+        """The journal's size on disk, write-ahead log included."""
+        paths = [self.path, Path(f"{self.path}-wal")]
+        return sum(p.stat().st_size for p in paths if p.exists())
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file and truncate it (keeps the WAL bounded)."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK when the body raises."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
