@@ -102,16 +102,18 @@ class TaskSpec(_message.Message):
     def __init__(self, python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., builtin: _Optional[_Union[BuiltinCall, _Mapping]] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "retries", "timeout_s", "cpus")
+    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key")
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     priority: int
     retries: int
     timeout_s: float
     cpus: int
-    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ...) -> None: ...
+    key: str
+    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "type", "message", "traceback", "pickled_exception")

@@ -32,12 +32,16 @@ class SubmitTaskResponse(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
-    __slots__ = ("tasks", "session")
+    __slots__ = ("tasks", "session", "acks", "adopt")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    ADOPT_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSubmission]
     session: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSubmission, _Mapping]]] = ..., session: _Optional[str] = ...) -> None: ...
+    acks: _containers.RepeatedScalarFieldContainer[int]
+    adopt: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSubmission, _Mapping]]] = ..., session: _Optional[str] = ..., acks: _Optional[_Iterable[int]] = ..., adopt: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubmitTasksResponse(_message.Message):
     __slots__ = ("task_ids",)
