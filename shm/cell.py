@@ -240,6 +240,10 @@ class Cell:
                 arena_used_bytes=mem.arena.used_bytes,
             )
 
+    def task_seq(self) -> int:
+        """The highest task sequence number issued so far (ids are (seq << 24) | slot)."""
+        return int(self._m.hdr[H.TASK_SEQ])
+
     def queue_depth(self) -> int:
         """Task heap size: one word read without the lock."""
         return int(self._m.hdr[H.TASK_HEAP_SIZE])
