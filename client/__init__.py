@@ -3,11 +3,12 @@ test); the daemons live in the subpackages (`heapd.plm`, `heapd.worker`, ...).""
 
 __version__ = "0.2.0"
 
-from heapd.aio import AsyncClient, AsyncTaskFuture
+from heapd.aio import AsyncClient
 from heapd.client import Client
 from heapd.errors import (
     BadResult,
     BadTask,
+    ClientClosed,
     HeapdError,
     InvalidArgument,
     NotFound,
@@ -23,8 +24,9 @@ from heapd.errors import (
     Unavailable,
     WorkerLost,
 )
-from heapd.futures import TaskFuture
+from heapd.futures import AsyncTaskFuture, TaskFuture
 from heapd.results import CommandResult
+from heapd.status import ClusterStatus, TaskStatus, WorkerStatus
 
 __all__ = [
     "AsyncClient",
@@ -32,6 +34,8 @@ __all__ = [
     "BadResult",
     "BadTask",
     "Client",
+    "ClientClosed",
+    "ClusterStatus",
     "CommandResult",
     "HeapdError",
     "InvalidArgument",
@@ -44,8 +48,10 @@ __all__ = [
     "TaskFailed",
     "TaskFuture",
     "TaskLost",
+    "TaskStatus",
     "TaskTimeout",
     "Unauthenticated",
     "Unavailable",
     "WorkerLost",
+    "WorkerStatus",
 ]

@@ -1,61 +1,74 @@
 """`AsyncClient`: the asyncio client of a heapd cell, with the same surface as `Client`.
 
-Request building and result decoding are shared with `Client` (`client.calls`, `client.convert`);
-this module only awaits. Futures are asyncio futures carrying their task id.
+Checking arguments, building requests and routing results is the shared `ClientCore`'s work
+(`heapd.core`); this module only awaits. The client connects on first use, inside the running
+loop: the channel, the submit lane and the task reading the result stream start together, so a
+client used without `async with` still gets its results. Futures are `AsyncTaskFuture`s.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
-from heapd import calls, convert, errors
-from heapd.calls import Options
-from heapd.client import CALL_TIMEOUT_S, DEFAULT_ADDRESS, MAP_BATCH, RETRY_BACKOFF_S
+from heapd import convert, errors
+from heapd.core import (
+    CALL_TIMEOUT_S,
+    CLOSE_WAIT_S,
+    DEFAULT_ADDRESS,
+    MAP_BATCH,
+    ClientCore,
+    RetryOn,
+)
+from heapd.errors import ClientClosed, HeapdError
+from heapd.futures import AsyncTaskFuture
 from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.status import ClusterStatus, TaskStatus
 from heapd.submit_stream import AsyncSubmitLane
-from heapd.v1 import task_service_pb2_grpc
 
 T = TypeVar("T")
 
 
-class AsyncTaskFuture(asyncio.Future[Any]):
-    """An asyncio future for one task; cancelling it also cancels the task in the cell."""
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """What an AsyncClient opens on first use."""
 
-    def __init__(self, task_id: int, client: AsyncClient) -> None:
-        super().__init__()
-        self.task_id = task_id
-        self._client = client
-
-    def cancel(self, msg: Any = None) -> bool:
-        """Cancel locally at once and ask the cell to cancel the task."""
-        if self.done():
-            return False
-        self._client.cancel_in_background(self.task_id)
-        return super().cancel(msg)
+    channel: grpc.aio.Channel
+    stub: convert.TaskStub
+    lane: AsyncSubmitLane
+    watcher: asyncio.Task[None]
 
 
 class AsyncClient:
-    """Submit tasks from asyncio code: `async with AsyncClient(address) as client: ...`."""
+    """Submit tasks from asyncio code: `async with AsyncClient(address) as client: ...`.
+
+    `close()` (or leaving `async with`) fails the futures still pending with `ClientClosed`; it
+    does not cancel their tasks.
+    """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, session: str | None = None) -> None:
-        self.address = address
-        self.session = session or calls.new_session()
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
-        self._lane = AsyncSubmitLane(self._stub)
-        self._futures: dict[int, AsyncTaskFuture] = {}
-        self._early: dict[int, Any] = {}
-        self._watcher: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._core: ClientCore[AsyncTaskFuture] = ClientCore(address, session)
+        self._connection: _Connection | None = None
+        self._background: set[asyncio.Task[Any]] = set()  # CancelTask calls of cancelled futures
         self._closed = False
 
+    @property
+    def address(self) -> str:
+        """The PLM's HOST:PORT."""
+        return self._core.address
+
+    @property
+    def session(self) -> str:
+        """The session name the results of this client's tasks are streamed to."""
+        return self._core.session
+
     async def __aenter__(self) -> AsyncClient:
-        self._watcher = asyncio.create_task(self._watch(), name="heapd-watch")
+        self._connected()
         return self
 
     async def __aexit__(
@@ -64,14 +77,24 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Stop the result stream and close the channel (idempotent)."""
+        """Stop the result stream, let the cell hear of cancelled futures (up to CLOSE_WAIT_S),
+        close the channel, and fail every future still pending with `ClientClosed`
+        (idempotent). The tasks themselves are not cancelled."""
         if self._closed:
             return
         self._closed = True
-        self._lane.close()
-        if self._watcher is not None:
-            self._watcher.cancel()
-        await self._channel.close()
+        connection = self._connection
+        if connection is not None:
+            connection.lane.close()
+            connection.watcher.cancel()
+            await asyncio.wait([connection.watcher])
+            if not connection.watcher.cancelled():
+                connection.watcher.exception()  # it ended on its own: retrieved, not re-raised
+            await self._finish_background()
+            await connection.channel.close()
+        self._core.close()
+
+    # --- submitting
 
     async def submit(
         self,
@@ -80,13 +103,22 @@ class AsyncClient:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
-        retry_on: Sequence[type[BaseException] | str] = (),
+        retry_on: RetryOn = (),
         cpus: int = 1,
         **kwargs: Any,
     ) -> AsyncTaskFuture:
         """Run fn(*args, **kwargs) in the cell; await the returned future for its result."""
-        options = Options(priority, retries, timeout, tuple(retry_on), cpus)  # type: ignore[arg-type]
-        return (await self._submit([calls.python_submission(fn, args, kwargs, options)]))[0]
+        request = self._core.python_request(
+            fn,
+            args,
+            kwargs,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            retry_on=retry_on,
+            cpus=cpus,
+        )
+        return (await self._submit(request))[0]
 
     async def submit_command(
         self,
@@ -98,10 +130,36 @@ class AsyncClient:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
+        cpus: int = 1,
     ) -> AsyncTaskFuture:
-        """Run a command; the result has returncode, stdout and stderr."""
-        options = Options(priority, retries, timeout)  # type: ignore[arg-type]
-        return (await self._submit([calls.command_submission(argv, env, cwd, stdin, options)]))[0]
+        """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
+        request = self._core.command_request(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            cpus=cpus,
+        )
+        return (await self._submit(request))[0]
+
+    async def submit_builtin(
+        self,
+        name: str,
+        *,
+        priority: int | str = 0,
+        retries: int = 0,
+        timeout: float | None = None,
+        cpus: int = 1,
+        **params: float,
+    ) -> AsyncTaskFuture:
+        """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
+        request = self._core.builtin_request(
+            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus
+        )
+        return (await self._submit(request))[0]
 
     async def map(
         self,
@@ -111,18 +169,46 @@ class AsyncClient:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
+        retry_on: RetryOn = (),
+        cpus: int = 1,
         batch_size: int = MAP_BATCH,
     ) -> list[AsyncTaskFuture]:
         """fn(item) for every item, submitted in batches; futures in input order."""
-        options = Options(priority, retries, timeout)  # type: ignore[arg-type]
+        requests = self._core.map_requests(
+            fn,
+            iterable,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            retry_on=retry_on,
+            cpus=cpus,
+            batch_size=batch_size,
+        )
         futures: list[AsyncTaskFuture] = []
-        for chunk in calls.batches(list(iterable), batch_size):
-            futures.extend(await self._submit(calls.map_submissions(fn, chunk, options)))
+        for request in requests:
+            futures.extend(await self._submit(request))
         return futures
 
-    async def gather(self, futures: Iterable[Awaitable[T]]) -> list[T]:
-        """Results in order; raises the first task exception met."""
-        return list(await asyncio.gather(*futures))
+    # --- waiting
+
+    async def gather(
+        self, futures: Iterable[Awaitable[T]], timeout: float | None = None
+    ) -> list[T]:
+        """Results in input order; raises the first task exception met in that order, or
+        TimeoutError when they are not all in within `timeout` seconds. Giving up (a timeout,
+        or the caller being cancelled) leaves the tasks running, as `Client.gather` does."""
+        pending = [asyncio.ensure_future(f) for f in futures]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        results: list[T] = []
+        for future in pending:
+            if not future.done():
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait([future], timeout=left)
+                if not future.done():
+                    raise TimeoutError(f"not every result arrived within {timeout} seconds")
+            results.append(future.result())
+        return results
 
     def as_completed(
         self, futures: Iterable[Awaitable[T]], timeout: float | None = None
@@ -130,81 +216,118 @@ class AsyncClient:
         """Awaitables in the order they finish."""
         return asyncio.as_completed(list(futures), timeout=timeout)
 
+    # --- the task service
+
     async def cancel(self, task: AsyncTaskFuture | int) -> bool:
         """Cancel a task by future or id; True if it ended CANCELLED."""
         task_id = task.task_id if isinstance(task, AsyncTaskFuture) else task
-        reply = await self._unary(
-            lambda: self._stub.CancelTask(convert.cancel_request(task_id), timeout=CALL_TIMEOUT_S)
-        )
-        cancelled = convert.is_cancelled(reply.state)
-        if cancelled and isinstance(task, AsyncTaskFuture) and not task.done():
-            asyncio.Future.cancel(task)
+        cancelled = await self._cancel_id(self._connected(), task_id)
+        if cancelled and isinstance(task, AsyncTaskFuture):
+            task.settle_cancelled()
         return cancelled
 
-    async def cluster_status(self) -> convert.ClusterStatus:
+    async def get_task(self, task_id: int) -> TaskStatus:
+        """The task's state (and outcome, while the PLM holds it)."""
+        request = convert.get_request(task_id)
+        stub = self._connected().stub
+        reply = await self._unary(lambda: stub.GetTask(request, timeout=CALL_TIMEOUT_S))
+        return convert.status_from_proto(reply)
+
+    async def list_tasks(self, states: Sequence[str] = (), limit: int = 100) -> list[TaskStatus]:
+        """Tasks in the cell by state name (QUEUED, RUNNING, ...), oldest first."""
+        request = convert.list_request(states, limit)
+        stub = self._connected().stub
+        reply = await self._unary(lambda: stub.ListTasks(request, timeout=CALL_TIMEOUT_S))
+        return convert.statuses_from_list(reply)
+
+    async def cluster_status(self) -> ClusterStatus:
         """Workers, queue depth and totals of the cell."""
-        reply = await self._unary(
-            lambda: self._stub.GetClusterStatus(convert.cluster_request(), timeout=CALL_TIMEOUT_S)
-        )
+        request = convert.cluster_request()
+        stub = self._connected().stub
+        reply = await self._unary(lambda: stub.GetClusterStatus(request, timeout=CALL_TIMEOUT_S))
         return convert.cluster_from_proto(reply)
 
-    def cancel_in_background(self, task_id: int) -> None:
-        """Fire a CancelTask for a future cancelled locally."""
-        job = asyncio.ensure_future(self.cancel(task_id))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
+    # --- internals
 
-    async def _submit(self, submissions: list[Any]) -> list[AsyncTaskFuture]:
-        request = convert.submit_request(self.session, submissions)
-        ids = await self._unary(lambda: self._lane.submit(request))
-        futures = [AsyncTaskFuture(task_id, self) for task_id in ids]
-        for future in futures:
-            self._futures[future.task_id] = future
-            if future.task_id in self._early:
-                self._resolve(future, self._early.pop(future.task_id))
+    def _connected(self) -> _Connection:
+        """The connection, opened on first use (the watcher starts with it)."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if self._connection is None:
+            channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            stub = convert.task_stub(channel)
+            watcher = asyncio.get_running_loop().create_task(self._watch(stub), name="heapd-watch")
+            self._connection = _Connection(channel, stub, AsyncSubmitLane(stub), watcher)
+        return self._connection
+
+    async def _submit(self, request: convert.SubmitRequest) -> list[AsyncTaskFuture]:
+        lane = self._connected().lane
+        ids = await self._unary(lambda: lane.submit(request))
+        futures = [AsyncTaskFuture(task_id, self._cancel_soon) for task_id in ids]
+        self._core.track(futures)
         return futures
 
+    async def _cancel_id(self, connection: _Connection, task_id: int) -> bool:
+        request = convert.cancel_request(task_id)
+        stub = connection.stub
+        reply = await self._unary(lambda: stub.CancelTask(request, timeout=CALL_TIMEOUT_S))
+        return convert.cancelled_from_reply(reply)
+
+    def _cancel_soon(self, task_id: int) -> None:
+        """Ask the cell to cancel the task of a future cancelled locally; close() waits for it."""
+        connection = self._connection
+        if connection is None or self._closed:
+            return
+        job = asyncio.get_running_loop().create_task(self._cancel_id(connection, task_id))
+        self._background.add(job)
+        job.add_done_callback(self._forget)
+
+    def _forget(self, job: asyncio.Task[Any]) -> None:
+        self._background.discard(job)
+        if not job.cancelled():
+            job.exception()  # retrieved: nobody awaits it (the task may have settled meanwhile)
+
+    async def _finish_background(self) -> None:
+        """Wait a while for pending CancelTask calls, then cancel the rest and await them."""
+        jobs = list(self._background)
+        if not jobs:
+            return
+        _, late = await asyncio.wait(jobs, timeout=CLOSE_WAIT_S)
+        for job in late:
+            job.cancel()
+        if late:
+            await asyncio.wait(late)
+
     async def _unary(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a call, retrying as the core's policy says while the PLM cannot be reached."""
         attempt = 0
         while True:
             try:
                 return await call()
             except grpc.RpcError as exc:
-                if not errors.is_unavailable(exc) or attempt >= len(RETRY_BACKOFF_S):
-                    raise errors.from_rpc_error(exc) from None
-            await asyncio.sleep(RETRY_BACKOFF_S[attempt])
+                delay = self._core.retry.call_delay(attempt, exc)
+                if delay is None:
+                    raise self._error(exc) from None
+            await asyncio.sleep(delay)
+            if self._closed:
+                raise ClientClosed("the client was closed while the call was retried")
             attempt += 1
 
-    async def _watch(self) -> None:
+    def _error(self, exc: grpc.RpcError) -> HeapdError:
+        if self._closed:  # close() cut the call (CANCELLED)
+            return ClientClosed("the client was closed during the call")
+        return errors.from_rpc_error(exc)
+
+    async def _watch(self, stub: convert.TaskStub) -> None:
+        """The result stream; reopened with backoff until the client closes."""
         attempt = 0
         while not self._closed:
-            call = self._stub.WatchTasks(convert.watch_request(self.session, list(self._futures)))
+            call = stub.WatchTasks(self._core.watch_request())
             try:
                 async for reply in call:
                     attempt = 0
-                    for result in reply.results:
-                        self._deliver(result)
-            except grpc.aio.AioRpcError:
+                    self._core.deliver(reply)
+            except grpc.RpcError:
                 pass
-            await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+            await asyncio.sleep(self._core.retry.reconnect_delay(attempt))
             attempt += 1
-
-    def _deliver(self, result: Any) -> None:
-        future = self._futures.pop(result.task_id, None)
-        if future is None:
-            self._early[result.task_id] = result
-        else:
-            self._resolve(future, result)
-
-    @staticmethod
-    def _resolve(future: AsyncTaskFuture, result: Any) -> None:
-        if future.done():
-            return
-        try:
-            value = convert.result_value(result)
-        except errors.TaskCancelled:
-            asyncio.Future.cancel(future)
-        except BaseException as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)

@@ -1,8 +1,10 @@
 """`Client`: the blocking Python client of a heapd cell.
 
-One channel to the PLM, one WatchTasks stream (on a background thread) delivering every result
-of this client's session; each submission returns a `TaskFuture`. The stream reconnects with
-backoff, naming the tasks still awaited, so a restarted PLM still delivers them.
+One channel to the PLM: submissions go over one long-lived SubmitStream (`SubmitLane`), and one
+WatchTasks stream, read on a background thread, delivers every result of this client's session
+to its `TaskFuture`. The stream reconnects with backoff, naming the tasks still awaited, so a
+restarted PLM still delivers them. Checking arguments, building requests and routing results is
+the shared `ClientCore`'s work; this module only blocks.
 """
 
 from __future__ import annotations
@@ -16,37 +18,51 @@ from typing import Any, TypeVar
 
 import grpc
 
-from heapd import calls, convert, errors
-from heapd.calls import Options
+from heapd import convert, errors
+from heapd.core import (
+    CALL_TIMEOUT_S,
+    CLOSE_WAIT_S,
+    DEFAULT_ADDRESS,
+    MAP_BATCH,
+    ClientCore,
+    RetryOn,
+)
+from heapd.errors import ClientClosed, HeapdError
 from heapd.futures import TaskFuture
 from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.status import ClusterStatus, TaskStatus
 from heapd.submit_stream import SubmitLane
-from heapd.v1 import task_service_pb2_grpc
-
-DEFAULT_ADDRESS = "127.0.0.1:7070"
-MAP_BATCH = 1000
-CALL_TIMEOUT_S = 30.0
-RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 T = TypeVar("T")
 
 
 class Client:
-    """Submit Python calls and commands to a heapd cell and get futures back."""
+    """Submit Python calls and commands to a heapd cell and get futures back.
+
+    `close()` (or leaving `with`) fails the futures still pending with `ClientClosed`; it does
+    not cancel their tasks.
+    """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, session: str | None = None) -> None:
-        self.address = address
-        self.session = session or calls.new_session()
+        self._core: ClientCore[TaskFuture] = ClientCore(address, session)
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        self._stub = convert.task_stub(self._channel)
         self._lane = SubmitLane(self._stub)
-        self._lock = threading.Lock()
-        self._futures: dict[int, TaskFuture] = {}
-        self._early: dict[int, Any] = {}
+        self._lock = threading.Lock()  # orders close() against the watcher opening a stream
         self._closed = threading.Event()
         self._call: Any = None
         self._watcher = threading.Thread(target=self._watch, name="heapd-watch", daemon=True)
         self._watcher.start()
+
+    @property
+    def address(self) -> str:
+        """The PLM's HOST:PORT."""
+        return self._core.address
+
+    @property
+    def session(self) -> str:
+        """The session name the results of this client's tasks are streamed to."""
+        return self._core.session
 
     def __enter__(self) -> Client:
         return self
@@ -57,16 +73,20 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Stop the result stream and close the channel (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
+        """Stop the result stream, close the channel, and fail every future still pending with
+        `ClientClosed` (idempotent). The tasks themselves are not cancelled."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            call = self._call
         self._lane.close()
-        call = self._call
         if call is not None:
             call.cancel()
-        self._watcher.join(timeout=5)
+        if threading.current_thread() is not self._watcher:  # close() from a done-callback
+            self._watcher.join(timeout=CLOSE_WAIT_S)
         self._channel.close()
+        self._core.close()
 
     # --- submitting
 
@@ -77,13 +97,22 @@ class Client:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
-        retry_on: Sequence[type[BaseException] | str] = (),
+        retry_on: RetryOn = (),
         cpus: int = 1,
         **kwargs: Any,
     ) -> TaskFuture:
         """Run fn(*args, **kwargs) in the cell; fn is a callable or a "module:function" string."""
-        options = Options(priority, retries, timeout, tuple(retry_on), cpus)  # type: ignore[arg-type]
-        return self._submit([calls.python_submission(fn, args, kwargs, options)])[0]
+        request = self._core.python_request(
+            fn,
+            args,
+            kwargs,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            retry_on=retry_on,
+            cpus=cpus,
+        )
+        return self._submit(request)[0]
 
     def submit_command(
         self,
@@ -95,17 +124,36 @@ class Client:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
+        cpus: int = 1,
     ) -> TaskFuture:
-        """Run a command; the result has returncode, stdout and stderr."""
-        options = Options(priority, retries, timeout)  # type: ignore[arg-type]
-        return self._submit([calls.command_submission(argv, env, cwd, stdin, options)])[0]
+        """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
+        request = self._core.command_request(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            cpus=cpus,
+        )
+        return self._submit(request)[0]
 
     def submit_builtin(
-        self, name: str, *, priority: int | str = 0, timeout: float | None = None, **params: float
+        self,
+        name: str,
+        *,
+        priority: int | str = 0,
+        retries: int = 0,
+        timeout: float | None = None,
+        cpus: int = 1,
+        **params: float,
     ) -> TaskFuture:
         """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
-        options = Options(priority, 0, timeout)  # type: ignore[arg-type]
-        return self._submit([calls.builtin_submission(name, params, options)])[0]
+        request = self._core.builtin_request(
+            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus
+        )
+        return self._submit(request)[0]
 
     def map(
         self,
@@ -115,13 +163,24 @@ class Client:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
+        retry_on: RetryOn = (),
+        cpus: int = 1,
         batch_size: int = MAP_BATCH,
     ) -> list[TaskFuture]:
         """fn(item) for every item, submitted in batches; futures in input order."""
-        options = Options(priority, retries, timeout)  # type: ignore[arg-type]
+        requests = self._core.map_requests(
+            fn,
+            iterable,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            retry_on=retry_on,
+            cpus=cpus,
+            batch_size=batch_size,
+        )
         futures: list[TaskFuture] = []
-        for chunk in calls.batches(list(iterable), batch_size):
-            futures.extend(self._submit(calls.map_submissions(fn, chunk, options)))
+        for request in requests:
+            futures.extend(self._submit(request))
         return futures
 
     # --- waiting
@@ -129,7 +188,8 @@ class Client:
     def gather(
         self, futures: Iterable[concurrent.futures.Future[T]], timeout: float | None = None
     ) -> list[T]:
-        """Results in order; raises the first task exception met."""
+        """Results in input order; raises the first task exception met in that order, or
+        TimeoutError when they are not all in within `timeout` seconds (the tasks go on)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         return [
             f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -150,92 +210,72 @@ class Client:
             return task.cancel()
         return self._cancel_id(task)
 
-    def get_task(self, task_id: int) -> convert.TaskStatus:
-        """The task's state (and outcome, while held)."""
-        reply = self._unary(
-            lambda: self._stub.GetTask(convert.get_request(task_id), timeout=CALL_TIMEOUT_S)
-        )
+    def get_task(self, task_id: int) -> TaskStatus:
+        """The task's state (and outcome, while the PLM holds it)."""
+        request = convert.get_request(task_id)
+        reply = self._unary(lambda: self._stub.GetTask(request, timeout=CALL_TIMEOUT_S))
         return convert.status_from_proto(reply)
 
-    def list_tasks(self, states: Sequence[str] = (), limit: int = 100) -> list[convert.TaskStatus]:
+    def list_tasks(self, states: Sequence[str] = (), limit: int = 100) -> list[TaskStatus]:
         """Tasks in the cell by state name (QUEUED, RUNNING, ...), oldest first."""
         request = convert.list_request(states, limit)
         reply = self._unary(lambda: self._stub.ListTasks(request, timeout=CALL_TIMEOUT_S))
-        return [convert.status_from_proto(t) for t in reply.tasks]
+        return convert.statuses_from_list(reply)
 
-    def cluster_status(self) -> convert.ClusterStatus:
+    def cluster_status(self) -> ClusterStatus:
         """Workers, queue depth and totals of the cell."""
-        reply = self._unary(
-            lambda: self._stub.GetClusterStatus(convert.cluster_request(), timeout=CALL_TIMEOUT_S)
-        )
+        request = convert.cluster_request()
+        reply = self._unary(lambda: self._stub.GetClusterStatus(request, timeout=CALL_TIMEOUT_S))
         return convert.cluster_from_proto(reply)
 
     # --- internals
 
-    def _submit(self, submissions: list[Any]) -> list[TaskFuture]:
-        request = convert.submit_request(self.session, submissions)
+    def _submit(self, request: convert.SubmitRequest) -> list[TaskFuture]:
         ids = self._unary(lambda: self._lane.submit(request))
         futures = [TaskFuture(task_id, self._cancel_id) for task_id in ids]
-        with self._lock:
-            for future in futures:
-                self._futures[future.task_id] = future
-            early = [(f, self._early.pop(f.task_id)) for f in futures if f.task_id in self._early]
-        for future, result in early:
-            self._resolve(future, result)
+        self._core.track(futures)
         return futures
 
     def _cancel_id(self, task_id: int) -> bool:
-        reply = self._unary(
-            lambda: self._stub.CancelTask(convert.cancel_request(task_id), timeout=CALL_TIMEOUT_S)
-        )
-        return convert.is_cancelled(reply.state)
+        request = convert.cancel_request(task_id)
+        reply = self._unary(lambda: self._stub.CancelTask(request, timeout=CALL_TIMEOUT_S))
+        return convert.cancelled_from_reply(reply)
 
     def _unary(self, call: Callable[[], T]) -> T:
-        """Run a unary call, retrying while the PLM is unreachable (it may be restarting)."""
+        """Run a call, retrying as the core's policy says while the PLM cannot be reached."""
         attempt = 0
         while True:
+            if self._closed.is_set():
+                raise ClientClosed("the client is closed")
             try:
                 return call()
             except grpc.RpcError as exc:
-                if not errors.is_unavailable(exc) or attempt >= len(RETRY_BACKOFF_S):
-                    raise errors.from_rpc_error(exc) from None
-            time.sleep(RETRY_BACKOFF_S[attempt])
+                delay = self._core.retry.call_delay(attempt, exc)
+                if delay is None:
+                    raise self._error(exc) from None
+            if self._closed.wait(delay):
+                raise ClientClosed("the client was closed while the call was retried")
             attempt += 1
+
+    def _error(self, exc: grpc.RpcError) -> HeapdError:
+        if self._closed.is_set():  # close() cut the call (CANCELLED)
+            return ClientClosed("the client was closed during the call")
+        return errors.from_rpc_error(exc)
 
     def _watch(self) -> None:
-        """The result stream; reopened with backoff until the client closes."""
+        """The result stream, on its own thread; reopened with backoff until the client closes."""
         attempt = 0
-        while not self._closed.is_set():
+        while True:
             with self._lock:
-                awaited = list(self._futures)
-            self._call = self._stub.WatchTasks(convert.watch_request(self.session, awaited))
+                if self._closed.is_set():
+                    return
+                self._call = call = self._stub.WatchTasks(self._core.watch_request())
             try:
-                for reply in self._call:
+                for reply in call:
                     attempt = 0
-                    for result in reply.results:
-                        self._deliver(result)
+                    self._core.deliver(reply)
             except grpc.RpcError:
                 pass
-            if self._closed.wait(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]):
+            if self._closed.wait(self._core.retry.reconnect_delay(attempt)):
                 return
             attempt += 1
-
-    def _deliver(self, result: Any) -> None:
-        with self._lock:
-            future = self._futures.pop(result.task_id, None)
-            if future is None:
-                self._early[result.task_id] = result
-                return
-        self._resolve(future, result)
-
-    def _resolve(self, future: TaskFuture, result: Any) -> None:
-        if future.done():
-            return
-        try:
-            value = convert.result_value(result)
-        except errors.TaskCancelled:
-            future.settle_cancelled()
-        except BaseException as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)

@@ -1,9 +1,10 @@
-"""The client's edge with the wire: the only client module that imports `protos`.
+"""The client's edge with the wire: the only client module that builds or reads protobuf messages.
 
 Builds task specs, options, submissions and requests from plain arguments, and reads replies
-back into plain types: settled outcomes as `client.results` types, task and cell status as the
-`TaskStatus` / `ClusterStatus` dataclasses below. Bad arguments raise `InvalidArgument` here,
-before anything is sent, with the same meaning as the server's INVALID_ARGUMENT.
+back into plain types: results as `heapd.results.Settled`, outcomes as `heapd.results` types,
+task and cell status as `heapd.status` types. Bad arguments raise `InvalidArgument` here, before
+anything is sent, with the same meaning as the server's INVALID_ARGUMENT; option bounds are
+those of `heapd.options`.
 
 How a callable travels: one importable by name (a module-level function or class, or a static
 method, of a module other than `__main__`) goes as a "module:qualname" reference — small, and the
@@ -18,39 +19,64 @@ import pickle
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
-import cloudpickle
 from google.protobuf.message import DecodeError
 
-from heapd.errors import FailureInfo, HeapdError, InvalidArgument, TaskLost
-from heapd.results import CommandResult, Outcome, TaskState, decode_outcome
-from heapd.v1 import task_pb2, task_service_pb2
+from heapd import options as task_opts
+from heapd.errors import FailureInfo, HeapdError, InvalidArgument, TaskLost, from_status
+from heapd.results import CommandResult, Outcome, Settled, TaskState, decode_outcome
+from heapd.status import ClusterStatus, TaskStatus, WorkerStatus
+from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
-PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+# What the clients hold without looking inside: built and read here only.
+SubmitRequest: TypeAlias = task_service_pb2.SubmitTasksRequest
+SubmitReply: TypeAlias = task_service_pb2.SubmitStreamResponse
+WatchRequest: TypeAlias = task_service_pb2.WatchTasksRequest
+WatchReply: TypeAlias = task_service_pb2.WatchTasksResponse
+
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MISSING = object()
+_UINT64_MAX = (1 << 64) - 1
+_UINT32_MAX = (1 << 32) - 1
+
+
+TaskStub: TypeAlias = task_service_pb2_grpc.TaskServiceStub
+
+
+def task_stub(channel: Any) -> TaskStub:
+    """The TaskService stub over a channel (sync or aio): what both clients call."""
+    return task_service_pb2_grpc.TaskServiceStub(channel)
 
 
 def python_spec(
     fn: Callable[..., Any] | str,
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
-    retry_on: Sequence[str | type[BaseException]] = (),
+    retry_on: Iterable[str | type[BaseException]] = (),
 ) -> task_pb2.TaskSpec:
     """A Python call: by reference when `fn` is importable by name (or a "module:function"
-    string), cloudpickled otherwise; args and kwargs are cloudpickled together."""
-    if isinstance(fn, str):
-        call = task_pb2.PythonCall(ref=_checked_ref(fn))
-    elif not callable(fn):
-        raise InvalidArgument(f"a task must be a callable or 'module:function', not {fn!r}")
-    elif (ref := callable_ref(fn)) is not None:
-        call = task_pb2.PythonCall(ref=ref)
-    else:
-        call = task_pb2.PythonCall(pickled_callable=_pickle(fn, "the callable"))
-    call.pickled_args = _pickle_args(args, dict(kwargs or {}))
-    return task_pb2.TaskSpec(python=call, retry_on=retry_names(retry_on))
+    string), cloudpickled otherwise; args and kwargs are pickled together."""
+    call = _python_call(fn)
+    call.pickled_args = _pickle_args(tuple(args), dict(kwargs or {}))
+    return task_pb2.TaskSpec(python=call, retry_on=task_opts.retry_on_names(retry_on))
+
+
+def python_specs(
+    fn: Callable[..., Any] | str,
+    arg_tuples: Iterable[tuple[Any, ...]],
+    retry_on: Iterable[str | type[BaseException]] = (),
+) -> list[task_pb2.TaskSpec]:
+    """`python_spec(fn, args)` for each args tuple, resolving or pickling `fn` once."""
+    target = _python_call(fn)
+    names = task_opts.retry_on_names(retry_on)
+    specs = []
+    for args in arg_tuples:
+        call = task_pb2.PythonCall()
+        call.CopyFrom(target)
+        call.pickled_args = _pickle_args(args, {})
+        specs.append(task_pb2.TaskSpec(python=call, retry_on=names))
+    return specs
 
 
 def command_spec(
@@ -77,8 +103,8 @@ def command_spec(
 
 def builtin_spec(name: str, params: Mapping[str, float] | None = None) -> task_pb2.TaskSpec:
     """A builtin experiment task ("sleep" with seconds, "cpu" with steps and size)."""
-    if not name:
-        raise InvalidArgument("a builtin task needs a name, e.g. 'sleep'")
+    if not name or not isinstance(name, str):
+        raise InvalidArgument(f"a builtin task needs a name, e.g. 'sleep', not {name!r}")
     try:
         values = {key: float(value) for key, value in (params or {}).items()}
     except (TypeError, ValueError) as exc:
@@ -87,18 +113,20 @@ def builtin_spec(name: str, params: Mapping[str, float] | None = None) -> task_p
 
 
 def options(
-    priority: int = 0, retries: int = 0, timeout_s: float = 0.0, cpus: int = 1
+    priority: int | str = 0, retries: int = 0, timeout_s: float | None = 0.0, cpus: int = 1
 ) -> task_pb2.TaskOptions:
-    """Per-task settings; timeout_s = 0 means none."""
-    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise InvalidArgument(f"priority must be in {PRIORITY_MIN}..{PRIORITY_MAX}, not {priority}")
-    if retries < 0:
-        raise InvalidArgument(f"retries must be >= 0, not {retries}")
-    if not timeout_s >= 0:  # also refuses NaN
-        raise InvalidArgument(f"timeout must be >= 0 seconds (0 = none), not {timeout_s}")
-    if cpus < 1:
-        raise InvalidArgument(f"cpus must be >= 1, not {cpus}")
-    return task_pb2.TaskOptions(priority=priority, retries=retries, timeout_s=timeout_s, cpus=cpus)
+    """Per-task settings, checked by `heapd.options.task_options`; timeout_s 0 or None = none."""
+    return options_to_proto(task_opts.task_options(priority, retries, timeout_s, cpus))
+
+
+def options_to_proto(checked: task_opts.TaskOptions) -> task_pb2.TaskOptions:
+    """The wire form of options already checked by `heapd.options.task_options`."""
+    return task_pb2.TaskOptions(
+        priority=checked.priority,
+        retries=checked.retries,
+        timeout_s=checked.timeout_s,
+        cpus=checked.cpus,
+    )
 
 
 def submission(
@@ -131,106 +159,78 @@ def outcome_from_bytes(data: bytes) -> Outcome | None:
     return Outcome(result, started_at=msg.started_at, finished_at=msg.finished_at)
 
 
-def result_value(result: Any) -> Any:
-    """The value of a settled TaskResult or TaskStatus, or raise what the task failed with;
-    TaskLost when the PLM no longer knows the task (state unspecified)."""
-    if result.state == task_pb2.TASK_STATE_UNSPECIFIED:
-        raise TaskLost(f"task {result.task_id} is unknown to the PLM (released or never existed)")
-    return decode_outcome(int(result.state), outcome_from_bytes(result.outcome))
+def result_value(settled: Settled) -> Any:
+    """The value of a settled task, or raise what it failed with; TaskLost when the PLM no
+    longer knows the task (state 0)."""
+    if settled.state == task_pb2.TASK_STATE_UNSPECIFIED:
+        raise TaskLost(f"task {settled.task_id} is unknown to the PLM (released or never existed)")
+    return decode_outcome(settled.state, outcome_from_bytes(settled.outcome))
 
 
-# -- requests and status ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TaskStatus:
-    """A task as the PLM sees it; `outcome` is the serialized TaskOutcome while held."""
-
-    task_id: int
-    state: str
-    priority: int
-    attempt: int
-    worker_id: int
-    submitted_at: float
-    dispatched_at: float
-    finished_at: float
-    outcome: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    """One worker of the cell, as the register last heard from it."""
-
-    worker_id: int
-    epoch: int
-    address: str
-    hostname: str
-    pid: int
-    slots: int
-    in_flight: int
-    state: str
-    last_heartbeat: float
-    tasks_done: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterStatus:
-    """The cell at a glance: workers, queue depths and totals."""
-
-    cell: str
-    workers: list[WorkerStatus]
-    queued: int
-    running: int
-    pending: int
-    submitted_total: int
-    succeeded_total: int
-    failed_total: int
-    cancelled_total: int
-    held_results: int
-    task_capacity: int
+# -- requests and replies -----------------------------------------------------------------------
 
 
 def submit_request(
     session: str, submissions: Sequence[task_service_pb2.TaskSubmission]
-) -> task_service_pb2.SubmitTasksRequest:
+) -> SubmitRequest:
     """A batch submission whose results go to `session`'s WatchTasks stream."""
     return task_service_pb2.SubmitTasksRequest(tasks=list(submissions), session=session)
 
 
-def watch_request(session: str, task_ids: Iterable[int] = ()) -> task_service_pb2.WatchTasksRequest:
+def submitted_ids(reply: SubmitReply) -> list[int]:
+    """The task ids of one SubmitStream answer, or raise the error the request met
+    (InvalidArgument, ResourceExhausted, ...)."""
+    if reply.error_code:
+        raise from_status(reply.error_code, reply.error_message)
+    return list(reply.task_ids)
+
+
+def watch_request(session: str, task_ids: Iterable[int] = ()) -> WatchRequest:
     """Open the session's result stream, asking again for `task_ids` (after a reconnect)."""
     return task_service_pb2.WatchTasksRequest(session=session, task_ids=list(task_ids))
 
 
+def settled_from_watch(reply: WatchReply) -> list[Settled]:
+    """The results of one WatchTasks message."""
+    return [Settled(r.task_id, int(r.state), r.outcome) for r in reply.results]
+
+
 def get_request(task_id: int) -> task_service_pb2.GetTaskRequest:
-    return task_service_pb2.GetTaskRequest(task_id=task_id)
+    return task_service_pb2.GetTaskRequest(task_id=_task_id(task_id))
 
 
 def cancel_request(task_id: int) -> task_service_pb2.CancelTaskRequest:
-    return task_service_pb2.CancelTaskRequest(task_id=task_id)
+    return task_service_pb2.CancelTaskRequest(task_id=_task_id(task_id))
+
+
+def cancelled_from_reply(reply: task_service_pb2.CancelTaskResponse) -> bool:
+    """Whether a CancelTask reply says the task ended CANCELLED."""
+    return int(reply.state) == TaskState.CANCELLED
 
 
 def list_request(states: Sequence[str] = (), limit: int = 100) -> task_service_pb2.ListTasksRequest:
     """ListTasks by state names (QUEUED, RUNNING, ...; any case); empty = all."""
+    if isinstance(states, str):
+        states = [states]
     values = []
     for name in states:
         try:
-            values.append(task_pb2.TaskState.Value(TaskState[name.upper()].name))
+            values.append(task_pb2.TaskState.Value(TaskState[str(name).upper()].name))
         except KeyError:
             known = ", ".join(state.name for state in TaskState)
             raise InvalidArgument(f"unknown task state {name!r} (known: {known})") from None
-    if limit < 0:
-        raise InvalidArgument(f"limit must be >= 0, not {limit}")
+    if not _is_int(limit) or not 0 <= limit <= _UINT32_MAX:
+        raise InvalidArgument(f"limit must be an integer >= 0 (0 = 100), not {limit!r}")
     return task_service_pb2.ListTasksRequest(states=values, limit=limit)
+
+
+def statuses_from_list(reply: task_service_pb2.ListTasksResponse) -> list[TaskStatus]:
+    """The tasks of a ListTasks reply, oldest first."""
+    return [status_from_proto(task) for task in reply.tasks]
 
 
 def cluster_request() -> task_service_pb2.GetClusterStatusRequest:
     return task_service_pb2.GetClusterStatusRequest()
-
-
-def is_cancelled(state: int) -> bool:
-    """Whether a CancelTask reply's state means the task ended CANCELLED."""
-    return int(state) == TaskState.CANCELLED
 
 
 def status_from_proto(msg: task_service_pb2.TaskStatus) -> TaskStatus:
@@ -280,17 +280,16 @@ def callable_ref(fn: object) -> str | None:
     return f"{module}:{qualname}" if found is fn else None
 
 
-def retry_names(retry_on: Sequence[str | type[BaseException]]) -> list[str]:
-    """Exception classes as "module.Qualname"; strings are taken as given."""
-    names = []
-    for item in retry_on:
-        if isinstance(item, str):
-            names.append(item)
-        elif isinstance(item, type) and issubclass(item, BaseException):
-            names.append(f"{item.__module__}.{item.__qualname__}")
-        else:
-            raise InvalidArgument(f"retry_on takes exception classes or names, not {item!r}")
-    return names
+def _python_call(fn: Callable[..., Any] | str) -> task_pb2.PythonCall:
+    """The call's target, without arguments: a reference, or the callable pickled by value."""
+    if isinstance(fn, str):
+        return task_pb2.PythonCall(ref=_checked_ref(fn))
+    if not callable(fn):
+        raise InvalidArgument(f"a task must be a callable or 'module:function', not {fn!r}")
+    ref = callable_ref(fn)
+    if ref is not None:
+        return task_pb2.PythonCall(ref=ref)
+    return task_pb2.PythonCall(pickled_callable=_pickle(fn, "the callable"))
 
 
 def _checked_ref(ref: str) -> str:
@@ -315,6 +314,8 @@ def _pickle_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
 
 
 def _pickle(obj: object, what: str) -> bytes:
+    import cloudpickle  # only for what plain pickle cannot encode: keeps `import heapd` light
+
     try:
         data: bytes = cloudpickle.dumps(obj, protocol=5)
     except Exception as exc:
@@ -335,6 +336,16 @@ def _worker_from_proto(msg: task_service_pb2.WorkerStatus) -> WorkerStatus:
         last_heartbeat=msg.last_heartbeat,
         tasks_done=msg.tasks_done,
     )
+
+
+def _task_id(value: int) -> int:
+    if not _is_int(value) or not 0 <= value <= _UINT64_MAX:
+        raise InvalidArgument(f"a task id is an integer >= 0, not {value!r}")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _state_name(state: int) -> str:

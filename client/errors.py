@@ -1,6 +1,8 @@
 """Every error heapd raises to its users, in one hierarchy::
 
     HeapdError                   anything heapd itself raises
+    ├── ClientClosed             the client was closed: its futures still pending fail with it,
+    │                            and it takes no more calls (the tasks may still run in the cell)
     ├── RpcFailed                a call to the cell failed; .code (gRPC status name), .details
     │   ├── InvalidArgument      the request was refused as malformed (also a ValueError)
     │   ├── NotFound             no such task (also a LookupError)
@@ -37,6 +39,14 @@ import grpc
 
 class HeapdError(Exception):
     """Base of every error heapd raises."""
+
+
+class ClientClosed(HeapdError):
+    """The client was closed before this result arrived, or a call was made after it closed.
+
+    Closing stops the client listening for results; it does not cancel the tasks, which may
+    still run in the cell: look one up by its future's `task_id` (`get_task`) from another client.
+    """
 
 
 class RpcFailed(HeapdError):

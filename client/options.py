@@ -8,6 +8,7 @@ an `InvalidArgument` (INVALID_ARGUMENT on the wire).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from heapd.errors import InvalidArgument
@@ -72,6 +73,26 @@ def task_options(
     if not _is_int(cpus) or not CPUS_MIN <= cpus <= CPUS_MAX:
         raise InvalidArgument(f"cpus must be an integer in {CPUS_MIN}..{CPUS_MAX}, not {cpus!r}")
     return TaskOptions(priority=level, retries=retries, timeout_s=float(timeout), cpus=cpus)
+
+
+def retry_on_names(retry_on: Iterable[type[BaseException] | str]) -> list[str]:
+    """`retry_on` as exception names: classes become "module.Qualname", strings stay as given.
+    Raises InvalidArgument for anything else, or more than RETRY_ON_MAX entries."""
+    if isinstance(retry_on, str | bytes) or not isinstance(retry_on, Iterable):
+        raise InvalidArgument(
+            f"retry_on takes a list of exception classes or names, not {retry_on!r}"
+        )
+    names = []
+    for item in retry_on:
+        if isinstance(item, str) and item:
+            names.append(item)
+        elif isinstance(item, type) and issubclass(item, BaseException):
+            names.append(f"{item.__module__}.{item.__qualname__}")
+        else:
+            raise InvalidArgument(f"retry_on takes exception classes or names, not {item!r}")
+    if len(names) > RETRY_ON_MAX:
+        raise InvalidArgument(f"retry_on lists at most {RETRY_ON_MAX} exceptions, not {len(names)}")
+    return names
 
 
 def _is_int(value: object) -> bool:

@@ -1,6 +1,6 @@
 """What a settled task gives back: its value, a `CommandResult`, or the exception to raise.
 
-Plain types only. The wire bytes of a `heapd.v1.TaskOutcome` are parsed by `client.convert`
+Plain types only. The wire bytes of a `heapd.v1.TaskOutcome` are parsed by `heapd.convert`
 (`outcome_from_bytes`, `result_value`), which builds the `Outcome` decoded here.
 """
 
@@ -33,6 +33,17 @@ class CommandResult:
     returncode: int
     stdout: bytes
     stderr: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One result as the WatchTasks stream delivered it. `state` is a `TaskState` number (0 when
+    the PLM does not know the task); `outcome` stays serialized until its future is settled, so
+    a malformed one fails that future and not the stream."""
+
+    task_id: int
+    state: int
+    outcome: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ A message on an open stream reaches the PLM in about half the time of a new unar
 set-up on either side), and a single task's round trip pays it on every submit. Each lane opens
 its stream on first use and again after it breaks; one request is in flight at a time and waits
 for its own answer, so answers never need matching. A broken stream surfaces as an UNAVAILABLE
-`grpc.RpcError`, which the clients retry with backoff, as they do a unary call.
+`grpc.RpcError`, which the clients retry with backoff, as they do a unary call. The requests
+and answers are built and read by `heapd.convert`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Any
 
 import grpc
 
-from heapd import errors
-from heapd.v1 import task_service_pb2 as pb
+from heapd import convert
 
 
 class StreamBroken(grpc.RpcError):  # type: ignore[misc]
@@ -30,23 +30,16 @@ class StreamBroken(grpc.RpcError):  # type: ignore[misc]
         return "the PLM closed the submit stream"
 
 
-def task_ids(reply: pb.SubmitStreamResponse) -> list[int]:
-    """The ids of one answer, or the error the request met (InvalidArgument, ...)."""
-    if reply.error_code:
-        raise errors.from_status(reply.error_code, reply.error_message)
-    return list(reply.task_ids)
-
-
 class SubmitLane:
     """Blocking submissions; safe to share between threads (they take turns)."""
 
     def __init__(self, stub: Any) -> None:
         self._stub = stub
         self._lock = threading.Lock()
-        self._outbox: queue.SimpleQueue[pb.SubmitTasksRequest | None] | None = None
+        self._outbox: queue.SimpleQueue[convert.SubmitRequest | None] | None = None
         self._call: Any = None
 
-    def submit(self, request: pb.SubmitTasksRequest) -> list[int]:
+    def submit(self, request: convert.SubmitRequest) -> list[int]:
         """Send one request and wait for its answer (grpc.RpcError if the stream fails)."""
         with self._lock:
             if self._call is None or self._outbox is None:
@@ -61,7 +54,7 @@ class SubmitLane:
             except StopIteration:
                 self._drop()
                 raise StreamBroken() from None
-        return task_ids(reply)
+        return convert.submitted_ids(reply)
 
     def close(self) -> None:
         """End the stream (a submit blocked on it gets CANCELLED)."""
@@ -84,7 +77,7 @@ class AsyncSubmitLane:
         self._lock = asyncio.Lock()
         self._call: Any = None
 
-    async def submit(self, request: pb.SubmitTasksRequest) -> list[int]:
+    async def submit(self, request: convert.SubmitRequest) -> list[int]:
         """Send one request and await its answer (grpc.RpcError if the stream fails)."""
         async with self._lock:
             if self._call is None:
@@ -98,7 +91,7 @@ class AsyncSubmitLane:
             if reply is grpc.aio.EOF:
                 self.close()
                 raise StreamBroken()
-        return task_ids(reply)
+        return convert.submitted_ids(reply)
 
     def close(self) -> None:
         """End the stream."""

@@ -12,7 +12,7 @@ from heapd.client import Client
 
 
 def submit(
-    address: str, argv: Sequence[str], priority: int, timeout: float | None, retries: int
+    address: str, argv: Sequence[str], priority: int | str, timeout: float | None, retries: int
 ) -> int:
     """Run a command task, wait with a spinner, print its output, exit with its code."""
     console = Console(stderr=True)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from heapd import errors, shm
 from heapd.client import Client
-from heapd.convert import ClusterStatus
+from heapd.status import ClusterStatus
 
 
 def status(address: str, as_json: bool) -> int:
