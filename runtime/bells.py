@@ -35,8 +35,16 @@ class BellListener:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (it leaves within one wait timeout)."""
+        """Ask the thread to stop (it leaves within one wait timeout); `close` also waits."""
         self._stopping.set()
+
+    async def close(self) -> None:
+        """Stop the thread and wait until it has left: it must never outlive the cell handle
+        whose semaphore it waits on (a wait on an unmapped semaphore crashes the process)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._bell.ring()  # wake it now instead of at the end of its wait timeout
+            await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
         while not self._stopping.is_set():

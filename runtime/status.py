@@ -2,8 +2,10 @@
 
 Servicer methods are wrapped with `unary` (unary responses) or `streaming` (server streams);
 an exception listed in the table aborts the call with its code and the exception's message.
-Anything else is a bug: logged with its traceback and reported as INTERNAL without killing the
-daemon.
+Only heapd's own types are listed (the shared-memory errors and `heapd.errors`' RPC errors,
+which a role raises for a request it refuses): anything else, builtins such as a stray
+`KeyError` included, is a bug, logged with its traceback and reported as INTERNAL without
+killing the daemon.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from heapd import shm
+from heapd import errors, shm
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,9 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (shm.BlobTooLarge, grpc.StatusCode.INVALID_ARGUMENT),
     (shm.TableFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (shm.ArenaFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (LookupError, grpc.StatusCode.NOT_FOUND),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 

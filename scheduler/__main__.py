@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from heapd import shm
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.scheduler import convert
 from heapd.scheduler.daemon import Scheduler
 
 SERVICE_NAMES: list[str] = []
@@ -26,14 +27,14 @@ def parser() -> argparse.ArgumentParser:
         "--prefetch-per-slot",
         dest="prefetch_per_slot",
         type=int,
-        help="tasks per worker slot when the queue is deep (default 4; 1 = strict priority)",
+        help="tasks per worker slot when the queue is deep (default 8; 1 = strict priority)",
     )
     return p
 
 
 async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
     """Run until SIGTERM/SIGINT; serves health and reflection only."""
-    async with Scheduler(cell, cfg.batch, cfg.prefetch_per_slot) as scheduler:
+    async with Scheduler(cell, cfg.batch, cfg.prefetch_per_slot, convert.AssignCall) as scheduler:
         grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES)
         signals.install(asyncio.get_running_loop(), scheduler.shutdown)
         ready.announce("scheduler", channels.format_address(cfg.host, port))
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config.from_args(
         config.SchedulerConfig, "scheduler", parser().parse_args(argv), os.environ
     )
-    logs.setup("scheduler")
+    logs.setup("scheduler", cfg.log_level)
     return entry.run_attached("scheduler", cfg.cell, lambda cell: serve(cfg, cell))
 
 

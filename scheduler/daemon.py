@@ -18,7 +18,7 @@ from types import TracebackType
 
 from heapd import shm
 from heapd.runtime.bells import BellListener
-from heapd.scheduler.dispatcher import Dispatcher
+from heapd.scheduler.dispatcher import Dispatcher, OpenStream
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,14 @@ class TaskRate:
 class Scheduler:
     """Pops the task heap and hands tasks to the dispatcher."""
 
-    def __init__(self, cell: shm.Cell, batch: int, prefetch_per_slot: int) -> None:
+    def __init__(
+        self, cell: shm.Cell, batch: int, prefetch_per_slot: int, open_stream: OpenStream
+    ) -> None:
+        """`open_stream(address)` opens the AssignStream to the worker at `address`."""
         self.cell = cell
         self._batch = batch
         self._prefetch = max(1, prefetch_per_slot)
-        self._dispatcher = Dispatcher(cell)
+        self._dispatcher = Dispatcher(cell, open_stream)
         self._rate = TaskRate()
         self._stop = asyncio.Event()
         self._listener: BellListener | None = None
@@ -89,15 +92,19 @@ class Scheduler:
         await self._stop.wait()
 
     async def close(self) -> None:
-        """Stop dispatching; let AssignTasks calls in flight finish."""
+        """Stop dispatching, then close the workers' streams (their unanswered tasks go back
+        to the queue)."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         if self._listener is not None:
-            self._listener.stop()
+            await self._listener.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
+            [ended] = await asyncio.gather(self._loop_task, return_exceptions=True)
+            if isinstance(ended, Exception):
+                log.error("dispatch loop failed", exc_info=ended)
         await self._dispatcher.close()
 
     def _reclaim_unsent(self) -> int:

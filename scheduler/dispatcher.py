@@ -16,14 +16,12 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
 
 import grpc
 
 from heapd import shm
-from heapd.runtime import channels
-from heapd.scheduler import convert
-from heapd.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +30,62 @@ REQUEUE_DELAY_S = 0.1
 Requeue = Callable[[list[shm.Dispatch], bool], None]
 
 
+class AssignStream(Protocol):
+    """One AssignStream to one worker (`heapd.scheduler.convert.AssignCall` over gRPC)."""
+
+    async def send(self, group: Sequence[shm.Dispatch]) -> None:
+        """Write one group of dispatches (one worker id and epoch)."""
+
+    def refusals(self) -> AsyncIterator[str]:
+        """One answer per group, in order: why the worker refused it, empty if it took it."""
+
+    async def close(self) -> None:
+        """End the stream and release its channel."""
+
+
+OpenStream = Callable[[str], AssignStream]
+
+
 class WorkerFeed:
     """One AssignStream to one worker: a writer task, a reader task, and the unanswered groups."""
 
     def __init__(
-        self, address: str, on_lost: Requeue, on_closed: Callable[[WorkerFeed], None]
+        self,
+        address: str,
+        stream: AssignStream,
+        on_lost: Requeue,
+        on_closed: Callable[[WorkerFeed], None],
     ) -> None:
         self.address = address
         self._on_lost = on_lost
         self._on_closed = on_closed
-        self._channel = channels.channel(address)
-        self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).AssignStream()
+        self._stream = stream
         self._outbox: deque[list[shm.Dispatch]] = deque()
         self._unanswered: deque[list[shm.Dispatch]] = deque()
         self._wake = asyncio.Event()
-        self._closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
 
     def send(self, group: list[shm.Dispatch]) -> None:
-        """Queue one group for this worker (never blocks)."""
+        """Queue one group for this worker (never blocks). A feed that is closing hands it back
+        at once, as it does its unsent groups: nothing may wait in an outbox nobody writes."""
+        if self._closing is not None:
+            self._on_lost(group, True)
+            return
         self._outbox.append(group)
         self._wake.set()
 
     async def close(self) -> None:
-        """End the stream; whatever was not answered is requeued."""
-        if self._closed:
-            return
-        self._closed = True
-        self._call.cancel()
+        """End the stream; whatever was not answered is requeued. Every caller waits until the
+        feed is closed (the first call, or a broken stream, starts the closing)."""
+        await asyncio.shield(self._start_closing())
+
+    def _start_closing(self) -> asyncio.Task[None]:
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close())
+        return self._closing
+
+    async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
         lost = [d for group in (*self._unanswered, *self._outbox) for d in group]
@@ -67,7 +93,10 @@ class WorkerFeed:
         self._outbox.clear()
         if lost:
             self._on_lost(lost, True)
-        await self._channel.close()
+        for ended in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(ended, Exception):  # not a stream failure: those end in _failed
+                log.error("assign stream task failed", exc_info=ended)
+        await self._stream.close()
         self._on_closed(self)
 
     async def _write(self) -> None:
@@ -78,18 +107,18 @@ class WorkerFeed:
                 while self._outbox:
                     group = self._outbox.popleft()
                     self._unanswered.append(group)
-                    await self._call.write(convert.assign_request(group))
+                    await self._stream.send(group)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             self._failed(exc)
 
     async def _read(self) -> None:
         try:
-            async for reply in self._call:
+            async for refused in self._stream.refusals():
                 group = self._unanswered.popleft() if self._unanswered else []
-                if reply.refused:
+                if refused:
                     log.info(
                         "worker refused tasks; requeueing",
-                        extra={"fields": {"address": self.address, "reason": reply.refused}},
+                        extra={"fields": {"address": self.address, "reason": refused}},
                     )
                     self._on_lost(group, False)
             self._failed(None)
@@ -98,7 +127,7 @@ class WorkerFeed:
 
     def _failed(self, exc: BaseException | None) -> None:
         """The stream ended: the worker closed it (it is leaving; None) or it broke."""
-        if self._closed:
+        if self._closing is not None:
             return
         if exc is None:
             log.info("worker closed its assign stream", extra={"fields": {"address": self.address}})
@@ -107,14 +136,15 @@ class WorkerFeed:
             log.warning(
                 "assign stream broke", extra={"fields": {"address": self.address, "why": code}}
             )
-        asyncio.get_running_loop().create_task(self.close())
+        self._start_closing()
 
 
 class Dispatcher:
     """Groups dispatches by worker and feeds them to that worker's stream."""
 
-    def __init__(self, cell: shm.Cell) -> None:
+    def __init__(self, cell: shm.Cell, open_stream: OpenStream) -> None:
         self._cell = cell
+        self._open_stream = open_stream
         self._feeds: dict[str, WorkerFeed] = {}
         self._pending_requeues: set[asyncio.Task[None]] = set()
         self.requeued = 0
@@ -129,15 +159,16 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Close every stream; let delayed requeues run."""
-        for feed in list(self._feeds.values()):
-            await feed.close()
+        await asyncio.gather(*(feed.close() for feed in list(self._feeds.values())))
         if self._pending_requeues:
             await asyncio.gather(*self._pending_requeues, return_exceptions=True)
 
     def _feed(self, address: str) -> WorkerFeed:
         feed = self._feeds.get(address)
         if feed is None:
-            feed = self._feeds[address] = WorkerFeed(address, self._requeue_later, self._forget)
+            stream = self._open_stream(address)
+            feed = WorkerFeed(address, stream, self._requeue_later, self._forget)
+            self._feeds[address] = feed
         return feed
 
     def _forget(self, feed: WorkerFeed) -> None:

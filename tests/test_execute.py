@@ -13,7 +13,7 @@ from heapd import convert as client_convert
 from heapd.errors import FailureInfo, FailureKind
 from heapd.results import CommandResult
 from heapd.v1 import task_pb2
-from heapd.worker.execute import Execution, execute
+from heapd.worker.child import Execution, execute
 from tests import tasks_for_worker as t
 
 

@@ -8,9 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from heapd.runtime import config, logs, signals
+from heapd.runtime import channels, config, logs, server, signals
+from heapd.worker import convert, service
 from heapd.worker.daemon import Worker
 from heapd.worker.pool import Pool
+
+SHUTDOWN_GRACE_S = 1.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,7 +21,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="heapd worker", description="Run a worker for a cell's register."
     )
-    p.add_argument("--register", help="the register's HOST:PORT (HEAPD_WORKER_REGISTER)")
+    p.add_argument(
+        "--register",
+        help="the register's HOST:PORT (HEAPD_WORKER_REGISTER; default"
+        f" {config.WorkerConfig.register})",
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 0 = any)")
     p.add_argument("--advertise-host", dest="advertise_host", help="host the scheduler should dial")
@@ -30,14 +37,24 @@ def parser() -> argparse.ArgumentParser:
         help="exit after the register is unreachable this long (default 30)",
     )
     p.add_argument("--config", help="TOML configuration file (or HEAPD_CONFIG)")
+    config.add_log_level_flag(p)
     return p
 
 
 async def serve(cfg: config.WorkerConfig, pool: Pool) -> int:
-    """Run the worker until drained (SIGTERM) or cut off from its register."""
-    worker = Worker(pool, cfg.register, cfg.slots, cfg.register_timeout_s)
-    signals.install(asyncio.get_running_loop(), worker.shutdown)
-    return await worker.run(cfg.host, cfg.advertise_host, cfg.port)
+    """Serve WorkerService and stay in the cell until drained (SIGTERM) or cut off from the
+    register; returns the exit code."""
+    async with channels.channel(cfg.register) as channel:
+        register = convert.RegisterCalls(channel, cfg.register)
+        worker = Worker(pool, register, cfg.slots, cfg.register_timeout_s)
+        signals.install(asyncio.get_running_loop(), worker.shutdown)
+        grpc_server, port = await server.start(
+            cfg.host, cfg.port, [service.registration(worker)], [service.SERVICE_NAME]
+        )
+        try:
+            return await worker.run(channels.format_address(cfg.advertise_host or cfg.host, port))
+        finally:
+            await grpc_server.stop(SHUTDOWN_GRACE_S)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.slots < 1:
         print("heapd worker: --slots must be at least 1", file=sys.stderr)
         return 2
-    logs.setup("worker")
+    logs.setup("worker", cfg.log_level)
     pool = Pool(cfg.slots)
     pool.start()
     try:

@@ -12,6 +12,12 @@ Protocol (pickled over one duplex `Connection`):
   A job's start is reported just before it runs (the parent times it from there). A finished
   result rides with the next job's start when more jobs are already waiting locally — that is
   microseconds later, so it is never held back — and is sent on its own otherwise.
+
+Jobs carry the task as serialized `heapd.v1.TaskSpec` bytes and results carry serialized
+`heapd.v1.TaskOutcome` bytes, so that decoding and encoding happen here, in the children, off
+the daemon's event loop: this module is the pool's edge with the task wire format (`execute`
+and `outcome_bytes`, through `heapd.worker.convert`); `heapd.worker.execute` and the pool work
+on plain values and opaque bytes.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import NamedTuple
 
-from heapd.worker.execute import execute
+from heapd.worker import convert
+from heapd.worker.execute import bad_spec, run_task
+from heapd.worker.failure import FailureInfo
+from heapd.worker.outcomes import CommandResult, Outcome
+from heapd.worker.specs import BadSpec
 
 JobTuple = tuple[int, int, bytes]  # task_id, attempt, serialized TaskSpec
 ResultTuple = tuple[int, int, bool, bool, bytes]  # task_id, attempt, succeeded, retryable, outcome
@@ -54,6 +65,33 @@ class Report(NamedTuple):
 
     started: tuple[int, int] | None
     results: list[ResultTuple]
+
+
+class Execution(NamedTuple):
+    """The verdict on one attempt: flags for the control plane, the outcome for the user."""
+
+    succeeded: bool
+    retryable: bool
+    outcome: bytes  # serialized heapd.v1.TaskOutcome
+
+
+def execute(spec: bytes) -> Execution:
+    """Run the task described by serialized TaskSpec bytes; never raises."""
+    started_at = time.time()
+    try:
+        verdict = run_task(convert.spec_from_bytes(spec))
+    except BadSpec as exc:
+        verdict = bad_spec(exc)
+    return Execution(
+        verdict.succeeded, verdict.retryable, outcome_bytes(verdict.result, started_at)
+    )
+
+
+def outcome_bytes(result: bytes | CommandResult | FailureInfo, started_at: float) -> bytes:
+    """An attempt's outcome as results carry it, finished now: also what the pool reports for
+    an attempt it settles itself (timed out, or its child died)."""
+    outcome = Outcome(result, started_at=started_at, finished_at=time.time())
+    return convert.outcome_to_bytes(outcome)
 
 
 def main(conn: Connection, parent_pid: int) -> None:

@@ -1,73 +1,29 @@
-"""The worker's edge with the wire: the only worker module that imports `protos`.
+"""The worker's edge with the wire: the only worker module that builds or reads protobuf messages.
 
 Task specs arrive as serialized `heapd.v1.TaskSpec` bytes (stored opaque in the arena) and become
 plain spec types here; an attempt's plain `Outcome` leaves as serialized `heapd.v1.TaskOutcome`
-bytes, which the control plane carries without looking inside.
+bytes, which the control plane carries without looking inside. Both run in the pool's children
+(see `heapd.worker.child`), off the daemon's event loop.
+
+The WorkerService messages are read and built here for the servicer, and `RegisterCalls` makes
+the worker's calls to the register (the `heapd.worker.membership.Register` protocol) with
+messages built here, handing the daemon plain values only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
+import grpc
 from google.protobuf.message import DecodeError
 
-from heapd.v1 import register_service_pb2, task_pb2, worker_service_pb2
+from heapd.v1 import register_service_pb2, register_service_pb2_grpc, task_pb2, worker_service_pb2
 from heapd.worker.failure import FailureInfo
-from heapd.worker.jobs import Job, JobResult
-
-
-class BadSpec(ValueError):
-    """The spec bytes are not a runnable TaskSpec (undecodable, no kind, empty argv)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PythonCallSpec:
-    """Call `ref` ("pkg.mod:qualname") or the cloudpickled callable, with pickled (args, kwargs)."""
-
-    ref: str = ""
-    pickled_callable: bytes = b""
-    pickled_args: bytes = b""
-    retry_on: tuple[str, ...] = ()  # exception type names worth a retry; empty = any
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    """Run argv without a shell; env is added to the worker's environment."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = ""  # empty = the worker's working directory
-    stdin: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltinSpec:
-    """A builtin experiment task by name (see worker.builtins)."""
-
-    name: str
-    params: dict[str, float] = field(default_factory=dict)
-
-
-TaskSpec = PythonCallSpec | CommandSpec | BuiltinSpec
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    """A finished command: its exit code and captured output."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt settled to: a pickled value, a command result, or a failure."""
-
-    result: bytes | CommandResult | FailureInfo
-    started_at: float = 0.0
-    finished_at: float = 0.0
+from heapd.worker.jobs import Assignment, Job, JobResult
+from heapd.worker.membership import HeartbeatAck, Membership
+from heapd.worker.outcomes import CommandResult, Outcome
+from heapd.worker.specs import BadSpec, BuiltinSpec, CommandSpec, PythonCallSpec, TaskSpec
 
 
 def spec_from_bytes(data: bytes) -> TaskSpec:
@@ -135,12 +91,13 @@ def _failure_to_proto(failure: FailureInfo) -> task_pb2.Failure:
     )
 
 
-# --- the daemon's messages (AssignTasks, RegisterWorker, Heartbeat)
+# --- WorkerService (AssignTasks, AssignStream, CancelTask, Drain), for the servicer
 
 
-def jobs_from_proto(request: worker_service_pb2.AssignTasksRequest) -> list[Job]:
-    """The tasks of one AssignTasks call, as pool jobs (spec bytes untouched)."""
-    return [Job(a.task_id, a.attempt, a.spec, a.timeout_s) for a in request.tasks]
+def assignment_from_proto(request: worker_service_pb2.AssignTasksRequest) -> Assignment:
+    """The tasks of one AssignTasks request, as pool jobs (spec bytes untouched)."""
+    jobs = [Job(a.task_id, a.attempt, a.spec, a.timeout_s) for a in request.tasks]
+    return Assignment(request.worker_id, request.epoch, jobs)
 
 
 def assigned_reply(accepted: int) -> worker_service_pb2.AssignTasksResponse:
@@ -153,6 +110,11 @@ def refused_reply(reason: str) -> worker_service_pb2.AssignTasksResponse:
     return worker_service_pb2.AssignTasksResponse(accepted=0, refused=reason)
 
 
+def cancel_from_proto(request: worker_service_pb2.WorkerCancelRequest) -> tuple[int, int]:
+    """The (task_id, attempt) to kill; attempt 0 means whichever runs."""
+    return request.task_id, request.attempt
+
+
 def cancel_reply(found: bool) -> worker_service_pb2.WorkerCancelResponse:
     """Whether the attempt was found here."""
     return worker_service_pb2.WorkerCancelResponse(found=found)
@@ -163,6 +125,9 @@ def drain_reply(running: int) -> worker_service_pb2.DrainResponse:
     return worker_service_pb2.DrainResponse(running=running)
 
 
+# --- RegisterService (RegisterWorker, Heartbeat, Deregister), called by the worker
+
+
 def register_request(
     address: str, slots: int, pid: int, hostname: str
 ) -> register_service_pb2.RegisterWorkerRequest:
@@ -170,16 +135,6 @@ def register_request(
     return register_service_pb2.RegisterWorkerRequest(
         address=address, slots=slots, pid=pid, hostname=hostname
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Membership:
-    """What the register granted: identity and liveness contract."""
-
-    worker_id: int
-    epoch: int
-    interval_s: float
-    deadline_s: float
 
 
 def membership_from_proto(reply: register_service_pb2.RegisterWorkerResponse) -> Membership:
@@ -214,6 +169,67 @@ def heartbeat_request(
     )
 
 
+def heartbeat_ack_from_proto(reply: register_service_pb2.HeartbeatResponse) -> HeartbeatAck:
+    """The register's answer to one heartbeat as a plain value."""
+    return HeartbeatAck(reply.stale, tuple((r.task_id, r.attempt) for r in reply.cancel))
+
+
 def deregister_request(member: Membership) -> register_service_pb2.DeregisterRequest:
     """Leave the cell cleanly."""
     return register_service_pb2.DeregisterRequest(worker_id=member.worker_id, epoch=member.epoch)
+
+
+class HeartbeatStream:
+    """One open Heartbeat call: plain reports out, plain acknowledgements in."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def send(
+        self,
+        member: Membership,
+        started: Sequence[tuple[int, int]],
+        results: Sequence[JobResult],
+        running: int,
+        draining: bool,
+    ) -> None:
+        """Write one heartbeat."""
+        await self._call.write(heartbeat_request(member, started, results, running, draining))
+
+    async def acks(self) -> AsyncIterator[HeartbeatAck]:
+        """The register's answers in order; raises grpc.aio.AioRpcError when the stream breaks."""
+        async for reply in self._call:
+            yield heartbeat_ack_from_proto(reply)
+
+    def cancel(self) -> None:
+        """End the call."""
+        self._call.cancel()
+
+
+class RegisterCalls:
+    """The worker's calls to the register (`heapd.worker.membership.Register`) over `channel`."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+        self._stub = register_service_pb2_grpc.RegisterServiceStub(channel)
+        self._address = address
+
+    @property
+    def address(self) -> str:
+        """Where the register listens."""
+        return self._address
+
+    async def join(
+        self, address: str, slots: int, pid: int, hostname: str, timeout_s: float
+    ) -> Membership:
+        """RegisterWorker; raises grpc.aio.AioRpcError."""
+        request = register_request(address, slots, pid, hostname)
+        reply = await self._stub.RegisterWorker(request, timeout=timeout_s)
+        return membership_from_proto(reply)
+
+    async def leave(self, member: Membership, timeout_s: float) -> None:
+        """Deregister; raises grpc.aio.AioRpcError."""
+        await self._stub.Deregister(deregister_request(member), timeout=timeout_s)
+
+    def heartbeat(self) -> HeartbeatStream:
+        """Open a Heartbeat stream."""
+        return HeartbeatStream(self._stub.Heartbeat())

@@ -1,10 +1,11 @@
 """The worker daemon: joins a register, runs assigned tasks in its pool, reports on one stream.
 
-Lifecycle: serve WorkerService → RegisterWorker → hold the heartbeat stream. A stream that breaks
-is reopened with backoff under the same membership (a restarted register keeps it); a register
-that answers "unknown worker / stale epoch" means this worker was declared dead, so everything it
-still runs is cancelled and it registers again under a new epoch. A register unreachable for
-`register_timeout_s` makes the worker stop: children killed, exit code 3.
+Lifecycle: RegisterWorker → hold the heartbeat stream (the entry point serves WorkerService,
+which hands assignments to this daemon). A stream that breaks is reopened with backoff under
+the same membership (a restarted register keeps it); a register that answers "unknown worker /
+stale epoch" means this worker was declared dead, so everything it still runs is cancelled and
+it registers again under a new epoch. A register unreachable for `register_timeout_s` makes the
+worker stop: children killed, exit code 3.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from typing import TypeVar
 
 import grpc
 
-from heapd.runtime import channels, ready, server
-from heapd.v1 import register_service_pb2_grpc
-from heapd.worker import convert
-from heapd.worker.convert import Membership
+from heapd.runtime import ready
 from heapd.worker.heartbeats import HeartbeatLink
 from heapd.worker.jobs import Job, JobResult
+from heapd.worker.membership import Membership, Register
 from heapd.worker.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -44,10 +43,10 @@ class Worker:
     """One worker: a pool of child processes plus its membership in a cell."""
 
     def __init__(
-        self, pool: Pool, register_address: str, slots: int, register_timeout_s: float
+        self, pool: Pool, register: Register, slots: int, register_timeout_s: float
     ) -> None:
         self._pool = pool
-        self._register_address = register_address
+        self._register = register
         self._slots = slots
         self._register_timeout_s = register_timeout_s
         self._address = ""
@@ -55,8 +54,6 @@ class Worker:
         self._draining = False
         self._stop = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
-        self._stub: register_service_pb2_grpc.RegisterServiceStub | None = None
-        self._channel: grpc.aio.Channel | None = None
         self._assign_streams: set[asyncio.Task[object]] = set()
 
     @property
@@ -110,23 +107,20 @@ class Worker:
 
     # --- lifecycle
 
-    async def run(self, host: str, advertise_host: str, port: int) -> int:
-        """Serve and stay in the cell until drained or fenced out for good; returns an exit code."""
-        from heapd.worker import service  # the servicer needs the class defined above
+    async def run(self, address: str) -> int:
+        """Stay in the cell until drained or fenced out for good; returns an exit code.
 
-        grpc_server, bound = await server.start(
-            host, port, [service.registration(self)], [service.SERVICE_NAME]
-        )
-        self._address = channels.format_address(advertise_host or host, bound)
-        self._channel = channels.channel(self._register_address)
-        self._stub = register_service_pb2_grpc.RegisterServiceStub(self._channel)
+        `address` is where schedulers reach this worker's WorkerService (served by the caller).
+        """
+        self._address = address
         self._pool.bind(asyncio.get_running_loop(), self._on_started, self._on_results)
         try:
             code = await self._stay_in_cell()
         finally:
             await self._end_assign_streams()
-            await grpc_server.stop(1.0)
-            await self._channel.close()
+            if self._drainer is not None:  # cut off from the register while draining
+                self._drainer.cancel()
+                await asyncio.gather(self._drainer, return_exceptions=True)
         return code
 
     async def _end_assign_streams(self) -> None:
@@ -160,14 +154,12 @@ class Worker:
         return 0
 
     async def _join(self) -> Membership:
-        assert self._stub is not None
-        request = convert.register_request(
-            self._address, self._slots, os.getpid(), socket.gethostname()
+        pid, hostname = os.getpid(), socket.gethostname()
+        member = await self._with_retries(
+            lambda: self._register.join(
+                self._address, self._slots, pid, hostname, REGISTER_CALL_TIMEOUT_S
+            )
         )
-        reply = await self._with_retries(
-            lambda: self._stub.RegisterWorker(request, timeout=REGISTER_CALL_TIMEOUT_S)  # type: ignore[union-attr]
-        )
-        member = convert.membership_from_proto(reply)
         log.info(
             "registered",
             extra={
@@ -182,16 +174,20 @@ class Worker:
 
     async def _hold_stream(self, link: HeartbeatLink) -> None:
         """Keep the heartbeat stream up; on fencing drop the membership, on loss retry."""
-        assert self._stub is not None
         broken_since: float | None = None  # the register timeout counts from the first failure
         attempt = 0
         while not self._stop.is_set():
-            stream = asyncio.create_task(link.run(self._stub))
+            stream = asyncio.create_task(link.run(self._register))
             stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({stream, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not stream.done():
-                stream.cancel()
+            try:
+                await asyncio.wait({stream, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+                stopping = not stream.done()
+                if stopping:
+                    stream.cancel()
+                await asyncio.gather(stream, stopper, return_exceptions=True)
+            if stopping:
                 return
             error = stream.exception()
             if isinstance(error, grpc.aio.AioRpcError) and error.code() in FENCED:
@@ -203,7 +199,7 @@ class Worker:
             if broken_since is None or link.acked_at > broken_since:
                 broken_since, attempt = now, 0  # the stream worked since: a new outage
             if now - broken_since > self._register_timeout_s:
-                raise RegisterUnreachable(f"no heartbeat stream to {self._register_address}")
+                raise RegisterUnreachable(f"no heartbeat stream to {self._register.address}")
             await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
             attempt += 1
 
@@ -220,22 +216,20 @@ class Worker:
                 ):
                     raise
                 if time.monotonic() > deadline:
-                    raise RegisterUnreachable(f"{self._register_address}: {exc.details()}") from exc
+                    raise RegisterUnreachable(f"{self._register.address}: {exc.details()}") from exc
             await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
             attempt += 1
 
     async def _drain_then_stop(self) -> None:
         await self._pool.wait_idle()
         link, self._link = self._link, None
-        if link is not None and self._stub is not None:
+        if link is not None:
             try:
                 await asyncio.wait_for(link.flush(), REGISTER_CALL_TIMEOUT_S)
             except TimeoutError:
                 log.warning("last results not acknowledged before deregistering")
             try:
-                await self._stub.Deregister(
-                    convert.deregister_request(link.member), timeout=REGISTER_CALL_TIMEOUT_S
-                )
+                await self._register.leave(link.member, REGISTER_CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 log.warning("deregister failed", extra={"fields": {"code": exc.code().name}})
         self._stop.set()

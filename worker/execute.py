@@ -1,7 +1,7 @@
-"""Run one task spec in the current process and encode what it settled to.
+"""Run one task spec in the current process and say what it settled to.
 
-This is what a pool child does for each job; it never raises. The verdict is
-(succeeded, retryable, serialized TaskOutcome):
+This is what a pool child does for each job (`heapd.worker.child` decodes the spec and encodes
+the result); it never raises. The verdict is (succeeded, retryable, result):
 
 - Python call: the pickled return value. The task raising → FAILED EXCEPTION, retryable when the
   spec's retry_on is empty or names a class in the exception's MRO. A result that can't be
@@ -20,7 +20,6 @@ import importlib
 import os
 import pickle
 import subprocess
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -28,53 +27,40 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 from heapd.worker import builtins
-from heapd.worker.convert import (
-    BuiltinSpec,
-    CommandResult,
-    CommandSpec,
-    Outcome,
-    PythonCallSpec,
-    outcome_to_bytes,
-    spec_from_bytes,
-)
 from heapd.worker.failure import FailureInfo, FailureKind, to_failure, type_name
+from heapd.worker.outcomes import CommandResult
+from heapd.worker.specs import BadSpec, BuiltinSpec, CommandSpec, PythonCallSpec, TaskSpec
 
 _Call = Callable[..., Any]
 
 
-class Execution(NamedTuple):
-    """The verdict on one attempt: flags for the control plane, the outcome for the user."""
+class Verdict(NamedTuple):
+    """How one attempt settled: flags for the control plane, the result for the user."""
 
     succeeded: bool
     retryable: bool
-    outcome: bytes  # serialized heapd.v1.TaskOutcome
+    result: bytes | CommandResult | FailureInfo
 
 
 class _BadTask(Exception):
     """The task could not be loaded; carries the user-facing reason."""
 
 
-def execute(spec: bytes) -> Execution:
-    """Run the task described by serialized TaskSpec bytes; never raises."""
-    started_at = time.time()
+def run_task(spec: TaskSpec) -> Verdict:
+    """Run one task; never raises."""
     try:
-        verdict = _run(spec)
+        return _run(spec)
     except _BadTask as exc:
-        verdict = _failed(_bad_task(exc), retryable=False)
-    return _encode(verdict, started_at)
+        return _failed(_bad_task(exc), retryable=False)
 
 
-class _Verdict(NamedTuple):
-    succeeded: bool
-    retryable: bool
-    result: bytes | CommandResult | FailureInfo
+def bad_spec(exc: BadSpec) -> Verdict:
+    """The verdict on a spec that does not decode: BAD_TASK, and not retryable (another attempt
+    would read the same bytes)."""
+    return _failed(to_failure(exc, FailureKind.BAD_TASK, message=str(exc)), retryable=False)
 
 
-def _run(data: bytes) -> _Verdict:
-    try:
-        spec = spec_from_bytes(data)
-    except ValueError as exc:
-        raise _BadTask(str(exc)) from exc
+def _run(spec: TaskSpec) -> Verdict:
     if isinstance(spec, PythonCallSpec):
         return _run_python(spec)
     if isinstance(spec, CommandSpec):
@@ -82,7 +68,7 @@ def _run(data: bytes) -> _Verdict:
     return _run_builtin(spec)
 
 
-def _run_python(spec: PythonCallSpec) -> _Verdict:
+def _run_python(spec: PythonCallSpec) -> Verdict:
     fn = _resolve_ref(spec.ref) if spec.ref else _load_callable(spec.pickled_callable)
     args, kwargs = _load_args(spec.pickled_args)
     try:
@@ -92,7 +78,7 @@ def _run_python(spec: PythonCallSpec) -> _Verdict:
     return _value(value)
 
 
-def _run_command(spec: CommandSpec) -> _Verdict:
+def _run_command(spec: CommandSpec) -> Verdict:
     try:
         done = subprocess.run(
             spec.argv,
@@ -104,10 +90,10 @@ def _run_command(spec: CommandSpec) -> _Verdict:
         )
     except OSError as exc:  # no such program, not executable, bad cwd: maybe not on every host
         return _failed(to_failure(exc), retryable=True)
-    return _Verdict(True, False, CommandResult(done.returncode, done.stdout, done.stderr))
+    return Verdict(True, False, CommandResult(done.returncode, done.stdout, done.stderr))
 
 
-def _run_builtin(spec: BuiltinSpec) -> _Verdict:
+def _run_builtin(spec: BuiltinSpec) -> Verdict:
     try:
         call = builtins.bind(spec.name, spec.params)
     except builtins.BuiltinError as exc:
@@ -164,14 +150,14 @@ def _load_args(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
 
 
-def _value(value: object) -> _Verdict:
+def _value(value: object) -> Verdict:
     """Pickle a return value; an unpicklable one becomes a BAD_RESULT failure, never a loss."""
     try:
-        return _Verdict(True, False, pickle.dumps(value, protocol=5))
+        return Verdict(True, False, pickle.dumps(value, protocol=5))
     except Exception:  # classes defined in __main__ or in functions: cloudpickle sends by value
         pass
     try:
-        return _Verdict(True, False, cloudpickle.dumps(value, protocol=5))
+        return Verdict(True, False, cloudpickle.dumps(value, protocol=5))
     except Exception as exc:
         message = f"the result of type {type_name(type(value))} could not be pickled: {exc}"
         return _failed(to_failure(exc, FailureKind.BAD_RESULT, message=message), retryable=False)
@@ -190,10 +176,5 @@ def _bad_task(exc: _BadTask) -> FailureInfo:
     return to_failure(cause, FailureKind.BAD_TASK, message=str(exc))
 
 
-def _failed(failure: FailureInfo, *, retryable: bool) -> _Verdict:
-    return _Verdict(False, retryable, failure)
-
-
-def _encode(verdict: _Verdict, started_at: float) -> Execution:
-    outcome = Outcome(verdict.result, started_at=started_at, finished_at=time.time())
-    return Execution(verdict.succeeded, verdict.retryable, outcome_to_bytes(outcome))
+def _failed(failure: FailureInfo, *, retryable: bool) -> Verdict:
+    return Verdict(False, retryable, failure)

@@ -12,12 +12,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from heapd.v1 import register_service_pb2_grpc
-from heapd.worker import convert
-from heapd.worker.convert import Membership
 from heapd.worker.jobs import JobResult
+from heapd.worker.membership import HeartbeatCall, Membership, Register
 
 COALESCE_S = 0.002
 
@@ -79,34 +76,36 @@ class HeartbeatLink:
             self._flush_timer.cancel()
             self._flush_timer = None
 
-    async def run(self, stub: register_service_pb2_grpc.RegisterServiceStub) -> None:
+    async def run(self, register: Register) -> None:
         """Hold one stream open until it fails (raises grpc.aio.AioRpcError) or ends."""
         while self._unacked:  # resend what the last stream may have lost
             self._results[:0] = self._unacked.pop()
-        call = stub.Heartbeat()
+        call = register.heartbeat()
         reader = asyncio.create_task(self._read(call))
         loop = asyncio.get_running_loop()
         try:
             while not reader.done():
-                await call.write(self._next_message())
+                started, results = self._next_reports()
+                await call.send(self.member, started, results, self._running(), self._draining())
                 # Wait for news or the periodic beat; the reader also wakes us when it ends.
                 tick = loop.call_later(self.member.interval_s, self._wake.set)
                 await self._wake.wait()
                 tick.cancel()
             reader.result()  # re-raise why the stream ended
         finally:
-            reader.cancel()
             call.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, call: Any) -> None:
+    async def _read(self, call: HeartbeatCall) -> None:
         try:
-            async for reply in call:
+            async for ack in call.acks():
                 if self._unacked:
                     self._unacked.popleft()
-                self.stale_results += reply.stale
+                self.stale_results += ack.stale
                 self.acked_at = time.monotonic()
-                for ref in reply.cancel:
-                    self._on_cancel(ref.task_id, ref.attempt)
+                for task_id, attempt in ack.cancel:
+                    self._on_cancel(task_id, attempt)
                 self._acked.set()
         finally:
             self._wake.set()
@@ -118,13 +117,12 @@ class HeartbeatLink:
             self._wake.set()
             await self._acked.wait()
 
-    def _next_message(self) -> object:
+    def _next_reports(self) -> tuple[list[tuple[int, int]], list[JobResult]]:
+        """What the next message carries; its results count as unacknowledged from now."""
         self._wake.clear()
         self._cancel_flush_timer()
         started, self._started = self._started, []
         results, self._results = self._results, []
         self._unacked.append(results)
         self.sent_results += len(results)
-        return convert.heartbeat_request(
-            self.member, started, results, self._running(), self._draining()
-        )
+        return started, results

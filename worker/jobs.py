@@ -24,3 +24,12 @@ class JobResult:
     succeeded: bool
     retryable: bool
     outcome: bytes  # serialized heapd.v1.TaskOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Jobs sent to one membership of a worker: (worker_id, epoch) is the fencing token."""
+
+    worker_id: int
+    epoch: int
+    jobs: list[Job]

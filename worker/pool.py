@@ -36,7 +36,6 @@ from typing import cast
 
 from heapd.worker import child as child_main
 from heapd.worker.child import Ready, Report, ResultTuple, Run, Skip
-from heapd.worker.convert import Outcome, outcome_to_bytes
 from heapd.worker.failure import FailureInfo, crashed, describe_exitcode, timed_out
 from heapd.worker.jobs import Job, JobResult
 
@@ -516,8 +515,8 @@ def _expect_ready(child: _Child) -> None:
 
 
 def _failed(job: Job, failure: FailureInfo, started_at: float) -> JobResult:
-    outcome = Outcome(failure, started_at=started_at, finished_at=time.time())
-    return JobResult(job.task_id, job.attempt, False, True, outcome_to_bytes(outcome))
+    outcome = child_main.outcome_bytes(failure, started_at)
+    return JobResult(job.task_id, job.attempt, False, True, outcome)
 
 
 def _kill_group(process: BaseProcess) -> None:

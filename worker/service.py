@@ -1,4 +1,9 @@
-"""WorkerService servicer: the scheduler assigns tasks, the PLM cancels them, operators drain."""
+"""WorkerService servicer: the scheduler assigns tasks, the PLM cancels them, operators drain.
+
+Thin: requests go through `convert`, the Worker decides, replies come from `convert`; errors
+map to status codes in `heapd.runtime.status`. The entry point (`heapd.worker.__main__`) adds it
+to the worker's server.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from heapd.runtime import status
 from heapd.runtime.server import Registration
 from heapd.v1 import worker_service_pb2 as pb
 from heapd.v1 import worker_service_pb2_grpc
@@ -17,19 +23,22 @@ SERVICE_NAME = "heapd.v1.WorkerService"
 
 
 class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
-    """Thin: checks the caller's fencing token, then hands to the Worker."""
+    """Checks the caller's fencing token, then hands to the Worker."""
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
+    @status.unary
     async def AssignTasks(
         self, request: pb.AssignTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssignTasksResponse:
-        refusal = self._worker.refusal(request.worker_id, request.epoch)
+        assignment = convert.assignment_from_proto(request)
+        refusal = self._worker.refusal(assignment.worker_id, assignment.epoch)
         if refusal is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
-        return convert.assigned_reply(self._worker.assign(convert.jobs_from_proto(request)))
+        return convert.assigned_reply(self._worker.assign(assignment.jobs))
 
+    @status.streaming
     async def AssignStream(
         self,
         request_iterator: AsyncIterator[pb.AssignTasksRequest],
@@ -38,22 +47,25 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         self._worker.assign_stream_opened()
         try:
             async for request in request_iterator:
-                refusal = self._worker.refusal(request.worker_id, request.epoch)
+                assignment = convert.assignment_from_proto(request)
+                refusal = self._worker.refusal(assignment.worker_id, assignment.epoch)
                 if refusal is not None:
                     yield convert.refused_reply(refusal)
                 else:
-                    jobs = convert.jobs_from_proto(request)
-                    yield convert.assigned_reply(self._worker.assign(jobs))
+                    yield convert.assigned_reply(self._worker.assign(assignment.jobs))
         except asyncio.CancelledError:
             return  # the worker is stopping, or the scheduler went away: end the stream
         finally:
             self._worker.assign_stream_closed()
 
+    @status.unary
     async def CancelTask(
         self, request: pb.WorkerCancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerCancelResponse:
-        return convert.cancel_reply(self._worker.cancel(request.task_id, request.attempt))
+        task_id, attempt = convert.cancel_from_proto(request)
+        return convert.cancel_reply(self._worker.cancel(task_id, attempt))
 
+    @status.unary
     async def Drain(
         self, request: pb.DrainRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainResponse:
