@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from heapd import shm
-from heapd.plm import service
+from heapd.plm import convert, service
 from heapd.plm.daemon import Plm
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
 
@@ -25,12 +25,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--result-ttl-s", dest="result_ttl_s", type=float, help="hold unwatched results this long"
     )
+    config.add_journal_flags(p)
     return p
 
 
 async def serve(cfg: config.PlmConfig, cell: shm.Cell) -> None:
     """Run the PLM until SIGTERM/SIGINT."""
-    async with Plm(cell, cfg.result_ttl_s) as plm:
+    async with Plm(cell, cfg.result_ttl_s, convert.cancel_on_worker) as plm:
         grpc_server, port = await server.start(
             cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
         )
@@ -43,7 +44,7 @@ async def serve(cfg: config.PlmConfig, cell: shm.Cell) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
     cfg = config.from_args(config.PlmConfig, "plm", parser().parse_args(argv), os.environ)
-    logs.setup("plm")
+    logs.setup("plm", cfg.log_level)
     return entry.run_attached("plm", cfg.cell, lambda cell: serve(cfg, cell))
 
 

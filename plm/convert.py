@@ -1,43 +1,62 @@
-"""The PLM's gRPC boundary: the only module of `plm` that imports `protos`."""
+"""The PLM's gRPC boundary: the only module of `plm` that builds or reads protobuf messages.
+
+Requests become plain values (validated: a bad request raises `heapd.errors.InvalidArgument`),
+plain values become replies. The one call the PLM makes to a worker (CancelTask) is here too,
+since all it does is build a request and read a reply.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
+import grpc
+
 from heapd import shm
-from heapd.v1 import task_pb2, task_service_pb2, worker_service_pb2
+from heapd.errors import InvalidArgument
+from heapd.options import task_options
+from heapd.v1 import task_pb2, worker_service_pb2, worker_service_pb2_grpc
+from heapd.v1 import task_service_pb2 as pb
 
 BUILTINS = frozenset({"sleep", "cpu"})
-MAX_RETRIES = 1000
-MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
-MAX_TIMEOUT_S = 7 * 24 * 3600.0
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 100_000
+
+# (task id, the task or None if unknown, its outcome): one settled task as the PLM reads it.
+Settled = tuple[int, shm.TaskInfo | None, bytes | None]
+
+# --- submissions
 
 
 def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) -> shm.NewTask:
-    """Validate one submission and turn it into a table insert; ValueError says what is wrong."""
+    """Validate one submission and turn it into a table insert; InvalidArgument says what is
+    wrong. Options are checked by `heapd.options`, as the client checks them."""
     _check_spec(spec)
-    _check_options(options)
+    checked = task_options(
+        priority=options.priority,
+        retries=options.retries,
+        timeout_s=options.timeout_s,
+        cpus=options.cpus or 1,  # proto3 cannot tell an unset cpus from 0: both mean the default
+    )
     return shm.NewTask(
         payload=spec.SerializeToString(),
-        priority=options.priority,
-        max_retries=options.retries,
-        timeout_ms=round(options.timeout_s * 1000),
-        cpus=max(1, options.cpus),
+        priority=checked.priority,
+        max_retries=checked.retries,
+        timeout_ms=round(checked.timeout_s * 1000),
+        cpus=checked.cpus,
     )
 
 
 def _check_spec(spec: task_pb2.TaskSpec) -> None:
     kind = spec.WhichOneof("kind")
     if kind is None:
-        raise ValueError("task spec has no kind: set one of python, command, builtin")
+        raise InvalidArgument("task spec has no kind: set one of python, command, builtin")
     if kind == "python":
         _check_python(spec.python)
     elif kind == "command":
         if not spec.command.argv or not spec.command.argv[0]:
-            raise ValueError("command task needs a non-empty argv")
+            raise InvalidArgument("command task needs a non-empty argv")
     elif spec.builtin.name not in BUILTINS:
-        raise ValueError(
+        raise InvalidArgument(
             f"unknown builtin {spec.builtin.name!r}: expected one of {sorted(BUILTINS)}"
         )
 
@@ -45,41 +64,65 @@ def _check_spec(spec: task_pb2.TaskSpec) -> None:
 def _check_python(call: task_pb2.PythonCall) -> None:
     target = call.WhichOneof("target")
     if target is None:
-        raise ValueError("python task needs a function reference or a pickled callable")
+        raise InvalidArgument("python task needs a function reference or a pickled callable")
     if target == "ref":
         module, sep, name = call.ref.partition(":")
         if not (module and sep and name):
-            raise ValueError(f"function reference {call.ref!r} is not 'package.module:function'")
+            raise InvalidArgument(
+                f"function reference {call.ref!r} is not 'package.module:function'"
+            )
 
 
-def _check_options(options: task_pb2.TaskOptions) -> None:
-    if not MIN_PRIORITY <= options.priority <= MAX_PRIORITY:
-        raise ValueError(f"priority {options.priority} is outside {MIN_PRIORITY}..{MAX_PRIORITY}")
-    if options.retries > MAX_RETRIES:
-        raise ValueError(f"retries {options.retries} is over the maximum of {MAX_RETRIES}")
-    timeout = options.timeout_s
-    if not math.isfinite(timeout) or timeout < 0 or timeout > MAX_TIMEOUT_S:
-        raise ValueError(f"timeout_s {timeout} must be between 0 (none) and {MAX_TIMEOUT_S:.0f}")
+def submission_from_proto(request: pb.SubmitTaskRequest) -> tuple[str, shm.NewTask]:
+    """A SubmitTask request: (session, the task)."""
+    return request.session, new_task_from_proto(request.spec, request.options)
 
 
-def new_tasks_from_proto(
-    request: task_service_pb2.SubmitTasksRequest,
-) -> list[shm.NewTask]:
-    """Validate a batch; the error names the index of the first bad submission."""
+def submissions_from_proto(request: pb.SubmitTasksRequest) -> tuple[str, list[shm.NewTask]]:
+    """A batch: (session, its tasks); the error names the index of the first bad submission."""
     tasks = []
     for index, item in enumerate(request.tasks):
         try:
             tasks.append(new_task_from_proto(item.spec, item.options))
-        except ValueError as exc:
-            raise ValueError(f"tasks[{index}]: {exc}") from None
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"tasks[{index}]: {exc}") from None
     if not tasks:
-        raise ValueError("SubmitTasks needs at least one task")
-    return tasks
+        raise InvalidArgument("SubmitTasks needs at least one task")
+    return request.session, tasks
 
 
-def status_to_proto(info: shm.TaskInfo, outcome: bytes | None) -> task_service_pb2.TaskStatus:
+def submitted_to_proto(task_id: int) -> pb.SubmitTaskResponse:
+    """The id of a task submitted alone."""
+    return pb.SubmitTaskResponse(task_id=task_id)
+
+
+def batch_submitted_to_proto(task_ids: Sequence[int]) -> pb.SubmitTasksResponse:
+    """The ids of a batch, in submission order."""
+    return pb.SubmitTasksResponse(task_ids=task_ids)
+
+
+def stream_submitted_to_proto(task_ids: Sequence[int]) -> pb.SubmitStreamResponse:
+    """The answer to one request of a SubmitStream."""
+    return pb.SubmitStreamResponse(task_ids=task_ids)
+
+
+def stream_refused_to_proto(code: grpc.StatusCode, message: str) -> pb.SubmitStreamResponse:
+    """A request of a SubmitStream that failed: its status, in the message."""
+    return pb.SubmitStreamResponse(error_code=code.value[0], error_message=message)
+
+
+# --- tasks and results
+
+
+def task_id_from_proto(request: pb.GetTaskRequest | pb.CancelTaskRequest) -> int:
+    """The task a GetTask or CancelTask names."""
+    task_id: int = request.task_id
+    return task_id
+
+
+def status_to_proto(info: shm.TaskInfo, outcome: bytes | None) -> pb.TaskStatus:
     """A task's public status, with its outcome when held."""
-    return task_service_pb2.TaskStatus(
+    return pb.TaskStatus(
         task_id=info.task_id,
         state=task_pb2.TaskState.ValueType(info.state),
         priority=info.priority,
@@ -92,38 +135,59 @@ def status_to_proto(info: shm.TaskInfo, outcome: bytes | None) -> task_service_p
     )
 
 
-def result_to_proto(
-    task_id: int, state: shm.TaskState | None, attempt: int, outcome: bytes | None
-) -> task_service_pb2.TaskResult:
-    """One settled task for a WatchTasks batch; state None = the task is unknown."""
-    return task_service_pb2.TaskResult(
+def watch_from_proto(request: pb.WatchTasksRequest) -> tuple[str, list[int]]:
+    """A WatchTasks request: (session, ids of tasks it still awaits)."""
+    if not request.session:
+        raise InvalidArgument("WatchTasks needs a session name")
+    return request.session, list(request.task_ids)
+
+
+def watch_response(batch: Sequence[Settled]) -> pb.WatchTasksResponse:
+    """One batch on a WatchTasks stream; a task the cell no longer knows has state 0."""
+    return pb.WatchTasksResponse(results=[_result_to_proto(*item) for item in batch])
+
+
+def _result_to_proto(
+    task_id: int, info: shm.TaskInfo | None, outcome: bytes | None
+) -> pb.TaskResult:
+    return pb.TaskResult(
         task_id=task_id,
-        state=task_pb2.TaskState.ValueType(0 if state is None else state),
-        attempt=attempt,
+        state=task_pb2.TaskState.ValueType(0 if info is None else info.state),
+        attempt=0 if info is None else info.attempt,
         outcome=outcome or b"",
     )
 
 
-def watch_response(
-    results: Sequence[task_service_pb2.TaskResult],
-) -> task_service_pb2.WatchTasksResponse:
-    """One batch on a WatchTasks stream."""
-    return task_service_pb2.WatchTasksResponse(results=results)
+def cancel_reply(state: shm.TaskState) -> pb.CancelTaskResponse:
+    """The task's state after a CancelTask."""
+    return pb.CancelTaskResponse(state=task_pb2.TaskState.ValueType(state))
 
 
-def states_from_proto(states: Iterable[int]) -> list[shm.TaskState] | None:
-    """ListTasks filter; None = every state."""
+def list_from_proto(request: pb.ListTasksRequest) -> tuple[list[shm.TaskState] | None, int]:
+    """A ListTasks request: (states, None = every state; how many at most)."""
+    limit: int = request.limit or DEFAULT_LIST_LIMIT
+    if limit > MAX_LIST_LIMIT:
+        raise InvalidArgument(f"limit {limit} is over the maximum of {MAX_LIST_LIMIT}")
+    return _states_from_proto(request.states), limit
+
+
+def _states_from_proto(states: Iterable[int]) -> list[shm.TaskState] | None:
     try:
         chosen = [shm.TaskState(int(s)) for s in states]
     except ValueError as exc:
-        raise ValueError(f"unknown task state in filter: {exc}") from None
+        raise InvalidArgument(f"unknown task state in filter: {exc}") from None
     return chosen or None
 
 
-def cluster_to_proto(stats: shm.CellStats, held: int) -> task_service_pb2.ClusterStatus:
+def tasks_to_proto(infos: Iterable[shm.TaskInfo]) -> pb.ListTasksResponse:
+    """A ListTasks answer (statuses without outcomes)."""
+    return pb.ListTasksResponse(tasks=[status_to_proto(i, None) for i in infos])
+
+
+def cluster_to_proto(stats: shm.CellStats, held: int) -> pb.ClusterStatus:
     """The cell's workers, queue and totals."""
     counts = stats.counts
-    return task_service_pb2.ClusterStatus(
+    return pb.ClusterStatus(
         cell=stats.cell,
         workers=[_worker_to_proto(w) for w in stats.workers],
         queued=stats.queued,
@@ -138,8 +202,8 @@ def cluster_to_proto(stats: shm.CellStats, held: int) -> task_service_pb2.Cluste
     )
 
 
-def _worker_to_proto(w: shm.WorkerInfo) -> task_service_pb2.WorkerStatus:
-    return task_service_pb2.WorkerStatus(
+def _worker_to_proto(w: shm.WorkerInfo) -> pb.WorkerStatus:
+    return pb.WorkerStatus(
         worker_id=w.worker_id,
         epoch=w.epoch,
         address=w.address,
@@ -153,11 +217,15 @@ def _worker_to_proto(w: shm.WorkerInfo) -> task_service_pb2.WorkerStatus:
     )
 
 
-def worker_cancel_request(task_id: int, attempt: int) -> worker_service_pb2.WorkerCancelRequest:
-    """Ask a worker to kill one attempt."""
-    return worker_service_pb2.WorkerCancelRequest(task_id=task_id, attempt=attempt)
+# --- calls to workers
 
 
-def cancel_reply(state: shm.TaskState) -> task_service_pb2.CancelTaskResponse:
-    """The task's state after a CancelTask."""
-    return task_service_pb2.CancelTaskResponse(state=task_pb2.TaskState.ValueType(state))
+async def cancel_on_worker(
+    channel: grpc.aio.Channel, task_id: int, attempt: int, timeout_s: float
+) -> bool:
+    """WorkerService.CancelTask: True if the worker held the attempt (grpc.aio.AioRpcError if
+    the call fails)."""
+    stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+    request = worker_service_pb2.WorkerCancelRequest(task_id=task_id, attempt=attempt)
+    reply = await stub.CancelTask(request, timeout=timeout_s)
+    return bool(reply.found)

@@ -1,4 +1,10 @@
-"""The PLM: owns the cell handle, takes submissions, routes settled tasks to their sessions."""
+"""The PLM: owns the cell handle, takes submissions, routes settled tasks to their sessions.
+
+Every settled result is released from the cell at a bounded time: a result delivered on a
+WatchTasks stream DELIVERED_HOLD_S after it was written; one nobody watches (no session waits
+for it, or its session has no open stream, e.g. its client died) `result_ttl_s` after it
+settled, or after the last stream of its session closed.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from types import TracebackType
 from heapd import shm
 from heapd.plm.held import HeldResults
 from heapd.plm.sessions import Session, Sessions
-from heapd.plm.workers import WorkerCanceller
+from heapd.plm.workers import CancelCall, WorkerCanceller
 from heapd.runtime.bells import BellListener
 
 log = logging.getLogger(__name__)
@@ -25,9 +31,10 @@ DELIVERED_HOLD_S = 10.0
 
 
 class Plm:
-    """Task intake and result delivery over one attached cell."""
+    """Task intake and result delivery over one attached cell; `cancel_call` kills a cancelled
+    task's attempt on its worker (`heapd.plm.convert.cancel_on_worker`)."""
 
-    def __init__(self, cell: shm.Cell, result_ttl_s: float) -> None:
+    def __init__(self, cell: shm.Cell, result_ttl_s: float, cancel_call: CancelCall) -> None:
         self.cell = cell
         self._ttl_s = result_ttl_s
         self._sessions = Sessions()
@@ -37,7 +44,7 @@ class Plm:
         self._delivered: HeldResults | None = None
         self._listener: BellListener | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self._canceller = WorkerCanceller()
+        self._canceller = WorkerCanceller(cancel_call)
 
     async def __aenter__(self) -> Plm:
         await self.start()
@@ -51,17 +58,20 @@ class Plm:
     async def start(self) -> None:
         """Listen to the PLM doorbell and pick up tasks that settled while no PLM ran."""
         loop = asyncio.get_running_loop()
-        self._held = HeldResults(self._ttl_s, self._release, loop)
+        self._held = HeldResults(self._ttl_s, self._release_unwatched, loop)
         self._delivered = HeldResults(DELIVERED_HOLD_S, self._release, loop)
-        for info in self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks):
+        settled = self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks)
+        for info in sorted(settled, key=lambda i: i.finished_at):  # deadlines stay FIFO
             self._held.hold(info.task_id, info.finished_at)
         self._listener = BellListener(self.cell.plm_bell, loop, "plm")
         self._listener.start()
         self._drainer = asyncio.create_task(self._drain_finished(), name="plm-finished")
 
     def shutdown(self) -> None:
-        """Ask `wait_stopped` to return (idempotent; safe from a signal handler)."""
+        """Ask `wait_stopped` to return and open WatchTasks streams to end, so that stopping
+        the server need not wait them out (idempotent; safe from a signal handler)."""
         self._stop.set()
+        self._sessions.wake_all()
 
     async def wait_stopped(self) -> None:
         """Until `shutdown` is called."""
@@ -72,11 +82,12 @@ class Plm:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        self.shutdown()
         if self._listener is not None:
-            self._listener.stop()
+            await self._listener.close()
         if self._drainer is not None:
             self._drainer.cancel()
+            await asyncio.wait([self._drainer])
         for held in (self._held, self._delivered):
             if held is not None:
                 held.close()
@@ -118,21 +129,30 @@ class Plm:
     async def watch(
         self, name: str, task_ids: Sequence[int]
     ) -> AsyncIterator[list[tuple[int, shm.TaskInfo | None, bytes | None]]]:
-        """Yield batches of (task id, info or None if unknown, outcome) for session `name`."""
+        """Yield batches of (task id, info or None if unknown, outcome) for session `name`,
+        until the stream is closed or the PLM stops."""
+        assert self._held is not None and self._delivered is not None
         session = self._sessions.attach(name)
         try:
             self._adopt(session, task_ids)
             while not self._stop.is_set():
                 await session.event.wait()
-                ids = session.take()
+                if self._stop.is_set():
+                    break  # what is queued stays in the cell: the next PLM holds it again
+                ids = self._sessions.take(session)
                 if not ids:
                     continue
                 batch = self.cell.read_settled(ids)
+                known = [i for i, info, _ in batch if info is not None]
+                # Held before the write, which may die with the socket: the client, reconnecting,
+                # names what it still awaits.
+                self._held.discard(known)
+                self._delivered.hold_many(known)
                 yield batch
-                assert self._delivered is not None
-                self._delivered.hold_many([i for i, info, _ in batch if info is not None])
         finally:
             self._sessions.detach(session)
+            if session.streams == 0 and session.queued:
+                self._held.hold_many(session.queued)  # unwatched from now on
 
     def _adopt(self, session: Session, task_ids: Sequence[int]) -> None:
         """A (re)connecting client names tasks it still waits for: own them, push settled ones."""
@@ -159,7 +179,8 @@ class Plm:
         while ids := self.cell.take_finished(FINISHED_BATCH):
             now = time.time()
             for task_id in ids:
-                if self._sessions.settle(task_id) is None:
+                session = self._sessions.settle(task_id)
+                if session is None or session.streams == 0:
                     self._held.hold(task_id, now)
             if len(ids) < FINISHED_BATCH:
                 return
@@ -167,3 +188,8 @@ class Plm:
     def _release(self, task_ids: Sequence[int]) -> None:
         if task_ids:
             self.cell.release(task_ids)
+
+    def _release_unwatched(self, task_ids: Sequence[int]) -> None:
+        """The TTL of results nobody watched ran out: free them, and forget them in sessions."""
+        self._release(task_ids)
+        self._sessions.forget(task_ids)

@@ -1,6 +1,8 @@
-"""Results nobody is watching: held in the cell until fetched or until their time to live ends.
+"""Results kept in the cell for a while, then released: one time to live for all of them.
 
-Deadlines are FIFO (one TTL for all), so a deque and a single timer at its head suffice.
+Deadlines are FIFO (one TTL for all, counted from when a result is held), so a deque and a
+single timer at its head suffice. A result handed on before its deadline is `discard`ed: its
+queue entry stays until its deadline passes and is then skipped.
 """
 
 from __future__ import annotations
@@ -8,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 class HeldResults:
-    """Releases each held task `ttl_s` after it settled, through `release`."""
+    """Releases each held task `ttl_s` after it was held (or settled), through `release`."""
 
     def __init__(
         self,
@@ -23,24 +25,32 @@ class HeldResults:
         self._ttl_s = ttl_s
         self._release = release
         self._loop = loop
+        self._deadline: dict[int, float] = {}
         self._queue: deque[tuple[float, int]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._deadline)
 
     def hold(self, task_id: int, settled_at: float | None = None) -> None:
-        """Keep `task_id`'s result until its TTL passes."""
-        self._queue.append(((settled_at or time.time()) + self._ttl_s, task_id))
+        """Keep `task_id`'s result until the TTL from `settled_at` (default now) passes."""
+        self.hold_many([task_id], settled_at)
+
+    def hold_many(self, task_ids: Iterable[int], since: float | None = None) -> None:
+        """Keep these results for the TTL from `since` (default now); holding a held result
+        again starts its TTL over. `since` must not go back in time between calls (FIFO)."""
+        deadline = (since or time.time()) + self._ttl_s
+        for task_id in task_ids:
+            self._deadline[task_id] = deadline
+            self._queue.append((deadline, task_id))
         if self._timer is None:
             self._arm()
 
-    def hold_many(self, task_ids: Sequence[int]) -> None:
-        """Keep these results for the TTL from now."""
-        deadline = time.time() + self._ttl_s
-        self._queue.extend((deadline, task_id) for task_id in task_ids)
-        if self._timer is None:
-            self._arm()
+    def discard(self, task_ids: Iterable[int]) -> None:
+        """Stop holding these (someone else now decides when they go)."""
+        if self._deadline:
+            for task_id in task_ids:
+                self._deadline.pop(task_id, None)
 
     def close(self) -> None:
         """Stop the timer (held results stay in the cell for a restarted PLM)."""
@@ -59,7 +69,10 @@ class HeldResults:
         now = time.time()
         due = []
         while self._queue and self._queue[0][0] <= now:
-            due.append(self._queue.popleft()[1])
+            deadline, task_id = self._queue.popleft()
+            if self._deadline.get(task_id) == deadline:
+                del self._deadline[task_id]
+                due.append(task_id)
         if due:
             self._release(due)
         self._arm()

@@ -16,7 +16,6 @@ one fsync (`synchronous=FULL`) or one write to the OS (`synchronous=NORMAL`).
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heapd.errors import HeapdError
+from heapd.runtime.config import Durability
 
 SCHEMA_VERSION = 1
 FILE_NAME = "journal.sqlite3"
@@ -46,15 +46,6 @@ CREATE TABLE tasks (
 );
 CREATE TABLE keys (key TEXT PRIMARY KEY, task_id INTEGER NOT NULL) WITHOUT ROWID;
 """
-
-
-class Durability(enum.StrEnum):
-    """How hard a commit is: fsync (survives power loss), os (survives any process crash and a
-    clean reboot), none (no journal at all; for benchmarks)."""
-
-    FSYNC = "fsync"
-    OS = "os"
-    NONE = "none"
 
 
 class JournalError(HeapdError):

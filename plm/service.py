@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -14,8 +16,8 @@ from heapd.v1 import task_service_pb2 as pb
 from heapd.v1 import task_service_pb2_grpc
 
 SERVICE_NAME = "heapd.v1.TaskService"
-DEFAULT_LIST_LIMIT = 100
-MAX_LIST_LIMIT = 100_000
+
+T = TypeVar("T")
 
 
 class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[misc]
@@ -28,16 +30,16 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
     async def SubmitTask(
         self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTaskResponse:
-        task = convert.new_task_from_proto(request.spec, request.options)
-        (task_id,) = self._plm.submit(request.session, [task])
-        return pb.SubmitTaskResponse(task_id=task_id)
+        session, task = convert.submission_from_proto(request)
+        (task_id,) = self._plm.submit(session, [task])
+        return convert.submitted_to_proto(task_id)
 
     @status.unary
     async def SubmitTasks(
         self, request: pb.SubmitTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTasksResponse:
-        tasks = convert.new_tasks_from_proto(request)
-        return pb.SubmitTasksResponse(task_ids=self._plm.submit(request.session, tasks))
+        session, tasks = convert.submissions_from_proto(request)
+        return convert.batch_submitted_to_proto(self._plm.submit(session, tasks))
 
     @status.streaming
     async def SubmitStream(
@@ -45,65 +47,49 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
         request_iterator: AsyncIterator[pb.SubmitTasksRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
-        async for request in request_iterator:
+        async for request in _until_stopped(self._plm, request_iterator):
             yield self._submit_one(request)
 
     def _submit_one(self, request: pb.SubmitTasksRequest) -> pb.SubmitStreamResponse:
         """One request of a SubmitStream: its ids, or its error as a code (a domain error fails
         that request only; anything else is a bug and ends the stream as INTERNAL)."""
         try:
-            ids = self._plm.submit(request.session, convert.new_tasks_from_proto(request))
+            ids = self._plm.submit(*convert.submissions_from_proto(request))
         except Exception as exc:
             code = status.code_for(exc)
             if code is None:
                 raise
-            return pb.SubmitStreamResponse(
-                error_code=code.value[0], error_message=status.message_for(exc)
-            )
-        return pb.SubmitStreamResponse(task_ids=ids)
+            return convert.stream_refused_to_proto(code, status.message_for(exc))
+        return convert.stream_submitted_to_proto(ids)
 
     @status.unary
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskStatus:
-        info, outcome = self._plm.get(request.task_id)
+        info, outcome = self._plm.get(convert.task_id_from_proto(request))
         return convert.status_to_proto(info, outcome)
 
     @status.streaming
     async def WatchTasks(
         self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchTasksResponse]:
-        if not request.session:
-            raise ValueError("WatchTasks needs a session name")
-        async for batch in self._plm.watch(request.session, list(request.task_ids)):
-            yield convert.watch_response(
-                [
-                    convert.result_to_proto(
-                        task_id,
-                        None if info is None else info.state,
-                        0 if info is None else info.attempt,
-                        outcome,
-                    )
-                    for task_id, info, outcome in batch
-                ]
-            )
+        session, task_ids = convert.watch_from_proto(request)
+        async for batch in self._plm.watch(session, task_ids):
+            yield convert.watch_response(batch)
 
     @status.unary
     async def CancelTask(
         self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelTaskResponse:
-        state = await self._plm.cancel(request.task_id)
+        state = await self._plm.cancel(convert.task_id_from_proto(request))
         return convert.cancel_reply(state)
 
     @status.unary
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTasksResponse:
-        limit = request.limit or DEFAULT_LIST_LIMIT
-        if limit > MAX_LIST_LIMIT:
-            raise ValueError(f"limit {limit} is over the maximum of {MAX_LIST_LIMIT}")
-        infos = self._plm.list_tasks(convert.states_from_proto(request.states), limit)
-        return pb.ListTasksResponse(tasks=[convert.status_to_proto(i, None) for i in infos])
+        states, limit = convert.list_from_proto(request)
+        return convert.tasks_to_proto(self._plm.list_tasks(states, limit))
 
     @status.unary
     async def GetClusterStatus(
@@ -111,6 +97,36 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
     ) -> pb.ClusterStatus:
         stats, held = self._plm.stats()
         return convert.cluster_to_proto(stats, held)
+
+
+async def _until_stopped(plm: Plm, requests: AsyncIterator[T]) -> AsyncIterator[T]:
+    """The requests of a client stream, ending early when the PLM stops: an idle stream must not
+    hold up the server's stop for its whole grace. A request cut off this way was not taken, and
+    the client, seeing its stream end, sends it again to the next PLM."""
+    stopped = asyncio.ensure_future(plm.wait_stopped())
+    request: asyncio.Future[T] | None = None
+    try:
+        while True:
+            request = asyncio.ensure_future(anext(requests))
+            await asyncio.wait([request, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not request.done():
+                return
+            try:
+                item = request.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        stopped.cancel()
+        if request is not None:  # the stream may end (or be cancelled) just as we leave
+            request.add_done_callback(_seen)
+            request.cancel()
+
+
+def _seen(read: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned read's outcome, so that asyncio does not log it as lost."""
+    if not read.cancelled():
+        read.exception()
 
 
 def registration(plm: Plm) -> Registration:

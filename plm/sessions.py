@@ -1,9 +1,10 @@
 """Who is waiting for which task: client sessions and their undelivered results.
 
 A client opens one WatchTasks stream per session and submits with that session name; when a
-task settles the PLM appends its id to the session's pending list and wakes the stream. A
-session without an open stream keeps its pending ids until one attaches (a reconnecting
-client), so a result is never dropped for want of a listener.
+task settles the PLM queues its id in the session and wakes the stream. A session without an
+open stream keeps its queued ids until one attaches (a reconnecting client) or until the PLM
+releases those results (their time to live ran out: see `Plm`), so a result is never dropped for
+want of a listener, and a session whose client died is forgotten once nothing is left in it.
 """
 
 from __future__ import annotations
@@ -15,32 +16,28 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Session:
-    """One client session: pending settled task ids and the event its stream waits on."""
+    """One client session: settled task ids not yet taken and the event its stream waits on."""
 
     name: str
-    pending: list[int] = field(default_factory=list)
+    queued: dict[int, None] = field(default_factory=dict)  # an ordered set, oldest first
     streams: int = 0
     owned: int = 0
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def push(self, task_id: int) -> None:
-        """Queue a settled task for the stream and wake it."""
-        self.pending.append(task_id)
-        self.event.set()
-
-    def take(self) -> list[int]:
-        """Everything pending, oldest first; the list is emptied."""
-        taken, self.pending = self.pending, []
-        self.event.clear()
-        return taken
+    @property
+    def idle(self) -> bool:
+        """No stream, nothing owned, nothing queued: nothing to keep it for."""
+        return self.streams == 0 and self.owned <= 0 and not self.queued
 
 
 class Sessions:
-    """Sessions by name and the owner session of each unsettled task."""
+    """Sessions by name, the owner session of each unsettled task, and where each settled but
+    untaken task is queued."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._owner: dict[int, str] = {}
+        self._queued_in: dict[int, Session] = {}
 
     def own(self, name: str, task_ids: Iterable[int]) -> None:
         """Route these tasks' results to session `name`."""
@@ -53,14 +50,35 @@ class Sessions:
                 session.owned += 1
 
     def settle(self, task_id: int) -> Session | None:
-        """The session waiting for this task (now queued there), None if nobody is."""
+        """Queue a settled task in the session waiting for it and wake its stream; None if
+        nobody is waiting."""
         name = self._owner.pop(task_id, None)
         if name is None:
             return None
         session = self._sessions.setdefault(name, Session(name))
         session.owned -= 1
-        session.push(task_id)
+        session.queued[task_id] = None
+        self._queued_in[task_id] = session
+        session.event.set()
         return session
+
+    def take(self, session: Session) -> list[int]:
+        """Everything queued in the session, oldest first; the queue is emptied."""
+        taken = list(session.queued)
+        session.queued.clear()
+        session.event.clear()
+        for task_id in taken:
+            self._queued_in.pop(task_id, None)
+        return taken
+
+    def forget(self, task_ids: Iterable[int]) -> None:
+        """These results were released: nothing left to deliver (a session idle after this is
+        dropped)."""
+        for task_id in task_ids:
+            session = self._queued_in.pop(task_id, None)
+            if session is not None:
+                session.queued.pop(task_id, None)
+                self._drop_if_idle(session)
 
     def attach(self, name: str) -> Session:
         """A stream opens on session `name`."""
@@ -69,11 +87,15 @@ class Sessions:
         return session
 
     def detach(self, session: Session) -> None:
-        """A stream closes; an idle session with nothing owned or pending is forgotten."""
+        """A stream closes; an idle session is forgotten."""
         session.streams -= 1
-        if session.streams == 0 and not session.pending and session.owned <= 0:
-            self._sessions.pop(session.name, None)
+        self._drop_if_idle(session)
 
-    def waiting(self) -> int:
-        """How many unsettled tasks have an owner."""
-        return len(self._owner)
+    def wake_all(self) -> None:
+        """Wake every stream (the PLM is stopping: they end)."""
+        for session in self._sessions.values():
+            session.event.set()
+
+    def _drop_if_idle(self, session: Session) -> None:
+        if session.idle and self._sessions.get(session.name) is session:
+            del self._sessions[session.name]

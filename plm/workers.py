@@ -3,51 +3,49 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 
-from heapd.plm import convert
 from heapd.runtime import channels
-from heapd.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 5.0
 
+# WorkerService.CancelTask on a channel (`heapd.plm.convert.cancel_on_worker`): (channel, task id,
+# attempt, timeout) -> whether the worker held the attempt; grpc.aio.AioRpcError if it failed.
+CancelCall = Callable[[grpc.aio.Channel, int, int, float], Awaitable[bool]]
+
 
 class WorkerCanceller:
     """Sends WorkerService.CancelTask over one cached channel per worker address."""
 
-    def __init__(self) -> None:
-        self._stubs: dict[str, worker_service_pb2_grpc.WorkerServiceStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+    def __init__(self, call: CancelCall) -> None:
+        self._call = call
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def cancel(self, address: str, task_id: int, attempt: int) -> bool:
         """Ask the worker to kill the attempt; False if it could not be reached (it is then
         dead or fenced, and the attempt's late result will be dropped as stale anyway)."""
         try:
-            reply = await self._stub(address).CancelTask(
-                convert.worker_cancel_request(task_id, attempt), timeout=CANCEL_TIMEOUT_S
-            )
+            return await self._call(self._channel(address), task_id, attempt, CANCEL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "worker unreachable for cancel",
                 extra={"fields": {"address": address, "task_id": task_id, "code": exc.code().name}},
             )
             return False
-        return bool(reply.found)
 
     async def close(self) -> None:
         """Close every channel."""
-        for channel in self._channels:
-            await channel.close()
+        opened = list(self._channels.values())
         self._channels.clear()
-        self._stubs.clear()
+        for channel in opened:
+            await channel.close()
 
-    def _stub(self, address: str) -> worker_service_pb2_grpc.WorkerServiceStub:
-        stub = self._stubs.get(address)
-        if stub is None:
-            channel = channels.channel(address)
-            self._channels.append(channel)
-            stub = self._stubs[address] = worker_service_pb2_grpc.WorkerServiceStub(channel)
-        return stub
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = channels.channel(address)
+        return channel

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from heapd import shm
-from heapd.register import service
+from heapd.register import convert, service
 from heapd.register.daemon import Register
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
 
@@ -17,7 +17,7 @@ from heapd.runtime import channels, config, entry, logs, ready, server, signals
 def parser() -> argparse.ArgumentParser:
     """The `heapd register` flags."""
     p = argparse.ArgumentParser(prog="heapd register", description="Run the register of a cell.")
-    config.add_common_flags(p, 0)
+    config.add_common_flags(p, config.DEFAULT_REGISTER_PORT)
     p.add_argument("--heartbeat-interval-s", dest="heartbeat_interval_s", type=float)
     p.add_argument(
         "--missed-heartbeats",
@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
     """Run until SIGTERM/SIGINT."""
-    async with Register(cell, cfg.heartbeat_interval_s, cfg.deadline_s) as register:
+    outcomes = convert.TaskOutcomes()
+    async with Register(cell, cfg.heartbeat_interval_s, cfg.deadline_s, outcomes) as register:
         grpc_server, port = await server.start(
             cfg.host, cfg.port, [service.registration(register)], [service.SERVICE_NAME]
         )
@@ -43,7 +44,7 @@ async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
     cfg = config.from_args(config.RegisterConfig, "register", parser().parse_args(argv), os.environ)
-    logs.setup("register")
+    logs.setup("register", cfg.log_level)
     return entry.run_attached("register", cfg.cell, lambda cell: serve(cfg, cell))
 
 

@@ -9,22 +9,36 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from heapd import shm
-from heapd.register import convert
-from heapd.register.convert import Beat, Registration
+from heapd.register.beats import Beat, Registration
 from heapd.register.history import AttemptHistory
-from heapd.register.leases import Lease, Leases
+from heapd.register.leases import LEASE_GRACE_S, Lease, Leases
 from heapd.register.liveness import Deadlines
+from heapd.register.outcomes import OutcomeCodec
 
 log = logging.getLogger(__name__)
 
 
 class Register:
-    """Worker membership and result intake over one attached cell."""
+    """Worker membership and result intake over one attached cell.
 
-    def __init__(self, cell: shm.Cell, interval_s: float, deadline_s: float) -> None:
+    `outcomes` encodes the failures the register decides itself (the boundary's
+    `convert.TaskOutcomes`); `lease_grace_s` is how long past a task's timeout the register
+    waits for the worker's report before settling the attempt itself.
+    """
+
+    def __init__(
+        self,
+        cell: shm.Cell,
+        interval_s: float,
+        deadline_s: float,
+        outcomes: OutcomeCodec,
+        lease_grace_s: float = LEASE_GRACE_S,
+    ) -> None:
         self.cell = cell
         self.interval_s = interval_s
         self.deadline_s = deadline_s
+        self._outcomes = outcomes
+        self._lease_grace_s = lease_grace_s
         self._stop = asyncio.Event()
         self._deadlines: Deadlines | None = None
         self._closed = False
@@ -32,7 +46,7 @@ class Register:
         self._retry_at = 0.0
         self._leases: Leases | None = None
         self._cancels: dict[int, list[tuple[int, int]]] = {}
-        self._history = AttemptHistory()
+        self._history = AttemptHistory(outcomes)
         self.stale_total = 0
 
     async def __aenter__(self) -> Register:
@@ -48,7 +62,7 @@ class Register:
         """Arm a deadline for every worker the cell already knows, and a lease for every running
         attempt with a timeout (after a register restart: timers live only in memory)."""
         self._deadlines = Deadlines(asyncio.get_running_loop(), self._expired)
-        self._leases = Leases(asyncio.get_running_loop(), self._lease_expired)
+        self._leases = Leases(asyncio.get_running_loop(), self._lease_expired, self._lease_grace_s)
         now = time.time()
         self._retry_due()  # retries left waiting by a previous register
         for w in self.cell.workers():
@@ -156,7 +170,7 @@ class Register:
         """A worker deregisters; its unfinished tasks are requeued. Returns how many."""
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
-        lost = self.cell.deregister(worker_id, epoch, time.time(), _lost_outcome("it left"))
+        lost = self.cell.deregister(worker_id, epoch, time.time(), self._lost_outcome("it left"))
         log.info(
             "worker left",
             extra={
@@ -188,7 +202,7 @@ class Register:
 
     def _lease_expired(self, lease: Lease) -> None:
         """Settle the attempt as timed out (retried if allowed) and tell the worker to kill it."""
-        failure = convert.lease_expired_outcome(lease.timeout_s)
+        failure = self._outcomes.lease_expired(lease.timeout_s)
         done = shm.Completion(lease.task_id, lease.attempt, shm.TaskState.FAILED, failure, True)
         try:
             outcome = self._settle(lease.worker_id, lease.epoch, [done], time.time())
@@ -233,7 +247,7 @@ class Register:
             return
         if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
             return  # already buried, or a newer registration
-        lost = self.cell.worker_lost(worker_id, epoch, time.time(), _lost_outcome(reason))
+        lost = self.cell.worker_lost(worker_id, epoch, time.time(), self._lost_outcome(reason))
         fields = {"worker_id": worker_id, "reason": reason, "requeued": len(lost.requeued)}
         log.warning("worker dead", extra={"fields": fields})
         if lost.failed:
@@ -242,7 +256,6 @@ class Register:
                 extra={"fields": {"task_ids": lost.failed, "losses": shm.MAX_WORKER_LOSSES + 1}},
             )
 
-
-def _lost_outcome(reason: str) -> bytes:
-    """The result of a task that lost its worker once too often (see shm.MAX_WORKER_LOSSES)."""
-    return convert.worker_lost_outcome(reason, shm.MAX_WORKER_LOSSES + 1)
+    def _lost_outcome(self, reason: str) -> bytes:
+        """The result of a task that lost its worker once too often (see shm.MAX_WORKER_LOSSES)."""
+        return self._outcomes.worker_lost(reason, shm.MAX_WORKER_LOSSES + 1)

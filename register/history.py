@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from heapd import shm
-from heapd.register import convert
+from heapd.register.outcomes import OutcomeCodec
 
 MAX_TASKS = 100_000
 MAX_PER_TASK = 20
@@ -22,7 +22,8 @@ MAX_PER_TASK = 20
 class AttemptHistory:
     """Failures of earlier attempts by task id."""
 
-    def __init__(self, max_tasks: int = MAX_TASKS) -> None:
+    def __init__(self, outcomes: OutcomeCodec, max_tasks: int = MAX_TASKS) -> None:
+        self._outcomes = outcomes
         self._max = max_tasks
         self._failures: OrderedDict[int, list[bytes]] = OrderedDict()
 
@@ -41,7 +42,7 @@ class AttemptHistory:
                     self._failures.pop(done.task_id, None)
                 continue
             earlier = self._failures.pop(done.task_id, [])
-            result, own = convert.with_earlier_failures(done.result, earlier)
+            result, own = self._outcomes.with_earlier_failures(done.result, earlier)
             if result is not done.result:
                 changed = list(completions) if changed is None else changed
                 changed[index] = replace(done, result=result)

@@ -55,7 +55,8 @@ class RegisterService(register_service_pb2_grpc.RegisterServiceServicer):  # typ
     async def Deregister(
         self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeregisterResponse:
-        return convert.deregistered_to_proto(self._register.leave(request.worker_id, request.epoch))
+        requeued = self._register.leave(*convert.deregister_from_proto(request))
+        return convert.deregistered_to_proto(requeued)
 
 
 def registration(register: Register) -> Registration:

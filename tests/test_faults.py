@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from heapd import Client, TaskCrashed, TaskTimeout, WorkerLost, shm
-from heapd.register.convert import Beat, Registration
+from heapd.register.beats import Beat, Registration
+from heapd.register.convert import TaskOutcomes
 from heapd.register.daemon import Register
-from heapd.register.leases import LEASE_GRACE_S
 from heapd.runtime.launch import LocalCell
 from heapd.runtime.supervisor import STABLE_S, CellPlan, Child, Supervisor
 from tests import tasks_for_faults as f
@@ -315,21 +315,31 @@ def test_dispatch_left_by_a_killed_scheduler_is_not_stranded(start_cell: StartCe
 
 def test_restarted_register_grants_leases_again(cell_name: str) -> None:
     """Leases (the register's timeout backstop) live in its memory: a restarted register grants
-    them again for the attempts the cell says are RUNNING. In-process, with a fake worker."""
+    them again for the attempts the cell says are RUNNING. In-process, with a fake worker, and a
+    short lease grace so that the test awaits the lease's outcome instead of the default grace."""
     capacities = shm.Capacities(tasks=64, workers=4, arena_bytes=1 << 16, max_blob_bytes=4096)
 
+    def register(cell: shm.Cell) -> Register:
+        return Register(
+            cell, interval_s=0.5, deadline_s=30.0, outcomes=TaskOutcomes(), lease_grace_s=0.05
+        )
+
+    async def settled(cell: shm.Cell, task_id: int) -> None:
+        while cell.get(task_id).state not in shm.TERMINAL_STATES:
+            await asyncio.sleep(0.01)
+
     async def scenario(cell: shm.Cell) -> None:
-        first = Register(cell, interval_s=0.5, deadline_s=30.0)
+        first = register(cell)
         first.start()
         worker = first.admit(Registration("127.0.0.1:1", 1, 1, "h"))
         [task_id] = cell.submit([shm.NewTask(b"spec", timeout_ms=100)], time.time())
         [d] = cell.dispatch(1, time.time())
         first.beat(Beat(worker.worker_id, worker.epoch, [(task_id, d.attempt)], []))
         first.close()  # the register dies, and its timers with it
-        second = Register(cell, interval_s=0.5, deadline_s=30.0)
+        second = register(cell)
         second.start()
         try:
-            await asyncio.sleep(0.1 + LEASE_GRACE_S + 0.3)
+            await asyncio.wait_for(settled(cell, task_id), timeout=10)
             assert cell.get(task_id).state == shm.TaskState.FAILED
             assert second.take_cancels(worker.worker_id) == [(task_id, d.attempt)]
             assert cell.check() == []
@@ -341,7 +351,7 @@ def test_restarted_register_grants_leases_again(cell_name: str) -> None:
 
 
 def test_supervisor_backoff_starts_over_after_a_stable_run(
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Restart delays grow with consecutive quick exits, and start over once a role has run
     for a while (else a role crashing once a day would wait the longest delay for ever)."""
@@ -353,8 +363,9 @@ def test_supervisor_backoff_starts_over_after_a_stable_run(
         await process.wait()
         child = Child("plm", ["true"], process=process, restarts=restarts)
         child.started_at = asyncio.get_running_loop().time() - ran_s
+        caplog.clear()
         assert not await supervisor._restart(child)
-        return capsys.readouterr().err
+        return caplog.text
 
     assert "restart in 5.0s" in asyncio.run(restart_delay(restarts=9, ran_s=1.0))
     assert "restart in 0.1s" in asyncio.run(restart_delay(restarts=9, ran_s=STABLE_S + 1))

@@ -1,4 +1,8 @@
-"""The register's lease backstop, on a real cell with the Register object in-process."""
+"""The register's lease backstop, on a real cell with the Register object in-process.
+
+The register is given a short lease grace, and the tests await what the lease does (or a later
+lease does) instead of sleeping past the default grace.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from heapd import shm
-from heapd.register.convert import Beat, Registration
+from heapd.register.beats import Beat, Registration
+from heapd.register.convert import TaskOutcomes
 from heapd.register.daemon import Register
-from heapd.register.leases import LEASE_GRACE_S
 from heapd.v1 import task_pb2
 
-Scenario = Callable[[Register, shm.WorkerInfo, int, int], Awaitable[None]]
+GRACE_S = 0.05
+
+Scenario = Callable[[Register, shm.WorkerInfo], Awaitable[None]]
 
 
 @pytest.fixture
@@ -24,49 +30,69 @@ def cell(cell_name: str) -> Iterator[shm.Cell]:
         yield c
 
 
-def run_with_started_attempt(cell: shm.Cell, timeout_ms: int, scenario: Scenario) -> None:
-    """A running register, one worker, and one task with `timeout_ms` that the worker reported
-    started; then `scenario(register, worker, task_id, attempt)`."""
+def run_with_register(cell: shm.Cell, scenario: Scenario) -> None:
+    """A running register (lease grace GRACE_S) with one two-slot worker; then `scenario`."""
 
     async def main() -> None:
-        register = Register(cell, interval_s=0.5, deadline_s=30.0)
+        register = Register(
+            cell, interval_s=0.5, deadline_s=30.0, outcomes=TaskOutcomes(), lease_grace_s=GRACE_S
+        )
         register.start()
         try:
-            worker = register.admit(Registration("127.0.0.1:1", 1, 1, "h"))
-            [task_id] = cell.submit([shm.NewTask(b"spec", timeout_ms=timeout_ms)], time.time())
-            [d] = cell.dispatch(1, time.time())
-            register.beat(Beat(worker.worker_id, worker.epoch, [(task_id, d.attempt)], []))
-            assert cell.get(task_id).state == shm.TaskState.RUNNING
-            await scenario(register, worker, task_id, d.attempt)
+            worker = register.admit(Registration("127.0.0.1:1", 2, 1, "h"))
+            await scenario(register, worker)
         finally:
             register.close()
 
     asyncio.run(main())
 
 
+def start_attempt(register: Register, worker: shm.WorkerInfo, timeout_ms: int) -> tuple[int, int]:
+    """Submit a task with `timeout_ms`, dispatch it and report it started: (task id, attempt)."""
+    cell = register.cell
+    [task_id] = cell.submit([shm.NewTask(b"spec", timeout_ms=timeout_ms)], time.time())
+    [d] = cell.dispatch(1, time.time())
+    register.beat(Beat(worker.worker_id, worker.epoch, [(task_id, d.attempt)], []))
+    assert cell.get(task_id).state == shm.TaskState.RUNNING
+    return task_id, d.attempt
+
+
+async def until_settled(cell: shm.Cell, task_id: int, timeout_s: float = 10.0) -> None:
+    """Await until the task is terminal (the register's timers run meanwhile)."""
+
+    async def poll() -> None:
+        while cell.get(task_id).state not in shm.TERMINAL_STATES:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 def test_unreported_timed_out_attempt_is_settled_and_cancelled(cell: shm.Cell) -> None:
-    async def scenario(
-        register: Register, worker: shm.WorkerInfo, task_id: int, attempt: int
-    ) -> None:
-        await asyncio.sleep(0.1 + LEASE_GRACE_S + 0.2)  # let the lease run out
+    async def scenario(register: Register, worker: shm.WorkerInfo) -> None:
+        task_id, attempt = start_attempt(register, worker, timeout_ms=100)
+        await until_settled(cell, task_id)
         assert cell.get(task_id).state == shm.TaskState.FAILED
         outcome = task_pb2.TaskOutcome.FromString(cell.read_result(task_id) or b"")
         assert outcome.failure.kind == task_pb2.TIMEOUT
         assert register.take_cancels(worker.worker_id) == [(task_id, attempt)]
         assert cell.check() == []
 
-    run_with_started_attempt(cell, 100, scenario)
+    run_with_register(cell, scenario)
 
 
 def test_reported_result_ends_the_lease(cell: shm.Cell) -> None:
-    async def scenario(
-        register: Register, worker: shm.WorkerInfo, task_id: int, attempt: int
-    ) -> None:
+    """A reported attempt's lease never fires: a later lease with a longer timeout (control)
+    fires, and by then the reported one would have too."""
+
+    async def scenario(register: Register, worker: shm.WorkerInfo) -> None:
+        task_id, attempt = start_attempt(register, worker, timeout_ms=50)
+        control, control_attempt = start_attempt(register, worker, timeout_ms=100)
         done = shm.Completion(task_id, attempt, shm.TaskState.SUCCEEDED, b"ok")
         register.beat(Beat(worker.worker_id, worker.epoch, [], [done]))
-        await asyncio.sleep(0.05 + LEASE_GRACE_S + 0.2)
+        await until_settled(cell, control)
+        assert cell.get(control).state == shm.TaskState.FAILED
         assert cell.read_result(task_id) == b"ok"
-        assert register.take_cancels(worker.worker_id) == []
+        assert register.take_cancels(worker.worker_id) == [(control, control_attempt)]
         assert cell.stats().stale_total == 0
 
-    run_with_started_attempt(cell, 50, scenario)
+    run_with_register(cell, scenario)

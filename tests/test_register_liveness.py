@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from heapd import shm
-from heapd.register.convert import Beat, Registration
+from heapd.register.beats import Beat, Registration
+from heapd.register.convert import TaskOutcomes
 from heapd.register.daemon import Register
 
 
@@ -22,7 +23,7 @@ def cell(cell_name: str) -> Iterator[shm.Cell]:
 
 def test_a_draining_worker_that_dies_gives_its_tasks_back(cell: shm.Cell) -> None:
     async def main() -> None:
-        register = Register(cell, interval_s=0.5, deadline_s=30.0)
+        register = Register(cell, interval_s=0.5, deadline_s=30.0, outcomes=TaskOutcomes())
         register.start()
         try:
             worker = register.admit(Registration("127.0.0.1:1", 1, 1, "h"))

@@ -1,0 +1,28 @@
+"""What a worker tells the register, as plain values: its registration and its heartbeats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from heapd import shm
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A worker asking to join."""
+
+    address: str
+    slots: int
+    pid: int
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One heartbeat message: liveness plus started and finished attempts."""
+
+    worker_id: int
+    epoch: int
+    started: list[tuple[int, int]]
+    completions: list[shm.Completion]
+    draining: bool = False
