@@ -9,36 +9,57 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from heapd.runtime.logs import LogLevel
+
 DEFAULT_PLM_PORT = 7070
+# The register listens on a fixed, well-known port, as Dask's scheduler (8786) and Ray's head
+# (6379) do: a worker on another host joins with `heapd worker --register HEAD:7071`, and a worker
+# started with no --register at all finds the register of its own host. `heapd up` keeps it.
+DEFAULT_REGISTER_PORT = 7071
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class CellConfig:
-    """The shared-memory cell: its name and capacities (used by whoever creates it)."""
+class Durability(enum.StrEnum):
+    """How hard the journal commits: `fsync` survives power loss (SQLite synchronous=FULL),
+    `os` survives any process crash and a clean reboot (synchronous=NORMAL), `none` keeps no
+    journal at all (a reboot forgets the cell; for benchmarks)."""
 
-    cell: str = "default"
-    tasks: int = 1 << 20
-    workers: int = 1024
-    arena_mb: int = 256
-    max_blob_kb: int = 1024
+    FSYNC = "fsync"
+    OS = "os"
+    NONE = "none"
+
+
+def default_state_dir(cell: str, env: Mapping[str, str]) -> Path:
+    """`$XDG_STATE_HOME/heapd/<cell>`, else `~/.local/state/heapd/<cell>` (HOME from `env`)."""
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local/state")
+    return Path(base) / "heapd" / cell
+
+
+def state_dir(cell: str, configured: str, env: Mapping[str, str]) -> Path:
+    """The cell's state directory (its journal): the configured one, else the default."""
+    return Path(configured).expanduser() if configured else default_state_dir(cell, env)
 
 
 @dataclass(frozen=True)
 class PlmConfig:
-    """The PLM: where TaskService listens and how long unclaimed results are held."""
+    """The PLM: where TaskService listens, how long unclaimed results are held, and its journal
+    (the state directory, default `default_state_dir`, and how hard it commits)."""
 
     cell: str = "default"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PLM_PORT
     result_ttl_s: float = 600.0
+    state_dir: str = ""
+    durability: Durability = Durability.FSYNC
+    log_level: LogLevel = LogLevel.INFO
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,7 @@ class SchedulerConfig:
     # Tasks per worker slot once the queue is deep (>= 4 x total slots); 1 when it is shallow,
     # so a late high-priority task waits behind at most this many tasks per slot.
     prefetch_per_slot: int = 8
+    log_level: LogLevel = LogLevel.INFO
 
 
 @dataclass(frozen=True)
@@ -60,9 +82,10 @@ class RegisterConfig:
 
     cell: str = "default"
     host: str = "127.0.0.1"
-    port: int = 0
+    port: int = DEFAULT_REGISTER_PORT
     heartbeat_interval_s: float = 0.5
     missed_heartbeats: int = 4
+    log_level: LogLevel = LogLevel.INFO
 
     @property
     def deadline_s(self) -> float:
@@ -74,12 +97,40 @@ class RegisterConfig:
 class WorkerConfig:
     """A worker: its register, its own listening address and its slots."""
 
-    register: str = "127.0.0.1:7071"
+    register: str = f"127.0.0.1:{DEFAULT_REGISTER_PORT}"
     host: str = "127.0.0.1"
     port: int = 0
     advertise_host: str = ""
     slots: int = 2
     register_timeout_s: float = 30.0
+    log_level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """`heapd up` and `heapd down`: the cell to create (name, capacities), the ports of its PLM
+    and register, its local workers, where the roles log and at which level.
+
+    `plm_port` and `register_port` are named so that `HEAPD_PLM_PORT` and `HEAPD_REGISTER_PORT`
+    (the `HEAPD_<FIELD>` fallback) mean the same under `heapd up` as for a role run alone. A
+    setting of one role (`[scheduler] prefetch_per_slot`, `HEAPD_REGISTER_MISSED_HEARTBEATS`) is
+    not repeated here: the roles inherit the environment and get the same TOML file, so each
+    reads its own settings through its own config.
+    """
+
+    cell: str = "default"
+    host: str = "127.0.0.1"
+    plm_port: int = DEFAULT_PLM_PORT
+    register_port: int = DEFAULT_REGISTER_PORT
+    workers: int = 2
+    slots: int = 2
+    tasks: int = 1 << 20
+    arena_mb: int = 256
+    max_blob_kb: int = 1024
+    log_dir: str = ""  # empty: the roles log to the stderr of `heapd up`
+    state_dir: str = ""  # empty: default_state_dir(cell)
+    durability: Durability = Durability.FSYNC
+    log_level: LogLevel = LogLevel.INFO
 
 
 def load(
@@ -129,7 +180,10 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         return kind(raw)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"configuration {name}={raw!r}: expected {kind.__name__}") from exc
+        expected = kind.__name__
+        if issubclass(kind, enum.Enum):
+            expected = " or ".join(str(member.value) for member in kind)
+        raise ValueError(f"configuration {name}={raw!r}: expected {expected}") from exc
 
 
 def add_common_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -140,9 +194,42 @@ def add_common_flags(parser: argparse.ArgumentParser, default_port: int) -> None
         "--port", type=int, help=f"port to listen on (default {default_port}; 0 = any)"
     )
     parser.add_argument("--config", type=Path, help="TOML configuration file (or HEAPD_CONFIG)")
+    add_log_level_flag(parser)
+
+
+def add_journal_flags(parser: argparse.ArgumentParser) -> None:
+    """--state-dir and --durability, for the PLM and `heapd up`."""
+    parser.add_argument(
+        "--state-dir",
+        dest="state_dir",
+        help="the cell's state directory, where its journal lives (HEAPD_STATE_DIR; default"
+        " $XDG_STATE_HOME/heapd/CELL or ~/.local/state/heapd/CELL)",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=[d.value for d in Durability],
+        help="journal commits: fsync survives power loss, os survives crashes and clean"
+        f" reboots, none keeps no journal (HEAPD_DURABILITY; default {Durability.FSYNC})",
+    )
+
+
+def add_log_level_flag(parser: argparse.ArgumentParser) -> None:
+    """--log-level, for every role and `heapd up` (HEAPD_LOG_LEVEL, TOML `log_level`)."""
+    parser.add_argument(
+        "--log-level",
+        dest="log_level",
+        type=str.upper,
+        choices=[level.value for level in LogLevel],
+        help=f"log at this level and above (HEAPD_LOG_LEVEL; default {LogLevel.INFO})",
+    )
+
+
+def config_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path | None:
+    """The TOML file: --config, else HEAPD_CONFIG, else none."""
+    path = getattr(args, "config", None) or env.get("HEAPD_CONFIG")
+    return Path(path) if path else None
 
 
 def from_args(cls: type[T], section: str, args: argparse.Namespace, env: Mapping[str, str]) -> T:
     """Load `cls` for a role from its parsed flags, the environment and the TOML file."""
-    path = getattr(args, "config", None) or env.get("HEAPD_CONFIG")
-    return load(cls, section, vars(args), env, Path(path) if path else None)
+    return load(cls, section, vars(args), env, config_path(args, env))

@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from heapd.client import Client
-from heapd.convert import ClusterStatus
 from heapd.futures import TaskFuture
 from heapd.runtime.launch import LocalCell
+from heapd.status import ClusterStatus
 
 COLLATZ_TASKS = 2000
 
@@ -42,8 +42,14 @@ def fragile(n: int) -> int:
 def run(console: Console) -> int:
     """The demo itself; returns the exit code."""
     with (
-        tempfile.TemporaryDirectory() as logs,
-        LocalCell(f"demo-{os.getpid()}", workers=2, slots=2, log_dir=Path(logs)) as cell,
+        tempfile.TemporaryDirectory() as scratch,
+        LocalCell(
+            f"demo-{os.getpid()}",
+            workers=2,
+            slots=2,
+            log_dir=Path(scratch) / "logs",
+            state_dir=Path(scratch) / "state",  # the demo's journal goes with it
+        ) as cell,
     ):
         console.print(
             f"[bold]heapd demo[/bold]: cell up, PLM at {cell.address} (2 workers x 2 slots)"

@@ -39,6 +39,7 @@ class LocalCell:
         workers: int = 2,
         slots: int = 2,
         log_dir: Path | None = None,
+        state_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> None:
@@ -46,6 +47,7 @@ class LocalCell:
         self.workers = workers
         self.slots = slots
         self.log_dir = log_dir
+        self.state_dir = state_dir
         self.extra_args = list(extra_args)
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -72,12 +74,16 @@ class LocalCell:
 
     def start(self) -> None:
         """Run `heapd up` and wait for its ready line."""
+        # Any free ports: the cells of tests and benchmarks run side by side.
         argv = [
             sys.executable, "-m", "heapd", "up", "--cell", self.name, "--port", "0",
-            "--workers", str(self.workers), "--slots", str(self.slots), *self.extra_args,
+            "--register-port", "0", "--workers", str(self.workers), "--slots", str(self.slots),
+            *self.extra_args,
         ]  # fmt: skip
         if self.log_dir is not None:
             argv += ["--logs", str(self.log_dir)]
+        if self.state_dir is not None:
+            argv += ["--state-dir", str(self.state_dir)]
         self.process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -108,6 +114,24 @@ class LocalCell:
             process.stdout.close()
         shm.Cell.unlink(self.name)
         return process.returncode
+
+    def crash(self) -> None:
+        """What a power cut and a reboot leave: SIGKILL `heapd up` and every role's process
+        group at once (the pids announced when the cell came up), and remove the cell's shared
+        memory. The journal in the state directory stays."""
+        process = self.process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for pid in self.info.get("pids", {}).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        if process is not None:
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self.process = None
+        shm.Cell.unlink(self.name)
 
     @staticmethod
     def _read_ready(process: subprocess.Popen[bytes]) -> dict[str, Any]:

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
 import time
+
+
+class LogLevel(enum.StrEnum):
+    """The levels a role logs at (`--log-level`, `HEAPD_LOG_LEVEL`, TOML `log_level`)."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+    @classmethod
+    def _missing_(cls, value: object) -> LogLevel | None:
+        """Accept any case (`debug`, `Debug`), as environment variables are typed by hand."""
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        return None
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,10 +48,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(role: str, level: str = "INFO") -> None:
-    """Route the root logger to stderr as JSON lines; called once by an entry point."""
+def setup(role: str, level: str = LogLevel.INFO) -> None:
+    """Route the root logger to stderr as JSON lines at `level`; called once by an entry point."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(role))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(LogLevel(level).value)

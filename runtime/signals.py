@@ -1,4 +1,4 @@
-"""Signal handling for daemon entry points: first SIGTERM/SIGINT graceful, second immediate."""
+"""Signal handling for entry points: first SIGTERM/SIGINT graceful, second immediate."""
 
 from __future__ import annotations
 
@@ -11,8 +11,20 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def install(loop: asyncio.AbstractEventLoop, graceful: Callable[[], object]) -> None:
-    """On the first SIGTERM/SIGINT call `graceful()`; on the second exit at once (code 130)."""
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
+
+
+def exit_now() -> None:
+    """A daemon's immediate stop: exit without cleanup (its supervisor or the OS cleans up)."""
+    os._exit(EXIT_INTERRUPTED)
+
+
+def install(
+    loop: asyncio.AbstractEventLoop,
+    graceful: Callable[[], object],
+    immediate: Callable[[], object] = exit_now,
+) -> None:
+    """On the first SIGTERM/SIGINT call `graceful()`; on each later one `immediate()`."""
     received: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -21,8 +33,8 @@ def install(loop: asyncio.AbstractEventLoop, graceful: Callable[[], object]) -> 
             log.info("signal received, shutting down", extra={"fields": {"signal": signum}})
             graceful()
         else:
-            log.warning("second signal, exiting now")
-            os._exit(130)
+            log.warning("second signal, stopping now", extra={"fields": {"signal": signum}})
+            immediate()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

@@ -4,7 +4,11 @@ Children are started with fork+exec (asyncio subprocesses) before this process c
 object, each in its own session so a terminal's Ctrl-C reaches only the supervisor, which then
 stops them in order: workers (drain), PLM, scheduler, register — and unlinks the shared memory.
 A role that exits unexpectedly is restarted with backoff, reacting to its exit (no polling);
-the register keeps its port across restarts so workers find it again.
+the register keeps its port across restarts so workers find it again. A second signal kills
+every role's process group and removes the shared memory at once.
+
+What happens to the cell is logged (`heapd.runtime.logs`, on stderr); the two lines meant for the
+person at the terminal, "the cell is up" and "the cell already exists", are plain text.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from pathlib import Path
 from typing import IO
 
 from heapd import shm
+from heapd.runtime import signals
+from heapd.runtime.config import DEFAULT_PLM_PORT, DEFAULT_REGISTER_PORT, Durability
+from heapd.runtime.logs import LogLevel
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CELL_EXISTS = 2
 EXIT_ROLE_FAILED = 4
+EXIT_KILLED = signals.EXIT_INTERRUPTED  # a second signal cut the graceful stop short
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 RESTART_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -40,14 +48,22 @@ class CellPlan:
 
     cell: str
     host: str = "127.0.0.1"
-    port: int = 7070
+    port: int = DEFAULT_PLM_PORT
+    register_port: int = DEFAULT_REGISTER_PORT
     workers: int = 2
     slots: int = 2
     capacities: shm.Capacities = field(default_factory=shm.Capacities)
     log_dir: Path | None = None
+    state_dir: Path | None = None  # None: the PLM's default for the cell
+    durability: Durability = Durability.FSYNC
+    # `heapd up --log-level`, handed to every role; None: each role finds its own level in the
+    # environment and TOML file it shares with `heapd up` (so `[scheduler] log_level` works).
+    log_level: LogLevel | None = None
+    config: Path | None = None  # the TOML file, handed to every role for its own settings
     prefetch_per_slot: int | None = None
     heartbeat_interval_s: float | None = None  # None: the register's own default
     missed_heartbeats: int | None = None
+    result_ttl_s: float | None = None  # None: the PLM's own default
 
 
 @dataclass
@@ -72,11 +88,27 @@ class Supervisor:
         self._children: list[Child] = []
         self._stop = asyncio.Event()
         self._failed: str | None = None
+        self._created = False  # the cell's shared memory is ours to remove
+        self._killed = False
         self._drains: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
         """Begin a graceful stop (first signal)."""
         self._stop.set()
+
+    def kill(self) -> None:
+        """Stop at once (second signal): SIGKILL every role's process group and remove the
+        cell's shared memory now, so that nothing survives even if this process dies next;
+        `run()` then only reaps the children and returns EXIT_KILLED."""
+        log.warning(
+            "killing every role of the cell now", extra={"fields": {"cell": self.plan.cell}}
+        )
+        self._killed = True
+        self._stop.set()
+        for child in self._children:
+            _kill_group(child.process)
+        if self._created:
+            shm.Cell.unlink(self.plan.cell)
 
     async def run(self) -> int:
         """Bring the cell up, supervise until stopped, bring it down; returns the exit code."""
@@ -89,6 +121,7 @@ class Supervisor:
                 file=sys.stderr,
             )
             return EXIT_CELL_EXISTS
+        self._created = True
         cell.close()
         try:
             if await self._start_all():
@@ -97,6 +130,8 @@ class Supervisor:
         finally:
             await self._stop_all()
             shm.Cell.unlink(self.plan.cell)
+        if self._killed:
+            return EXIT_KILLED
         return EXIT_ROLE_FAILED if self._failed else EXIT_OK
 
     # --- start
@@ -104,7 +139,9 @@ class Supervisor:
     async def _start_all(self) -> bool:
         plan = self.plan
         common = ["--cell", plan.cell]
-        register_args = [*common, "--host", plan.host, "--port", "0"]
+        if plan.config is not None:
+            common += ["--config", str(plan.config)]
+        register_args = [*common, "--host", plan.host, "--port", str(plan.register_port)]
         if plan.heartbeat_interval_s is not None:
             register_args += ["--heartbeat-interval-s", str(plan.heartbeat_interval_s)]
         if plan.missed_heartbeats is not None:
@@ -113,24 +150,27 @@ class Supervisor:
         if not await self._start(register):
             return False
         register.argv[register.argv.index("--port") + 1] = register.address.rpartition(":")[2]
-        scheduler_args = [*common]
+        scheduler_args = [*common, "--port", "0"]  # health only; never HEAPD_PORT's port
         if plan.prefetch_per_slot is not None:
             scheduler_args += ["--prefetch-per-slot", str(plan.prefetch_per_slot)]
         scheduler = Child("scheduler", self._role("scheduler", scheduler_args))
-        plm = Child(
-            "plm", self._role("plm", [*common, "--host", plan.host, "--port", str(plan.port)])
-        )
+        plm_args = [*common, "--host", plan.host, "--port", str(plan.port)]
+        plm_args += ["--durability", str(plan.durability)]
+        if plan.result_ttl_s is not None:
+            plm_args += ["--result-ttl-s", str(plan.result_ttl_s)]
+        if plan.state_dir is not None:
+            plm_args += ["--state-dir", str(plan.state_dir)]
+        plm = Child("plm", self._role("plm", plm_args))
         for child in (scheduler, plm):
             if not await self._start(child):
                 return False
         if plan.port == 0:
             plm.argv[plm.argv.index("--port") + 1] = plm.address.rpartition(":")[2]
+        worker_args = ["--register", register.address, "--slots", str(plan.slots), "--port", "0"]
+        if plan.config is not None:
+            worker_args += ["--config", str(plan.config)]
         workers = [
-            Child(
-                f"worker-{i}",
-                self._role("worker", ["--register", register.address, "--slots", str(plan.slots)]),
-            )
-            for i in range(plan.workers)
+            Child(f"worker-{i}", self._role("worker", worker_args)) for i in range(plan.workers)
         ]
         started = await asyncio.gather(*(self._start(w) for w in workers))
         return all(started)
@@ -149,18 +189,45 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
+            env=self._child_env(),
             start_new_session=True,
         )
         if stderr is not None:
             stderr.close()
+        if self._killed:
+            # A second signal handled while this spawn was in flight (the loop runs signal
+            # callbacks between the fork and the line above) found no process to kill. This
+            # check stands in for blocking signals around the spawn: a blocked mask would be
+            # inherited across exec, and the role would never see our SIGTERM.
+            _kill_group(child.process)
+            return False
         try:
             child.address = await asyncio.wait_for(self._ready(child), READY_TIMEOUT_S)
         except (TimeoutError, EOFError):
-            self._failed = child.name
-            print(f"heapd up: {child.name} did not start (see its log)", file=sys.stderr)
+            if not self._killed:
+                self._failed = child.name
+                log.error(
+                    "%s did not start (see its log)",
+                    child.name,
+                    extra={"fields": {"child": child.name, "returncode": child.process.returncode}},
+                )
             self._stop.set()
             return False
+        log.info(
+            "%s ready at %s",
+            child.name,
+            child.address,
+            extra={"fields": {"child": child.name, "pid": child.process.pid}},
+        )
         return True
+
+    def _child_env(self) -> dict[str, str]:
+        """The roles inherit this environment, with `--log-level` as HEAPD_LOG_LEVEL: above
+        the TOML file, below a `HEAPD_<ROLE>_LOG_LEVEL` that turns one role up or down. (An
+        environment variable rather than a flag: it needs no flag in every role's parser.)"""
+        if self.plan.log_level is None:
+            return dict(os.environ)
+        return {**os.environ, "HEAPD_LOG_LEVEL": self.plan.log_level.value}
 
     async def _ready(self, child: Child) -> str:
         assert child.process is not None and child.process.stdout is not None
@@ -191,6 +258,7 @@ class Supervisor:
             "register": register.address,
             "workers": self.plan.workers,
             "pid": os.getpid(),
+            "pids": {c.name: c.process.pid for c in self._children if c.process is not None},
         }
         self._out.write(json.dumps(message) + "\n")
         self._out.flush()
@@ -227,9 +295,18 @@ class Supervisor:
         if asyncio.get_running_loop().time() - child.started_at > STABLE_S:
             child.restarts = 0  # a crash a day must not cost 5 s of downtime from day six on
         delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
-        print(
-            f"heapd up: {child.name} exited ({child.process.returncode}); restart in {delay}s",
-            file=sys.stderr,
+        log.warning(
+            "%s exited (%s); restart in %ss",
+            child.name,
+            child.process.returncode,
+            delay,
+            extra={
+                "fields": {
+                    "child": child.name,
+                    "returncode": child.process.returncode,
+                    "restart_in_s": delay,
+                }
+            },
         )
         child.restarts += 1
         with contextlib.suppress(TimeoutError):
@@ -257,11 +334,17 @@ class Supervisor:
         try:
             await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            _kill_group(process)
             await process.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # leftovers of its session (task children)
+        _kill_group(process)  # leftovers of its session (task children)
+
+
+def _kill_group(process: asyncio.subprocess.Process | None) -> None:
+    """SIGKILL a role's process group (its session: the role and whatever it started there)."""
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -278,17 +361,7 @@ def pidfile(cell: str) -> Path:
 
 async def _main(plan: CellPlan) -> int:
     supervisor = Supervisor(plan)
-    loop = asyncio.get_running_loop()
-    signals: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        signals.append(signum)
-        if len(signals) > 1:
-            os._exit(130)
-        supervisor.request_stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    signals.install(asyncio.get_running_loop(), supervisor.request_stop, supervisor.kill)
     return await supervisor.run()
 
 

@@ -15,11 +15,15 @@ from tests.helpers import MARK, kill_all, marked_processes, shm_entries
 
 
 @pytest.fixture(autouse=True)
-def _no_heapd_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's HEAPD_* settings."""
+def _no_heapd_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Tests never see the developer's HEAPD_* settings, and never write a journal into the
+    developer's ~/.local/state (a cell's default state directory)."""
     for key in list(os.environ):
         if key.startswith("HEAPD_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
 
 
 @pytest.fixture
@@ -41,14 +45,22 @@ def start_cell(tmp_path: Path) -> Iterator[StartCell]:
     memory is consistent, stop everything, and fail if any process or /dev/shm entry survived."""
     started: list[LocalCell] = []
 
-    def start(workers: int = 2, slots: int = 2, extra_args: tuple[str, ...] = ()) -> LocalCell:
-        name = f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    def start(
+        workers: int = 2,
+        slots: int = 2,
+        extra_args: tuple[str, ...] = (),
+        name: str | None = None,
+        state_dir: Path | None = None,
+    ) -> LocalCell:
+        """`name` and `state_dir` given: the same cell again (a restart of a stopped one)."""
+        name = name or f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, MARK: name}
         cell = LocalCell(
             name,
             workers=workers,
             slots=slots,
             log_dir=tmp_path / name,
+            state_dir=state_dir or tmp_path / name / "state",
             extra_args=extra_args,
             env=env,
         )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from heapd import shm
-from heapd.calls import priority_from_name
+from heapd import __version__, shm
 from heapd.cli import run, show
-from heapd.runtime import supervisor
+from heapd.runtime import config, logs, supervisor
 from heapd.runtime.config import DEFAULT_PLM_PORT
 
 ROLES = ("plm", "scheduler", "register", "worker")
@@ -23,12 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="heapd", description="heapd: a fast task scheduler that loses nothing."
     )
+    p.add_argument("--version", action="version", version=f"heapd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_up(sub)
-    down = sub.add_parser(
-        "down", help="stop a cell started by `heapd up` and remove its shared memory"
-    )
-    down.add_argument("--cell", default=os.environ.get("HEAPD_CELL", "default"))
+    _add_down(sub)
     for role in ROLES:
         sub.add_parser(
             role, help=f"run the {role} daemon (see `heapd {role} --help`)", add_help=False
@@ -51,35 +48,86 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--workload",
         default="W1,W2",
-        help="comma-separated: W1, W2, W4 (worker SIGKILL), W4H (hang)",
+        help="comma-separated: W1, W2, W4 (worker SIGKILL), W4H (hang), RECOVER (rebuild a cell"
+        " of --recover-tasks queued tasks from its journal)",
     )
     bench.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the median is reported"
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument(
+        "--durability",
+        choices=[d.value for d in config.Durability],
+        default=config.Durability.FSYNC.value,
+        help="the journal of the cells benchmarked (default fsync, as `heapd up`)",
+    )
+    bench.add_argument(
+        "--recover-tasks", type=int, default=1_000_000, help="queued tasks for RECOVER"
+    )
     return p
 
 
 def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`heapd up` flags: no defaults here, `UpConfig` holds them (flags > HEAPD_* > TOML)."""
+    d = config.UpConfig
     up = sub.add_parser("up", help="start a cell with local workers in the foreground")
-    up.add_argument("--cell", default=os.environ.get("HEAPD_CELL", "default"))
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=DEFAULT_PLM_PORT, help="PLM port (0 = any)")
-    up.add_argument("--workers", type=int, default=2)
-    up.add_argument("--slots", type=int, default=2, help="task processes per worker")
-    up.add_argument("--tasks", type=int, default=1 << 20, help="task table capacity")
-    up.add_argument("--arena-mb", type=int, default=256, help="payload/result arena size")
-    up.add_argument("--max-blob-kb", type=int, default=1024, help="largest payload or result")
-    up.add_argument("--logs", type=Path, help="write each role's log to DIR/ROLE.log")
+    up.add_argument("--cell", help=f"cell name (HEAPD_CELL; default {d.cell!r})")
+    up.add_argument("--host", help=f"address the PLM and register listen on (default {d.host})")
     up.add_argument(
-        "--prefetch-per-slot", type=int, help="scheduler prefetch when the queue is deep"
+        "--port",
+        dest="plm_port",
+        metavar="PORT",
+        type=int,
+        help=f"PLM port (default {d.plm_port}; 0 = any)",
     )
     up.add_argument(
-        "--heartbeat-interval-s", type=float, help="worker heartbeat interval (register default)"
+        "--register-port", type=int, help=f"register port (default {d.register_port}; 0 = any)"
+    )
+    up.add_argument("--workers", type=int, help=f"local workers (default {d.workers})")
+    up.add_argument("--slots", type=int, help=f"task processes per worker (default {d.slots})")
+    up.add_argument("--tasks", type=int, help=f"task table capacity (default {d.tasks})")
+    up.add_argument("--arena-mb", type=int, help=f"payload/result arena (default {d.arena_mb})")
+    up.add_argument(
+        "--max-blob-kb", type=int, help=f"largest payload or result (default {d.max_blob_kb})"
     )
     up.add_argument(
-        "--missed-heartbeats", type=int, help="silent intervals before a worker is DEAD"
+        "--logs", dest="log_dir", metavar="DIR", help="write each role's log to DIR/ROLE.log"
     )
+    up.add_argument("--config", type=Path, help="TOML configuration file (or HEAPD_CONFIG)")
+    config.add_journal_flags(up)
+    config.add_log_level_flag(up)
+    # Settings of one role, forwarded as that role's flags (the role's config holds them).
+    scheduler, register = config.SchedulerConfig, config.RegisterConfig
+    up.add_argument(
+        "--prefetch-per-slot",
+        type=int,
+        help=f"scheduler prefetch when the queue is deep (default {scheduler.prefetch_per_slot})",
+    )
+    up.add_argument(
+        "--heartbeat-interval-s",
+        type=float,
+        help=f"worker heartbeat interval (default {register.heartbeat_interval_s})",
+    )
+    up.add_argument(
+        "--missed-heartbeats",
+        type=int,
+        help=f"silent intervals before a worker is DEAD (default {register.missed_heartbeats})",
+    )
+    up.add_argument(
+        "--result-ttl-s",
+        type=float,
+        help="how long the PLM keeps a result nobody acknowledged"
+        f" (default {config.PlmConfig.result_ttl_s:.0f})",
+    )
+
+
+def _add_down(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`heapd down` reads the cell name as `heapd up` does, from the same `UpConfig`."""
+    down = sub.add_parser(
+        "down", help="stop a cell started by `heapd up` and remove its shared memory"
+    )
+    down.add_argument("--cell", help="cell name (HEAPD_CELL; default 'default')")
+    down.add_argument("--config", type=Path, help="TOML configuration file (or HEAPD_CONFIG)")
 
 
 def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,22 +149,40 @@ def _with_address(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def up_config(args: argparse.Namespace, env: Mapping[str, str]) -> config.UpConfig:
+    """`heapd up`/`heapd down`'s configuration, through the loader every role uses."""
+    return config.from_args(config.UpConfig, "up", args, env)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    cfg = up_config(args, os.environ)
+    logs.setup("up", cfg.log_level)
     plan = supervisor.CellPlan(
-        cell=args.cell,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        slots=args.slots,
+        cell=cfg.cell,
+        host=cfg.host,
+        port=cfg.plm_port,
+        register_port=cfg.register_port,
+        workers=cfg.workers,
+        slots=cfg.slots,
         capacities=shm.Capacities(
-            tasks=args.tasks, arena_bytes=args.arena_mb << 20, max_blob_bytes=args.max_blob_kb << 10
+            tasks=cfg.tasks, arena_bytes=cfg.arena_mb << 20, max_blob_bytes=cfg.max_blob_kb << 10
         ),
-        log_dir=args.logs,
+        log_dir=Path(cfg.log_dir) if cfg.log_dir else None,
+        state_dir=config.state_dir(cfg.cell, cfg.state_dir, os.environ),
+        durability=cfg.durability,
+        # Only the flag is handed down: the roles read the same environment and TOML file.
+        log_level=logs.LogLevel(args.log_level) if args.log_level else None,
+        config=config.config_path(args, os.environ),
         prefetch_per_slot=args.prefetch_per_slot,
         heartbeat_interval_s=args.heartbeat_interval_s,
         missed_heartbeats=args.missed_heartbeats,
+        result_ttl_s=args.result_ttl_s,
     )
     return supervisor.up(plan)
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    return supervisor.down(up_config(args, os.environ).cell)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -126,22 +192,24 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             "heapd submit: give the command after --, e.g. heapd submit -- echo hi", file=sys.stderr
         )
         return 2
-    return run.submit(
-        args.address, argv, priority_from_name(args.priority), args.timeout, args.retries
-    )
+    return run.submit(args.address, argv, args.priority, args.timeout, args.retries)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from heapd.runtime.bench import runner  # numpy and friends only when benchmarking
 
     return runner.main(
-        [w.strip().upper() for w in args.workload.split(",") if w.strip()], args.repeat, args.json
+        [w.strip().upper() for w in args.workload.split(",") if w.strip()],
+        args.repeat,
+        args.json,
+        config.Durability(args.durability),
+        args.recover_tasks,
     )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _cmd_up,
-    "down": lambda a: supervisor.down(a.cell),
+    "down": _cmd_down,
     "submit": _cmd_submit,
     "status": lambda a: show.status(a.address, a.json),
     "tasks": lambda a: show.tasks(a.address, a.state, a.limit, a.json),

@@ -1,0 +1,52 @@
+"""`heapd up` and `heapd down` configure through `UpConfig`, like every role: their flags carry
+no defaults of their own, so the environment and the TOML file reach them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heapd.cli import main
+from heapd.runtime import config
+from heapd.runtime.logs import LogLevel
+
+
+def up_config(argv: list[str], env: dict[str, str]) -> config.UpConfig:
+    return main.up_config(main.parser().parse_args(argv), env)
+
+
+def test_environment_reaches_up_when_no_flag_is_given() -> None:
+    env = {"HEAPD_CELL": "prod", "HEAPD_UP_WORKERS": "5", "HEAPD_PLM_PORT": "8070"}
+    cfg = up_config(["up"], env)
+    assert (cfg.cell, cfg.workers, cfg.plm_port) == ("prod", 5, 8070)
+    assert (cfg.slots, cfg.register_port) == (config.UpConfig.slots, config.DEFAULT_REGISTER_PORT)
+
+
+def test_flags_beat_the_environment() -> None:
+    argv = ["up", "--cell", "flag", "--workers", "3", "--port", "0", "--register-port", "0"]
+    cfg = up_config([*argv, "--log-level", "warning", "--logs", "/tmp/x"], {"HEAPD_WORKERS": "5"})
+    assert (cfg.cell, cfg.workers, cfg.plm_port, cfg.register_port) == ("flag", 3, 0, 0)
+    assert (cfg.log_level, cfg.log_dir) == (LogLevel.WARNING, "/tmp/x")
+
+
+def test_config_file_from_flag_or_environment(tmp_path: Path) -> None:
+    toml = tmp_path / "heapd.toml"
+    toml.write_text('cell = "from-toml"\n[up]\nworkers = 4\nmax_blob_kb = 8\n')
+    for argv, env in ((["up", "--config", str(toml)], {}), (["up"], {"HEAPD_CONFIG": str(toml)})):
+        cfg = up_config(argv, env)
+        assert (cfg.cell, cfg.workers, cfg.max_blob_kb) == ("from-toml", 4, 8)
+
+
+def test_down_finds_the_cell_as_up_does(tmp_path: Path) -> None:
+    toml = tmp_path / "heapd.toml"
+    toml.write_text('[up]\ncell = "from-toml"\n')
+    assert up_config(["down", "--config", str(toml)], {}).cell == "from-toml"
+    assert up_config(["down"], {"HEAPD_UP_CELL": "env"}).cell == "env"
+    assert up_config(["down", "--cell", "flag"], {"HEAPD_CELL": "env"}).cell == "flag"
+
+
+def test_unknown_log_level_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main.parser().parse_args(["up", "--log-level", "loud"])
+    assert "invalid choice: 'LOUD'" in capsys.readouterr().err
