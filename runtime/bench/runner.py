@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from heapd.client import Client
-from heapd.runtime.bench import fault, floors
+from heapd.runtime.bench import fault, floors, recover
 from heapd.runtime.bench.workloads import noop
+from heapd.runtime.config import Durability
 from heapd.runtime.launch import LocalCell
 
 W1_TASKS = 20_000
@@ -80,26 +81,44 @@ def median_of(runs: Sequence[Figures]) -> Figures:
     return figures
 
 
-def measure(workloads: Sequence[str], repeat: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Floors, then each workload against its own fresh cell; medians of `repeat` runs."""
-    unknown = [w for w in workloads if w not in WORKLOADS]
+def measure(
+    workloads: Sequence[str],
+    repeat: int,
+    log: Callable[[str], None],
+    durability: Durability = Durability.FSYNC,
+    recover_tasks: int = 1_000_000,
+) -> dict[str, Any]:
+    """Floors, then each workload against its own fresh cell (journal as `durability` says);
+    medians of `repeat` runs."""
+    unknown = [w for w in workloads if w not in WORKLOADS and w != "RECOVER"]
     if unknown:
-        raise ValueError(f"unknown workload(s) {unknown}; available: {sorted(WORKLOADS)}")
+        known = sorted([*WORKLOADS, "RECOVER"])
+        raise ValueError(f"unknown workload(s) {unknown}; available: {known}")
     log("F2: process pool floor")
     f2 = statistics.median(floors.pool_tasks_per_s(W1_SLOTS, W1_TASKS) for _ in range(repeat))
     log("F1: gRPC echo floor")
     f1 = statistics.median(floors.echo_p50_ms() for _ in range(repeat))
-    report: dict[str, Any] = {"F1": {"p50_ms": f1}, "F2": {"tasks_per_s": f2}}
+    report: dict[str, Any] = {
+        "durability": str(durability),
+        "F1": {"p50_ms": f1},
+        "F2": {"tasks_per_s": f2},
+    }
     for name in workloads:
+        if name == "RECOVER":
+            runs = [recover.run_recover(recover_tasks, log) for _ in range(repeat)]
+            report[name] = median_of(runs)
+            continue
         run, workers, slots = WORKLOADS[name]
-        log(f"{name}: starting a cell ({workers} worker x {slots} slots)")
+        log(f"{name}: starting a cell ({workers} worker x {slots} slots, {durability})")
         with (
-            tempfile.TemporaryDirectory() as logs,
+            tempfile.TemporaryDirectory() as scratch,
             LocalCell(
                 f"bench-{os.getpid()}-{name.lower()}",
                 workers=workers,
                 slots=slots,
-                log_dir=Path(logs),
+                log_dir=Path(scratch) / "logs",
+                state_dir=Path(scratch) / "state",
+                extra_args=["--durability", str(durability)],
             ) as cell,
         ):
             runs = []
@@ -125,15 +144,24 @@ def render(report: dict[str, Any]) -> Table:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for name, figures in report.items():
+        if not isinstance(figures, dict):
+            table.add_row(name, "", str(figures))
+            continue
         for key, value in figures.items():
             table.add_row(name, key, f"{value:,.3f}" if value < 100 else f"{value:,.0f}")
     return table
 
 
-def main(workloads: Sequence[str], repeat: int, as_json: bool) -> int:
+def main(
+    workloads: Sequence[str],
+    repeat: int,
+    as_json: bool,
+    durability: Durability = Durability.FSYNC,
+    recover_tasks: int = 1_000_000,
+) -> int:
     """`heapd bench`: print the table (or one JSON object)."""
     console = Console(stderr=True)
-    report = measure(workloads, max(1, repeat), lambda m: console.log(m))
+    report = measure(workloads, max(1, repeat), lambda m: console.log(m), durability, recover_tasks)
     if as_json:
         print(json.dumps(report))
     else:
