@@ -9,6 +9,7 @@ client used without `async with` still gets its results. Futures are `AsyncTaskF
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,6 +19,8 @@ import grpc
 
 from heapd import convert, errors
 from heapd.core import (
+    ACK_CLOSE_TIMEOUT_S,
+    ACK_DELAY_S,
     CALL_TIMEOUT_S,
     CLOSE_WAIT_S,
     DEFAULT_ADDRESS,
@@ -54,7 +57,8 @@ class AsyncClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, session: str | None = None) -> None:
         self._core: ClientCore[AsyncTaskFuture] = ClientCore(address, session)
         self._connection: _Connection | None = None
-        self._background: set[asyncio.Task[Any]] = set()  # CancelTask calls of cancelled futures
+        self._background: set[asyncio.Task[Any]] = set()  # CancelTask calls, acknowledgements
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -84,6 +88,8 @@ class AsyncClient:
             return
         self._closed = True
         connection = self._connection
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         if connection is not None:
             connection.lane.close()
             connection.watcher.cancel()
@@ -91,6 +97,7 @@ class AsyncClient:
             if not connection.watcher.cancelled():
                 connection.watcher.exception()  # it ended on its own: retrieved, not re-raised
             await self._finish_background()
+            await self._send_last_acks(connection)
             await connection.channel.close()
         self._core.close()
 
@@ -105,6 +112,7 @@ class AsyncClient:
         timeout: float | None = None,
         retry_on: RetryOn = (),
         cpus: int = 1,
+        key: str | None = None,
         **kwargs: Any,
     ) -> AsyncTaskFuture:
         """Run fn(*args, **kwargs) in the cell; await the returned future for its result."""
@@ -117,6 +125,7 @@ class AsyncClient:
             timeout=timeout,
             retry_on=retry_on,
             cpus=cpus,
+            key=key,
         )
         return (await self._submit(request))[0]
 
@@ -131,6 +140,7 @@ class AsyncClient:
         retries: int = 0,
         timeout: float | None = None,
         cpus: int = 1,
+        key: str | None = None,
     ) -> AsyncTaskFuture:
         """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
         request = self._core.command_request(
@@ -142,6 +152,7 @@ class AsyncClient:
             retries=retries,
             timeout=timeout,
             cpus=cpus,
+            key=key,
         )
         return (await self._submit(request))[0]
 
@@ -153,11 +164,12 @@ class AsyncClient:
         retries: int = 0,
         timeout: float | None = None,
         cpus: int = 1,
+        key: str | None = None,
         **params: float,
     ) -> AsyncTaskFuture:
         """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
         request = self._core.builtin_request(
-            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus
+            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus, key=key
         )
         return (await self._submit(request))[0]
 
@@ -172,6 +184,7 @@ class AsyncClient:
         retry_on: RetryOn = (),
         cpus: int = 1,
         batch_size: int = MAP_BATCH,
+        keys: Sequence[str] | None = None,
     ) -> list[AsyncTaskFuture]:
         """fn(item) for every item, submitted in batches; futures in input order."""
         requests = self._core.map_requests(
@@ -183,11 +196,24 @@ class AsyncClient:
             retry_on=retry_on,
             cpus=cpus,
             batch_size=batch_size,
+            keys=keys,
         )
         futures: list[AsyncTaskFuture] = []
         for request in requests:
             futures.extend(await self._submit(request))
         return futures
+
+    async def future(self, task_id: int) -> AsyncTaskFuture:
+        """A future for a task submitted earlier, by this or another client, before or after a
+        restart of the cell; it resolves as any other (`TaskLost` if the cell no longer holds
+        the task: its result was acknowledged, or expired). Its results now come to this
+        client."""
+        request = self._core.adopt_request([task_id])
+        lane = self._connected().lane
+        future = AsyncTaskFuture(task_id, self._cancel_soon)
+        self._core.track([future])
+        await self._unary(lambda: lane.submit(request))
+        return future
 
     # --- waiting
 
@@ -326,8 +352,28 @@ class AsyncClient:
             try:
                 async for reply in call:
                     attempt = 0
-                    self._core.deliver(reply)
+                    if self._core.deliver(reply) and self._ack_timer is None:
+                        loop = asyncio.get_running_loop()
+                        self._ack_timer = loop.call_later(ACK_DELAY_S, self._ack_soon)
             except grpc.RpcError:
                 pass
             await asyncio.sleep(self._core.retry.reconnect_delay(attempt))
             attempt += 1
+
+    def _ack_soon(self) -> None:
+        """Send the acknowledgements no submission carried within ACK_DELAY_S."""
+        self._ack_timer = None
+        request = self._core.ack_request()
+        connection = self._connection
+        if request is None or connection is None or self._closed:
+            return
+        job = asyncio.get_running_loop().create_task(connection.lane.submit(request))
+        self._background.add(job)
+        job.add_done_callback(self._forget)  # a lost acknowledgement: the TTL frees the result
+
+    async def _send_last_acks(self, connection: _Connection) -> None:
+        """On close: one bounded call with what is still unacknowledged."""
+        request = self._core.ack_request()
+        if request is not None:
+            with contextlib.suppress(grpc.RpcError):
+                await connection.stub.SubmitTasks(request, timeout=ACK_CLOSE_TIMEOUT_S)

@@ -10,6 +10,7 @@ the shared `ClientCore`'s work; this module only blocks.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,8 @@ import grpc
 
 from heapd import convert, errors
 from heapd.core import (
+    ACK_CLOSE_TIMEOUT_S,
+    ACK_DELAY_S,
     CALL_TIMEOUT_S,
     CLOSE_WAIT_S,
     DEFAULT_ADDRESS,
@@ -53,6 +56,9 @@ class Client:
         self._call: Any = None
         self._watcher = threading.Thread(target=self._watch, name="heapd-watch", daemon=True)
         self._watcher.start()
+        self._ack_wake = threading.Event()
+        self._acker = threading.Thread(target=self._ack_loop, name="heapd-ack", daemon=True)
+        self._acker.start()
 
     @property
     def address(self) -> str:
@@ -80,11 +86,14 @@ class Client:
                 return
             self._closed.set()
             call = self._call
+        self._ack_wake.set()
         self._lane.close()
         if call is not None:
             call.cancel()
-        if threading.current_thread() is not self._watcher:  # close() from a done-callback
+        if threading.current_thread() not in (self._watcher, self._acker):  # from a callback
             self._watcher.join(timeout=CLOSE_WAIT_S)
+            self._acker.join(timeout=CLOSE_WAIT_S)
+        self._send_last_acks()
         self._channel.close()
         self._core.close()
 
@@ -99,6 +108,7 @@ class Client:
         timeout: float | None = None,
         retry_on: RetryOn = (),
         cpus: int = 1,
+        key: str | None = None,
         **kwargs: Any,
     ) -> TaskFuture:
         """Run fn(*args, **kwargs) in the cell; fn is a callable or a "module:function" string."""
@@ -111,6 +121,7 @@ class Client:
             timeout=timeout,
             retry_on=retry_on,
             cpus=cpus,
+            key=key,
         )
         return self._submit(request)[0]
 
@@ -125,6 +136,7 @@ class Client:
         retries: int = 0,
         timeout: float | None = None,
         cpus: int = 1,
+        key: str | None = None,
     ) -> TaskFuture:
         """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
         request = self._core.command_request(
@@ -136,6 +148,7 @@ class Client:
             retries=retries,
             timeout=timeout,
             cpus=cpus,
+            key=key,
         )
         return self._submit(request)[0]
 
@@ -147,11 +160,12 @@ class Client:
         retries: int = 0,
         timeout: float | None = None,
         cpus: int = 1,
+        key: str | None = None,
         **params: float,
     ) -> TaskFuture:
         """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
         request = self._core.builtin_request(
-            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus
+            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus, key=key
         )
         return self._submit(request)[0]
 
@@ -166,6 +180,7 @@ class Client:
         retry_on: RetryOn = (),
         cpus: int = 1,
         batch_size: int = MAP_BATCH,
+        keys: Sequence[str] | None = None,
     ) -> list[TaskFuture]:
         """fn(item) for every item, submitted in batches; futures in input order."""
         requests = self._core.map_requests(
@@ -177,11 +192,23 @@ class Client:
             retry_on=retry_on,
             cpus=cpus,
             batch_size=batch_size,
+            keys=keys,
         )
         futures: list[TaskFuture] = []
         for request in requests:
             futures.extend(self._submit(request))
         return futures
+
+    def future(self, task_id: int) -> TaskFuture:
+        """A future for a task submitted earlier, by this or another client, before or after a
+        restart of the cell; it resolves as any other (`TaskLost` if the cell no longer holds
+        the task: its result was acknowledged, or expired). Its results now come to this
+        client."""
+        request = self._core.adopt_request([task_id])
+        future = TaskFuture(task_id, self._cancel_id)
+        self._core.track([future])
+        self._unary(lambda: self._lane.submit(request))
+        return future
 
     # --- waiting
 
@@ -273,9 +300,29 @@ class Client:
             try:
                 for reply in call:
                     attempt = 0
-                    self._core.deliver(reply)
+                    if self._core.deliver(reply):
+                        self._ack_wake.set()
             except grpc.RpcError:
                 pass
             if self._closed.wait(self._core.retry.reconnect_delay(attempt)):
                 return
             attempt += 1
+
+    def _ack_loop(self) -> None:
+        """Sends acknowledgements no submission carried within ACK_DELAY_S (own thread)."""
+        while True:
+            self._ack_wake.wait()
+            if self._closed.wait(ACK_DELAY_S):
+                return
+            self._ack_wake.clear()
+            request = self._core.ack_request()
+            if request is not None:
+                with contextlib.suppress(grpc.RpcError, HeapdError):  # lost: the TTL frees them
+                    self._lane.submit(request)
+
+    def _send_last_acks(self) -> None:
+        """On close: one bounded call with what is still unacknowledged."""
+        request = self._core.ack_request()
+        if request is not None:
+            with contextlib.suppress(grpc.RpcError):
+                self._stub.SubmitTasks(request, timeout=ACK_CLOSE_TIMEOUT_S)

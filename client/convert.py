@@ -119,13 +119,15 @@ def options(
     return options_to_proto(task_opts.task_options(priority, retries, timeout_s, cpus))
 
 
-def options_to_proto(checked: task_opts.TaskOptions) -> task_pb2.TaskOptions:
-    """The wire form of options already checked by `heapd.options.task_options`."""
+def options_to_proto(checked: task_opts.TaskOptions, key: str = "") -> task_pb2.TaskOptions:
+    """The wire form of options already checked by `heapd.options.task_options`, with the
+    task's idempotency key (checked by `heapd.options.idempotency_key`; "" = none)."""
     return task_pb2.TaskOptions(
         priority=checked.priority,
         retries=checked.retries,
         timeout_s=checked.timeout_s,
         cpus=checked.cpus,
+        key=key,
     )
 
 
@@ -171,10 +173,16 @@ def result_value(settled: Settled) -> Any:
 
 
 def submit_request(
-    session: str, submissions: Sequence[task_service_pb2.TaskSubmission]
+    session: str,
+    submissions: Sequence[task_service_pb2.TaskSubmission],
+    acks: Sequence[int] = (),
+    adopt: Sequence[int] = (),
 ) -> SubmitRequest:
-    """A batch submission whose results go to `session`'s WatchTasks stream."""
-    return task_service_pb2.SubmitTasksRequest(tasks=list(submissions), session=session)
+    """A batch submission whose results go to `session`'s WatchTasks stream; it also carries
+    the results the session acknowledges and the earlier tasks it adopts (by id)."""
+    return task_service_pb2.SubmitTasksRequest(
+        tasks=list(submissions), session=session, acks=list(acks), adopt=list(adopt)
+    )
 
 
 def submitted_ids(reply: SubmitReply) -> list[int]:

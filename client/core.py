@@ -32,6 +32,10 @@ DEFAULT_ADDRESS = "127.0.0.1:7070"
 MAP_BATCH = 1000  # tasks per SubmitStream message in `map`
 CALL_TIMEOUT_S = 30.0  # deadline of one unary call (get, cancel, list, status)
 CLOSE_WAIT_S = 5.0  # how long close() lets in-flight work (watcher, background cancels) finish
+# Acknowledgements wait this long for a submission to ride on before going alone, and close()
+# gives its last ones this long to reach the cell.
+ACK_DELAY_S = 0.05
+ACK_CLOSE_TIMEOUT_S = 1.0
 
 RetryOn = Sequence[type[BaseException] | str]
 
@@ -166,6 +170,8 @@ class ClientCore(Generic[F]):
         self.session = session or uuid.uuid4().hex
         self.retry = retry or RetryPolicy()
         self.router: ResultRouter[F] = ResultRouter()
+        self._acks: list[int] = []
+        self._acks_lock = threading.Lock()
 
     def python_request(
         self,
@@ -178,11 +184,12 @@ class ClientCore(Generic[F]):
         timeout: float | None,
         retry_on: RetryOn,
         cpus: int,
+        key: str | None = None,
     ) -> convert.SubmitRequest:
         """One call fn(*args, **kwargs), checked."""
         checked = options.task_options(priority, retries, timeout, cpus)
         spec = convert.python_spec(fn, tuple(args), kwargs, retry_on)
-        return self._request([spec], checked)
+        return self._request([spec], checked, [options.idempotency_key(key)])
 
     def command_request(
         self,
@@ -195,10 +202,12 @@ class ClientCore(Generic[F]):
         retries: int,
         timeout: float | None,
         cpus: int,
+        key: str | None = None,
     ) -> convert.SubmitRequest:
         """One command, checked."""
         checked = options.task_options(priority, retries, timeout, cpus)
-        return self._request([convert.command_spec(argv, env, cwd, stdin)], checked)
+        spec = convert.command_spec(argv, env, cwd, stdin)
+        return self._request([spec], checked, [options.idempotency_key(key)])
 
     def builtin_request(
         self,
@@ -209,10 +218,12 @@ class ClientCore(Generic[F]):
         retries: int,
         timeout: float | None,
         cpus: int,
+        key: str | None = None,
     ) -> convert.SubmitRequest:
         """One builtin task, checked."""
         checked = options.task_options(priority, retries, timeout, cpus)
-        return self._request([convert.builtin_spec(name, params)], checked)
+        spec = convert.builtin_spec(name, params)
+        return self._request([spec], checked, [options.idempotency_key(key)])
 
     def map_requests(
         self,
@@ -225,14 +236,23 @@ class ClientCore(Generic[F]):
         retry_on: RetryOn,
         cpus: int,
         batch_size: int,
+        keys: Sequence[str] | None = None,
     ) -> Iterator[convert.SubmitRequest]:
-        """fn(item) for every item, `batch_size` tasks per request. The options are checked
-        before this returns; each batch is built when the previous one has been sent."""
+        """fn(item) for every item, `batch_size` tasks per request; `keys`, one per item, are
+        their idempotency keys. Everything is checked before this returns; each batch is built
+        when the previous one has been sent."""
         checked = options.task_options(priority, retries, timeout, cpus)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidArgument(f"batch_size must be an integer >= 1, not {batch_size!r}")
         options.retry_on_names(retry_on)  # checked now, not at the first batch
-        return self._batches(fn, list(iterable), checked, retry_on, batch_size)
+        items = list(iterable)
+        if keys is None:
+            checked_keys = [""] * len(items)
+        elif isinstance(keys, str) or len(keys) != len(items):
+            raise InvalidArgument("keys must be a sequence with one key per item")
+        else:
+            checked_keys = [options.idempotency_key(k) for k in keys]
+        return self._batches(fn, items, checked, retry_on, batch_size, checked_keys)
 
     def watch_request(self) -> convert.WatchRequest:
         """The request that opens (or reopens) this session's result stream."""
@@ -240,15 +260,45 @@ class ClientCore(Generic[F]):
 
     def track(self, futures: Sequence[F]) -> None:
         """Await the results of newly submitted tasks; settle those already here."""
-        for future, settled in self.router.add(futures):
+        early = self.router.add(futures)
+        for future, settled in early:
             settle(future, settled)
+        self._acknowledge([settled.task_id for _, settled in early])
 
-    def deliver(self, reply: convert.WatchReply) -> None:
-        """Settle the futures of the results in one message of the result stream."""
+    def deliver(self, reply: convert.WatchReply) -> bool:
+        """Settle the futures of the results in one message of the result stream; True when
+        acknowledgements are now waiting to be sent."""
+        delivered = []
         for settled in convert.settled_from_watch(reply):
             future = self.router.route(settled)
             if future is not None:
                 settle(future, settled)
+                delivered.append(settled.task_id)
+        return self._acknowledge(delivered)
+
+    def adopt_request(self, task_ids: Sequence[int]) -> convert.SubmitRequest:
+        """Ask for the results of earlier tasks (by id) on this session's stream."""
+        for task_id in task_ids:
+            convert.get_request(task_id)  # checks the id
+        return convert.submit_request(self.session, [], self.take_acks(), task_ids)
+
+    def ack_request(self) -> convert.SubmitRequest | None:
+        """A request carrying only the waiting acknowledgements; None if there are none."""
+        acks = self.take_acks()
+        return convert.submit_request(self.session, [], acks) if acks else None
+
+    def take_acks(self) -> list[int]:
+        """The results this client has handed to its futures and not yet acknowledged: the cell
+        releases them (and deletes them from its journal) when it receives them. An
+        acknowledgement lost with a failed request only lets its result live to the TTL."""
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+        return acks
+
+    def _acknowledge(self, task_ids: list[int]) -> bool:
+        with self._acks_lock:
+            self._acks += task_ids
+            return bool(self._acks)
 
     def close(self) -> None:
         """No more results: fail every future still waiting with `ClientClosed`."""
@@ -262,14 +312,21 @@ class ClientCore(Generic[F]):
         checked: options.TaskOptions,
         retry_on: RetryOn,
         size: int,
+        keys: list[str],
     ) -> Iterator[convert.SubmitRequest]:
         for start in range(0, len(items), size):
             chunk = [(item,) for item in items[start : start + size]]
             specs = convert.python_specs(fn, chunk, retry_on)
-            yield self._request(specs, checked)
+            yield self._request(specs, checked, keys[start : start + size])
 
-    def _request(self, specs: Sequence[Any], checked: options.TaskOptions) -> convert.SubmitRequest:
-        wire_options = convert.options_to_proto(checked)
-        return convert.submit_request(
-            self.session, [convert.submission(spec, wire_options) for spec in specs]
-        )
+    def _request(
+        self, specs: Sequence[Any], checked: options.TaskOptions, keys: Sequence[str]
+    ) -> convert.SubmitRequest:
+        """Submissions of `specs` with these options and keys; waiting acknowledgements ride
+        along (no message of their own on a busy client)."""
+        plain = convert.options_to_proto(checked)
+        submissions = [
+            convert.submission(spec, convert.options_to_proto(checked, key) if key else plain)
+            for spec, key in zip(specs, keys, strict=True)
+        ]
+        return convert.submit_request(self.session, submissions, self.take_acks())

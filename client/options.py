@@ -19,6 +19,7 @@ RETRIES_MAX = 1000
 TIMEOUT_MAX_S = 7 * 24 * 3600.0
 CPUS_MIN, CPUS_MAX = 1, 4096
 RETRY_ON_MAX = 64
+KEY_MAX_CHARS = 256  # an idempotency key
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,19 @@ def retry_on_names(retry_on: Iterable[type[BaseException] | str]) -> list[str]:
     if len(names) > RETRY_ON_MAX:
         raise InvalidArgument(f"retry_on lists at most {RETRY_ON_MAX} exceptions, not {len(names)}")
     return names
+
+
+def idempotency_key(key: str | None) -> str:
+    """A checked idempotency key ("" = none): a str of at most KEY_MAX_CHARS characters."""
+    if key is None:
+        return ""
+    if not isinstance(key, str):
+        raise InvalidArgument(f"an idempotency key must be a str, not {key!r}")
+    if len(key) > KEY_MAX_CHARS:
+        raise InvalidArgument(
+            f"an idempotency key has at most {KEY_MAX_CHARS} characters, not {len(key)}"
+        )
+    return key
 
 
 def _is_int(value: object) -> bool:

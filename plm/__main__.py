@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -11,9 +12,13 @@ from collections.abc import Sequence
 from heapd import shm
 from heapd.plm import convert, service
 from heapd.plm.daemon import Plm
+from heapd.plm.journal import Journal, JournalError
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
 
 SHUTDOWN_GRACE_S = 2.0
+EXIT_JOURNAL = 3  # the journal is another cell's, of another schema, damaged or unwritable
+
+log = logging.getLogger("heapd.plm")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,9 +34,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(cfg: config.PlmConfig, cell: shm.Cell) -> None:
+async def serve(cfg: config.PlmConfig, cell: shm.Cell, journal: Journal | None) -> None:
     """Run the PLM until SIGTERM/SIGINT."""
-    async with Plm(cell, cfg.result_ttl_s, convert.cancel_on_worker) as plm:
+    async with Plm(cell, cfg.result_ttl_s, convert.cancel_on_worker, journal) as plm:
         grpc_server, port = await server.start(
             cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
         )
@@ -45,7 +50,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
     cfg = config.from_args(config.PlmConfig, "plm", parser().parse_args(argv), os.environ)
     logs.setup("plm", cfg.log_level)
-    return entry.run_attached("plm", cfg.cell, lambda cell: serve(cfg, cell))
+    try:
+        journal = open_journal(cfg)
+    except JournalError as exc:
+        log.error("the journal cannot be used", extra={"fields": {"error": str(exc)}})
+        print(f"heapd plm: {exc}", file=sys.stderr)
+        return EXIT_JOURNAL
+    return entry.run_attached("plm", cfg.cell, lambda cell: serve(cfg, cell, journal))
+
+
+def open_journal(cfg: config.PlmConfig) -> Journal | None:
+    """The cell's journal, unless durability is none (JournalError: refuse to start)."""
+    if cfg.durability is config.Durability.NONE:
+        return None
+    state_dir = config.state_dir(cfg.cell, cfg.state_dir, os.environ)
+    return Journal.open(state_dir, cfg.cell, cfg.durability)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import grpc
 
 from heapd import shm
 from heapd.errors import InvalidArgument
-from heapd.options import task_options
+from heapd.options import idempotency_key, task_options
+from heapd.plm.intake import Intake
 from heapd.v1 import task_pb2, worker_service_pb2, worker_service_pb2_grpc
 from heapd.v1 import task_service_pb2 as pb
 
@@ -73,22 +74,27 @@ def _check_python(call: task_pb2.PythonCall) -> None:
             )
 
 
-def submission_from_proto(request: pb.SubmitTaskRequest) -> tuple[str, shm.NewTask]:
-    """A SubmitTask request: (session, the task)."""
-    return request.session, new_task_from_proto(request.spec, request.options)
+def submission_from_proto(request: pb.SubmitTaskRequest) -> Intake:
+    """A SubmitTask request: one task, with its key."""
+    task = new_task_from_proto(request.spec, request.options)
+    return Intake(request.session, [task], [idempotency_key(request.options.key)])
 
 
-def submissions_from_proto(request: pb.SubmitTasksRequest) -> tuple[str, list[shm.NewTask]]:
-    """A batch: (session, its tasks); the error names the index of the first bad submission."""
-    tasks = []
+def submissions_from_proto(request: pb.SubmitTasksRequest) -> Intake:
+    """A batch (tasks, acknowledgements, adopted ids); the error names the index of the first
+    bad submission. A request may carry no task if it acknowledges or adopts some."""
+    tasks, keys = [], []
     for index, item in enumerate(request.tasks):
         try:
             tasks.append(new_task_from_proto(item.spec, item.options))
+            keys.append(idempotency_key(item.options.key))
         except InvalidArgument as exc:
             raise InvalidArgument(f"tasks[{index}]: {exc}") from None
-    if not tasks:
-        raise InvalidArgument("SubmitTasks needs at least one task")
-    return request.session, tasks
+    if not tasks and not request.acks and not request.adopt:
+        raise InvalidArgument("SubmitTasks needs at least one task (or acks or adopt)")
+    if (request.acks or request.adopt) and not request.session:
+        raise InvalidArgument("acks and adopt need the session they are for")
+    return Intake(request.session, tasks, keys, list(request.acks), list(request.adopt))
 
 
 def submitted_to_proto(task_id: int) -> pb.SubmitTaskResponse:

@@ -1,9 +1,14 @@
-"""The PLM: owns the cell handle, takes submissions, routes settled tasks to their sessions.
+"""The PLM: owns the cell handle and its journal, takes submissions, routes settled tasks to
+their sessions.
 
-Every settled result is released from the cell at a bounded time: a result delivered on a
-WatchTasks stream DELIVERED_HOLD_S after it was written; one nobody watches (no session waits
-for it, or its session has no open stream, e.g. its client died) `result_ttl_s` after it
-settled, or after the last stream of its session closed.
+Every settled result is released from the cell at a bounded time: when its client acknowledges
+it, or `result_ttl_s` after it was delivered, or — when nobody watches it (no session waits for
+it, or its session has no open stream, e.g. its client died) — `result_ttl_s` after it settled
+or after the last stream of its session closed.
+
+With a journal (durability fsync or os), a submission is answered only once it is committed
+(`heapd.plm.commits`: group commit), settled outcomes and cancellations are recorded, and a
+released result is deleted from it; a PLM that starts on a new cell rebuilds the cell from it.
 """
 
 from __future__ import annotations
@@ -14,29 +19,38 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
-from heapd import shm
+from heapd import errors, shm
+from heapd.plm import recovery
+from heapd.plm.commits import GroupCommit
 from heapd.plm.held import HeldResults
-from heapd.plm.sessions import Session, Sessions
+from heapd.plm.intake import Intake
+from heapd.plm.journal import Journal, JournalWriteFailed, Settled, Submitted
+from heapd.plm.sessions import Sessions
 from heapd.plm.workers import CancelCall, WorkerCanceller
 from heapd.runtime.bells import BellListener
 
 log = logging.getLogger(__name__)
 
 FINISHED_BATCH = 4096
-# A result written to a client's stream is kept this long before its slot is freed: the bytes
-# may die in a socket that breaks (a PLM killed mid-write resets the connection), and the
-# client, reconnecting, names what it still awaits. A restarted PLM holds every unreleased
-# result for the full result TTL, so this only has to cover a reconnect to a live PLM.
-DELIVERED_HOLD_S = 10.0
 
 
 class Plm:
     """Task intake and result delivery over one attached cell; `cancel_call` kills a cancelled
     task's attempt on its worker (`heapd.plm.convert.cancel_on_worker`)."""
 
-    def __init__(self, cell: shm.Cell, result_ttl_s: float, cancel_call: CancelCall) -> None:
+    def __init__(
+        self,
+        cell: shm.Cell,
+        result_ttl_s: float,
+        cancel_call: CancelCall,
+        journal: Journal | None = None,
+    ) -> None:
         self.cell = cell
         self._ttl_s = result_ttl_s
+        self._journal = journal
+        self._commits: GroupCommit | None = None
+        self._keys: dict[str, int] = {}  # idempotency key -> the first task submitted with it
+        self.recovered: recovery.Recovered | None = None
         self._sessions = Sessions()
         self._stop = asyncio.Event()
         self._closed = False
@@ -56,10 +70,18 @@ class Plm:
         await self.close()
 
     async def start(self) -> None:
-        """Listen to the PLM doorbell and pick up tasks that settled while no PLM ran."""
+        """Rebuild a new cell from the journal, listen to the PLM doorbell and pick up tasks
+        that settled while no PLM ran."""
         loop = asyncio.get_running_loop()
+        if self._journal is not None:
+            self._recover(self._journal)
+            self._commits = GroupCommit(self._journal)
+            self._commits.start()
         self._held = HeldResults(self._ttl_s, self._release_unwatched, loop)
-        self._delivered = HeldResults(DELIVERED_HOLD_S, self._release, loop)
+        # Delivered but not acknowledged: the bytes may have died with a broken socket, and the
+        # client, reconnecting, names what it still awaits; a client that never acknowledges
+        # (an old one, grpcurl) has its results for the TTL.
+        self._delivered = HeldResults(self._ttl_s, self._release, loop)
         settled = self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks)
         for info in sorted(settled, key=lambda i: i.finished_at):  # deadlines stay FIFO
             self._held.hold(info.task_id, info.finished_at)
@@ -92,14 +114,96 @@ class Plm:
             if held is not None:
                 held.close()
         await self._canceller.close()
+        if self._commits is not None:
+            await self._commits.close()
+        elif self._journal is not None:
+            self._journal.close()
+
+    def _recover(self, journal: Journal) -> None:
+        """Rebuild a new cell from the journal; learn its keys; route restored tasks to the
+        sessions that submitted them."""
+        self.recovered = recovery.rebuild(self.cell, journal)
+        self._keys = journal.keys()
+        if self.recovered is not None:
+            for session, task_ids in self.recovered.owners.items():
+                self._sessions.own(session, task_ids)
 
     # --- intake
 
-    def submit(self, session: str, tasks: Sequence[shm.NewTask]) -> list[int]:
-        """Queue tasks (all or none) and route their results to `session`."""
-        ids = self.cell.submit(tasks, time.time())
-        self._sessions.own(session, ids)
+    async def submit(self, intake: Intake) -> list[int]:
+        """Take a session's acknowledgements and adoptions, then queue its tasks (all or none)
+        and route their results to it; returns once they are in the journal. A task whose key
+        the cell already knows is not queued again: its first task's id is returned."""
+        if intake.acks:
+            self.acknowledge(intake.acks)
+        if intake.adopt:
+            self._adopt(intake.session, intake.adopt, take_over=True)
+        if not intake.tasks:
+            return []
+        now = time.time()
+        ids, fresh = self._queue(intake, now)
+        if self._commits is not None and fresh:
+            await self._journal_submitted(intake, ids, fresh, now)
         return ids
+
+    def _queue(self, intake: Intake, now: float) -> tuple[list[int], list[int]]:
+        """Queue the tasks with no known key; (the id of every task, the indexes queued)."""
+        keys = intake.keys or [""] * len(intake.tasks)
+        known: list[int | None] = [self._keys.get(k) if k else None for k in keys]
+        fresh, first = [], {}
+        for index, key in enumerate(keys):
+            if known[index] is None and (not key or key not in first):
+                fresh.append(index)
+                if key:
+                    first[key] = index
+        new_ids = self.cell.submit([intake.tasks[i] for i in fresh], now)
+        for index, task_id in zip(fresh, new_ids, strict=True):
+            known[index] = task_id
+            if keys[index]:
+                self._keys[keys[index]] = task_id
+        ids = [self._keys[k] if tid is None else tid for k, tid in zip(keys, known, strict=True)]
+        self._sessions.own(intake.session, new_ids)
+        queued = set(fresh)
+        reused = [tid for i, tid in enumerate(ids) if i not in queued]
+        if reused:
+            self._adopt(intake.session, reused, take_over=True)
+        return ids, fresh
+
+    async def _journal_submitted(
+        self, intake: Intake, ids: list[int], fresh: list[int], now: float
+    ) -> None:
+        """Commit the new tasks; if the journal cannot take them, take them back (cancel) and
+        fail the submission, naming the journal."""
+        assert self._commits is not None
+        keys = intake.keys or [""] * len(intake.tasks)
+        records = [
+            Submitted(
+                task_id=ids[i],
+                session=intake.session,
+                submitted_at=now,
+                priority=intake.tasks[i].priority,
+                max_retries=intake.tasks[i].max_retries,
+                timeout_ms=intake.tasks[i].timeout_ms,
+                cpus=intake.tasks[i].cpus,
+                payload=bytes(intake.tasks[i].payload),
+                key=keys[i],
+            )
+            for i in fresh
+        ]
+        try:
+            await self._commits.submitted(records)
+        except JournalWriteFailed as exc:
+            for i in fresh:
+                if keys[i] and self._keys.get(keys[i]) == ids[i]:
+                    del self._keys[keys[i]]
+                await self.cancel(ids[i], journal=False)
+            kind = errors.ResourceExhausted if exc.disk_full else errors.Unavailable
+            raise kind(f"{exc}; the tasks were not accepted") from exc
+
+    def acknowledge(self, task_ids: Sequence[int]) -> None:
+        """A client has these results and no longer needs them: release them now."""
+        self._release(task_ids)
+        self._sessions.forget(task_ids)
 
     def get(self, task_id: int) -> tuple[shm.TaskInfo, bytes | None]:
         """A task's status and, once settled and still held, its outcome."""
@@ -108,10 +212,15 @@ class Plm:
             raise shm.TaskNotFound(task_id)
         return info, outcome if info.state in shm.TERMINAL_STATES else None
 
-    async def cancel(self, task_id: int) -> shm.TaskState:
-        """Cancel a task; a running one is also killed on its worker. Returns its state after."""
-        result = self.cell.cancel(task_id, time.time())
+    async def cancel(self, task_id: int, *, journal: bool = True) -> shm.TaskState:
+        """Cancel a task; a running one is also killed on its worker. Returns its state after,
+        once the cancellation is in the journal."""
+        now = time.time()
+        result = self.cell.cancel(task_id, now)
         before = result.before
+        if result.cancelled and journal and self._commits is not None:
+            self._commits.settled([Settled(task_id, int(shm.TaskState.CANCELLED), None, now)])
+            await self._commits.barrier()
         if result.cancelled and before.state in shm.ACTIVE_STATES and result.address:
             await self._canceller.cancel(result.address, task_id, before.attempt)
         return shm.TaskState.CANCELLED if result.cancelled else before.state
@@ -134,7 +243,7 @@ class Plm:
         assert self._held is not None and self._delivered is not None
         session = self._sessions.attach(name)
         try:
-            self._adopt(session, task_ids)
+            self._adopt(session.name, task_ids)
             while not self._stop.is_set():
                 await session.event.wait()
                 if self._stop.is_set():
@@ -154,9 +263,10 @@ class Plm:
             if session.streams == 0 and session.queued:
                 self._held.hold_many(session.queued)  # unwatched from now on
 
-    def _adopt(self, session: Session, task_ids: Sequence[int]) -> None:
-        """A (re)connecting client names tasks it still waits for: own them, push settled ones."""
-        self._sessions.own(session.name, task_ids)
+    def _adopt(self, session: str, task_ids: Sequence[int], take_over: bool = False) -> None:
+        """A (re)connecting client names tasks it still waits for: own them, push settled ones
+        (`take_over`: even those another session waits for)."""
+        self._sessions.own(session, task_ids, take_over=take_over)
         for task_id in task_ids:
             try:
                 settled = self.cell.get(task_id).state in shm.TERMINAL_STATES
@@ -177,6 +287,8 @@ class Plm:
         """Hand every task from the completion ring to its session, or hold it."""
         assert self._held is not None
         while ids := self.cell.take_finished(FINISHED_BATCH):
+            if self._commits is not None:
+                self._commits.settled(_outcomes(self.cell.read_settled(ids)))
             now = time.time()
             for task_id in ids:
                 session = self._sessions.settle(task_id)
@@ -186,10 +298,22 @@ class Plm:
                 return
 
     def _release(self, task_ids: Sequence[int]) -> None:
+        """Free these results in the cell and delete them from the journal."""
         if task_ids:
             self.cell.release(task_ids)
+            if self._commits is not None:
+                self._commits.forget(task_ids)
 
     def _release_unwatched(self, task_ids: Sequence[int]) -> None:
         """The TTL of results nobody watched ran out: free them, and forget them in sessions."""
         self._release(task_ids)
         self._sessions.forget(task_ids)
+
+
+def _outcomes(batch: Sequence[tuple[int, shm.TaskInfo | None, bytes | None]]) -> list[Settled]:
+    """Journal records of settled tasks read from the cell."""
+    return [
+        Settled(task_id, int(info.state), outcome, info.finished_at)
+        for task_id, info, outcome in batch
+        if info is not None and info.state in shm.TERMINAL_STATES
+    ]

@@ -171,9 +171,34 @@ class Journal:
             raise
         return journal
 
+    @classmethod
+    def open_existing(cls, state_dir: Path, cell: str) -> Journal | None:
+        """Open `cell`'s journal read-only, to inspect it while its PLM may be writing it;
+        None if there is none. JournalRefused as `open`."""
+        path = journal_path(state_dir)
+        if not path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+        journal = cls(path, conn)
+        try:
+            journal._adopt(cell)
+        except BaseException:
+            conn.close()
+            raise
+        return journal
+
     def close(self) -> None:
         """Close the file (idempotent)."""
         self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self.close()
 
     def _configure(self, durability: Durability) -> None:
         sync = "FULL" if durability is Durability.FSYNC else "NORMAL"

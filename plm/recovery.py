@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from heapd import shm
 from heapd.plm.journal import OPEN, Journal, JournaledTask
@@ -26,6 +27,7 @@ class Recovered:
     open_tasks: int
     settled_tasks: int
     seconds: float
+    owners: dict[str, list[int]] = field(default_factory=dict)  # session -> its open tasks
 
 
 def is_new(cell: shm.Cell) -> bool:
@@ -39,12 +41,16 @@ def rebuild(cell: shm.Cell, journal: Journal) -> Recovered | None:
     started = time.perf_counter()
     if not is_new(cell):
         return None
-    tasks = [_restored(t) for t in journal.tasks()]
+    tasks, owners = [], defaultdict(list)
+    for journaled in journal.tasks():
+        tasks.append(_restored(journaled))
+        if journaled.state == OPEN and journaled.session:
+            owners[journaled.session].append(journaled.task_id)
     if not tasks and journal.task_seq() == 0:
         return None
     restored = cell.restore(tasks, journal.task_seq())
     settled = sum(1 for t in tasks if t.state != shm.TaskState.QUEUED)
-    done = Recovered(restored - settled, settled, time.perf_counter() - started)
+    done = Recovered(restored - settled, settled, time.perf_counter() - started, dict(owners))
     log.warning(
         "cell rebuilt from its journal",
         extra={

@@ -30,16 +30,15 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
     async def SubmitTask(
         self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTaskResponse:
-        session, task = convert.submission_from_proto(request)
-        (task_id,) = self._plm.submit(session, [task])
+        (task_id,) = await self._plm.submit(convert.submission_from_proto(request))
         return convert.submitted_to_proto(task_id)
 
     @status.unary
     async def SubmitTasks(
         self, request: pb.SubmitTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTasksResponse:
-        session, tasks = convert.submissions_from_proto(request)
-        return convert.batch_submitted_to_proto(self._plm.submit(session, tasks))
+        intake = convert.submissions_from_proto(request)
+        return convert.batch_submitted_to_proto(await self._plm.submit(intake))
 
     @status.streaming
     async def SubmitStream(
@@ -48,13 +47,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
         async for request in _until_stopped(self._plm, request_iterator):
-            yield self._submit_one(request)
+            yield await self._submit_one(request)
 
-    def _submit_one(self, request: pb.SubmitTasksRequest) -> pb.SubmitStreamResponse:
+    async def _submit_one(self, request: pb.SubmitTasksRequest) -> pb.SubmitStreamResponse:
         """One request of a SubmitStream: its ids, or its error as a code (a domain error fails
         that request only; anything else is a bug and ends the stream as INTERNAL)."""
         try:
-            ids = self._plm.submit(*convert.submissions_from_proto(request))
+            ids = await self._plm.submit(convert.submissions_from_proto(request))
         except Exception as exc:
             code = status.code_for(exc)
             if code is None:

@@ -39,15 +39,24 @@ class Sessions:
         self._owner: dict[int, str] = {}
         self._queued_in: dict[int, Session] = {}
 
-    def own(self, name: str, task_ids: Iterable[int]) -> None:
-        """Route these tasks' results to session `name`."""
+    def own(self, name: str, task_ids: Iterable[int], *, take_over: bool = False) -> None:
+        """Route these tasks' results to session `name`. A task already routed elsewhere keeps
+        its session unless `take_over` (a client that asked for it by id or by key since: the
+        latest interest wins, as the earlier client has most likely gone)."""
         if not name:
             return
         session = self._sessions.setdefault(name, Session(name))
         for task_id in task_ids:
-            if task_id not in self._owner:
-                self._owner[task_id] = name
-                session.owned += 1
+            previous = self._owner.get(task_id)
+            if previous == name or (previous is not None and not take_over):
+                continue
+            if previous is not None:
+                before = self._sessions.get(previous)
+                if before is not None:
+                    before.owned -= 1
+                    self._drop_if_idle(before)
+            self._owner[task_id] = name
+            session.owned += 1
 
     def settle(self, task_id: int) -> Session | None:
         """Queue a settled task in the session waiting for it and wake its stream; None if

@@ -71,16 +71,17 @@ def start_cell(tmp_path: Path) -> Iterator[StartCell]:
     yield start
     problems: list[str] = []
     for cell in started:
-        if cell.info and shm.Cell.exists(cell.name):
+        if cell.process is not None and cell.info and shm.Cell.exists(cell.name):
             with shm.Cell.attach(cell.name) as handle:
                 problems += [f"{cell.name}: {p}" for p in handle.check()]
         cell.stop()
-        leftovers = marked_processes(cell.name)
+    for name in dict.fromkeys(cell.name for cell in started):  # a cell restarted counts once
+        leftovers = marked_processes(name)
         kill_all(leftovers)
         if leftovers:
-            problems.append(f"{cell.name}: processes left running: {leftovers}")
-        entries = shm_entries(cell.name)
-        shm.Cell.unlink(cell.name)
+            problems.append(f"{name}: processes left running: {leftovers}")
+        entries = shm_entries(name)
+        shm.Cell.unlink(name)
         if entries:
-            problems.append(f"{cell.name}: /dev/shm entries left: {entries}")
+            problems.append(f"{name}: /dev/shm entries left: {entries}")
     assert not problems, "\n".join(problems)

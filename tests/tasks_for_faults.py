@@ -30,6 +30,11 @@ def record(tag: int, seconds: float, path: str) -> tuple[int, int]:
     return tag, worker
 
 
+def record_item(item: tuple[int, float, str]) -> tuple[int, int]:
+    """`record` for `Client.map`, which passes one argument per task."""
+    return record(*item)
+
+
 def kill_own_process(path: str) -> None:
     """Log the attempt, then die by SIGKILL (the pool child, not the worker)."""
     note(path, f"attempt {os.getpid()}")

@@ -21,6 +21,7 @@ from heapd import Client, shm
 from heapd.plm.__main__ import SHUTDOWN_GRACE_S
 from heapd.plm.convert import cancel_on_worker
 from heapd.plm.daemon import Plm
+from heapd.plm.intake import Intake
 from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
@@ -65,7 +66,7 @@ def test_result_of_a_session_without_a_stream_is_released_after_the_ttl(cell: sh
 
     async def main() -> None:
         async with Plm(cell, result_ttl_s=0.2, cancel_call=cancel_on_worker) as plm:
-            [task_id] = plm.submit("died", [shm.NewTask(SPEC.SerializeToString())])
+            [task_id] = await plm.submit(Intake("died", [shm.NewTask(SPEC.SerializeToString())]))
             cell.cancel(task_id, time.time())  # settles it and rings the PLM
             await until(lambda: plm.stats()[1] == 1)  # held for nobody
             await until(lambda: released(cell, task_id))

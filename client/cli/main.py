@@ -44,6 +44,11 @@ def parser() -> argparse.ArgumentParser:
     fsck = sub.add_parser("fsck", help="check a cell's shared memory for consistency")
     fsck.add_argument("--cell", default=os.environ.get("HEAPD_CELL", "default"))
     fsck.add_argument("--repair", action="store_true", help="rebuild derived state after checking")
+    fsck.add_argument(
+        "--state-dir",
+        help="the cell's state directory: its journal is checked against the shared memory"
+        " (default $XDG_STATE_HOME/heapd/CELL or ~/.local/state/heapd/CELL)",
+    )
     bench = sub.add_parser("bench", help="run the benchmark workloads (BENCHMARKS.md)")
     bench.add_argument(
         "--workload",
@@ -137,6 +142,11 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("--priority", default="0", help="integer, or high/medium/low")
     submit.add_argument("--timeout", type=float, help="seconds")
     submit.add_argument("--retries", type=int, default=0)
+    submit.add_argument(
+        "--key",
+        help="idempotency key: a resubmission with a key the cell knows runs nothing new and"
+        " waits for the first task",
+    )
     submit.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
 
@@ -192,7 +202,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             "heapd submit: give the command after --, e.g. heapd submit -- echo hi", file=sys.stderr
         )
         return 2
-    return run.submit(args.address, argv, args.priority, args.timeout, args.retries)
+    return run.submit(args.address, argv, args.priority, args.timeout, args.retries, args.key)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -214,7 +224,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": lambda a: show.status(a.address, a.json),
     "tasks": lambda a: show.tasks(a.address, a.state, a.limit, a.json),
     "cancel": lambda a: run.cancel(a.address, a.task_id),
-    "fsck": lambda a: show.fsck(a.cell, a.repair),
+    "fsck": lambda a: show.fsck(
+        a.cell, a.repair, config.state_dir(a.cell, a.state_dir or "", os.environ)
+    ),
     "bench": _cmd_bench,
 }
 

@@ -12,14 +12,20 @@ from heapd.client import Client
 
 
 def submit(
-    address: str, argv: Sequence[str], priority: int | str, timeout: float | None, retries: int
+    address: str,
+    argv: Sequence[str],
+    priority: int | str,
+    timeout: float | None,
+    retries: int,
+    key: str | None = None,
 ) -> int:
-    """Run a command task, wait with a spinner, print its output, exit with its code."""
+    """Run a command task, wait with a spinner, print its output, exit with its code. With a
+    key the cell already knows, it waits for that first task instead (a safe retry)."""
     console = Console(stderr=True)
     try:
         with Client(address) as client:
             future = client.submit_command(
-                argv, priority=priority, timeout=timeout, retries=retries
+                argv, priority=priority, timeout=timeout, retries=retries, key=key
             )
             with console.status(f"task {future.task_id}: {' '.join(argv)}"):
                 result = future.result()

@@ -7,13 +7,18 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from heapd import errors, shm
 from heapd.client import Client
+from heapd.plm import recovery
+from heapd.plm.journal import Journal, JournalError
 from heapd.status import ClusterStatus
+
+RECHECK_S = 0.5  # fsck looks again at a journal disagreement after this long
 
 
 def status(address: str, as_json: bool) -> int:
@@ -91,8 +96,9 @@ def tasks(address: str, states: Sequence[str], limit: int, as_json: bool) -> int
     return 0
 
 
-def fsck(cell: str, repair: bool) -> int:
-    """Check the cell's shared memory; exit 0 when consistent, 1 with the problems listed."""
+def fsck(cell: str, repair: bool, state_dir: Path | None = None) -> int:
+    """Check the cell's shared memory, and its journal against it when `state_dir` holds one;
+    exit 0 when consistent, 1 with the problems listed."""
     try:
         with shm.Cell.attach(cell) as handle:
             problems = handle.check()
@@ -101,9 +107,12 @@ def fsck(cell: str, repair: bool) -> int:
                 problems_after = handle.check()
             else:
                 problems_after = problems
-    except shm.ShmError as exc:
+            journal_problems = _journal_problems(handle, cell, state_dir)
+    except (shm.ShmError, JournalError) as exc:
         print(f"heapd fsck: {exc}", file=sys.stderr)
         return 2
+    problems += journal_problems
+    problems_after += journal_problems
     for problem in problems:
         print(f"problem: {problem}")
     if repair and problems:
@@ -116,3 +125,19 @@ def fsck(cell: str, repair: bool) -> int:
     if not problems:
         print(f"cell {cell!r}: consistent")
     return 0 if not problems else 1
+
+
+def _journal_problems(handle: shm.Cell, cell: str, state_dir: Path | None) -> list[str]:
+    """The journal checked against the shared memory ([] without a journal). A running PLM
+    records a settled task a moment after it settles: a disagreement is looked at twice."""
+    if state_dir is None:
+        return []
+    journal = Journal.open_existing(state_dir, cell)
+    if journal is None:
+        return []
+    with journal:
+        problems = recovery.check(handle, journal)
+        if problems:
+            time.sleep(RECHECK_S)
+            problems = recovery.check(handle, journal)
+    return problems

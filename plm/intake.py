@@ -1,0 +1,19 @@
+"""What one submit request asks of the PLM, as plain values (built by `heapd.plm.convert`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from heapd import shm
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """New tasks (with their idempotency keys, "" = none), results the session acknowledges,
+    and earlier tasks whose results the session wants delivered (adopted by id)."""
+
+    session: str
+    tasks: list[shm.NewTask] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+    adopt: list[int] = field(default_factory=list)
