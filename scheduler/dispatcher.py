@@ -185,4 +185,8 @@ class Dispatcher:
     async def _requeue(self, lost: list[shm.Dispatch], worker_lost: bool) -> None:
         await asyncio.sleep(REQUEUE_DELAY_S)
         refs = [(d.task_id, d.attempt) for d in lost]
-        self.requeued += self._cell.requeue(refs, time.time(), worker_lost=worker_lost)
+        count = self._cell.requeue(refs, time.time(), worker_lost=worker_lost)
+        self.requeued += count
+        if count:
+            fields = {"tasks": count, "worker_lost": worker_lost}
+            log.info("requeued tasks of a broken assign stream", extra={"fields": fields})

@@ -7,15 +7,38 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from heapd import AsyncClient, Client, CommandResult, InvalidArgument
 from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from heapd.worker.builtins import cpu
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
-from tests.helpers import MARK, marked_processes, shm_entries
+from tests.helpers import (
+    MARK,
+    assert_eventually,
+    is_running,
+    json_lines,
+    log_events,
+    marked_processes,
+    parent_of,
+    release_gate,
+    shm_entries,
+)
+
+# One task per slot (strict dispatch): which task a worker holds, and in what order queued
+# tasks start, is then exact.
+ONE_TASK_PER_SLOT = ("--prefetch-per-slot", "1")
+
+
+def gated_command(gate: Path) -> list[str]:
+    """A command task that runs until `release_gate(gate)` (gate: a FIFO)."""
+    return ["sh", "-c", f"read line < {gate}"]
 
 
 def test_thousand_mixed_tasks_on_three_workers(start_cell: StartCell) -> None:
@@ -35,27 +58,36 @@ def test_thousand_mixed_tasks_on_three_workers(start_cell: StartCell) -> None:
         outputs = client.gather(commands, timeout=60)
         assert [r.stdout for r in outputs] == [f"{i}\n".encode() for i in range(25)]
         assert all(r.returncode == 0 for r in outputs)
-        client.gather(sleeps, timeout=60)
-        client.gather(cpus, timeout=60)
+        assert client.gather(sleeps, timeout=60) == [0.01] * 20
+        assert client.gather(cpus, timeout=60) == [cpu(steps=3, size=32)] * 5  # deterministic
         status = client.cluster_status()
     assert len(status.workers) == 3
     assert sum(w.tasks_done for w in status.workers) == 1000
     assert all(w.tasks_done > 0 for w in status.workers), "every worker took work"
 
 
-def test_late_high_priority_tasks_overtake_queued_low_ones(start_cell: StartCell) -> None:
-    cell = start_cell(workers=1, slots=2, extra_args=("--prefetch-per-slot", "1"))
+def test_late_high_priority_tasks_overtake_queued_low_ones(
+    start_cell: StartCell, tmp_path: Path
+) -> None:
+    """While the only slot is busy, 10 low-priority tasks queue, then 4 high-priority ones:
+    once the slot is free the high ones run first, then the low ones, each in submission order
+    (BENCHMARKS.md W7: no low task starts after a high one was queued)."""
+    cell = start_cell(workers=1, slots=1, extra_args=ONE_TASK_PER_SLOT)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     with Client(cell.address) as client:
-        low = [client.submit(t.sleep_and_tag, f"low{i}", 0.1, priority="low") for i in range(12)]
-        high = [client.submit(t.sleep_and_tag, f"high{i}", 0.1, priority="high") for i in range(4)]
-        finished = {tag: when for tag, when in client.gather(low + high, timeout=60)}
-    last_high = max(finished[f"high{i}"] for i in range(4))
-    low_after = [i for i in range(12) if finished[f"low{i}"] > last_high]
-    # Only the tasks already running when the high ones arrived (at most the 2 slots, plus 2
-    # dispatched in the same round) may finish before them.
-    assert len(low_after) >= 8, (
-        f"high-priority tasks did not overtake: {sorted(finished, key=finished.get)}"
-    )
+        busy = client.submit_command(gated_command(gate))
+        assert_eventually(lambda: client.get_task(busy.task_id).state == "RUNNING")
+        low = [client.submit(t.sleep_and_tag, f"low{i}", 0.01, priority="low") for i in range(10)]
+        high = [client.submit(t.sleep_and_tag, f"high{i}", 0.01, priority="high") for i in range(4)]
+        assert client.cluster_status().queued == 14, "all wait behind the busy slot"
+        assert_eventually(lambda: release_gate(gate))
+        assert busy.result(timeout=30) == CommandResult(0, b"", b"")
+        finished = dict(client.gather(low + high, timeout=60))
+    # One slot: the tasks ran one after the other, so their end times give their order.
+    assert sorted(finished, key=finished.__getitem__) == [f"high{i}" for i in range(4)] + [
+        f"low{i}" for i in range(10)
+    ]
 
 
 def test_command_exit_code_and_output(start_cell: StartCell) -> None:
@@ -122,20 +154,31 @@ def test_async_client_end_to_end(start_cell: StartCell) -> None:
     asyncio.run(run())
 
 
-def test_a_delivered_result_waits_for_a_reconnecting_client(start_cell: StartCell) -> None:
+def test_a_delivered_result_waits_for_its_acknowledgement(start_cell: StartCell) -> None:
     """Written to the stream is not yet received (the connection may break under it): the PLM
-    keeps a delivered result for a while, and a client naming the task again gets it again."""
+    keeps a delivered result until the client acknowledges it, and a client naming the task
+    again gets it again; once acknowledged it is released."""
     cell = start_cell(workers=1, slots=1)
-    with Client(cell.address) as client:
-        future = client.submit(t.square, 4)
-        assert future.result(timeout=30) == 16
-    with grpc.insecure_channel(cell.address) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        request = task_service_pb2.WatchTasksRequest(session="again", task_ids=[future.task_id])
-        stream = stub.WatchTasks(request, timeout=10)
+    spec = task_pb2.TaskSpec(builtin=task_pb2.BuiltinCall(name="sleep", params={"seconds": 0}))
+    submission = task_service_pb2.TaskSubmission(spec=spec)
+
+    def first_result(stub: Any, session: str, task_ids: list[int]) -> tuple[int, int]:
+        request = task_service_pb2.WatchTasksRequest(session=session, task_ids=task_ids)
+        stream = stub.WatchTasks(request, timeout=30)
         reply = next(stream)
         stream.cancel()
-    assert [(r.task_id, r.state) for r in reply.results] == [(future.task_id, task_pb2.SUCCEEDED)]
+        (result,) = reply.results
+        return result.task_id, result.state
+
+    with grpc.insecure_channel(cell.address) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        request = task_service_pb2.SubmitTasksRequest(tasks=[submission], session="first")
+        (task_id,) = stub.SubmitTasks(request, timeout=30).task_ids
+        assert first_result(stub, "first", []) == (task_id, task_pb2.SUCCEEDED)
+        assert first_result(stub, "again", [task_id]) == (task_id, task_pb2.SUCCEEDED)
+        ack = task_service_pb2.SubmitTasksRequest(session="again", acks=[task_id])
+        assert list(stub.SubmitTasks(ack, timeout=30).task_ids) == []
+        assert first_result(stub, "third", [task_id]) == (task_id, task_pb2.TASK_STATE_UNSPECIFIED)
 
 
 def test_two_cells_on_one_host_do_not_interfere(start_cell: StartCell) -> None:
@@ -175,18 +218,39 @@ def test_sigterm_to_heapd_up_leaves_nothing(start_cell: StartCell) -> None:
     assert complaints == []
 
 
-def test_env_marker_reaches_roles(start_cell: StartCell) -> None:
-    """The leftover-process check of the fixture relies on the marker reaching every role."""
-    cell = start_cell(workers=1, slots=1)
-    assert len(marked_processes(cell.name)) >= 5  # supervisor, 3 roles, worker (+ its children)
+def test_env_marker_reaches_every_process_of_the_cell(start_cell: StartCell) -> None:
+    """The leftover-process check of the fixture relies on the marker reaching every process
+    of the cell: the supervisor, the 3 roles, the workers, and each worker's children (one pool
+    child per slot, and the resource tracker multiprocessing starts with the first of them)."""
+    workers, slots = 2, 2
+    cell = start_cell(workers=workers, slots=slots)
+    roles = cell.info["pids"]
+    worker_pids = {roles[f"worker-{i}"] for i in range(workers)}
+    assert set(roles) == {"plm", "scheduler", "register"} | {f"worker-{i}" for i in range(workers)}
+    marked = set(marked_processes(cell.name))
+    children = {pid: parent_of(pid) for pid in marked - {cell.info["pid"], *roles.values()}}
+    assert {cell.info["pid"], *roles.values()} <= marked
+    assert set(children.values()) == worker_pids, "every other marked process is a worker's"
+
+    def kinds(worker: int) -> list[str]:
+        argv = [
+            Path(f"/proc/{pid}/cmdline").read_bytes() for pid, p in children.items() if p == worker
+        ]
+        return sorted("tracker" if b"resource_tracker" in a else "pool" for a in argv)
+
+    assert [kinds(w) for w in sorted(worker_pids)] == [["pool"] * slots + ["tracker"]] * workers
+    assert len(marked) == 1 + len(roles) + workers * (slots + 1)
     assert os.environ.get(MARK) is None
 
 
 def test_retries_with_backoff_then_success_or_exhaustion(start_cell: StartCell, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cell = start_cell(workers=1, slots=1)
     with Client(cell.address) as client:
+        submitted = time.monotonic()
         ok = client.submit(t.flaky, str(tmp_path / "a"), 2, retries=2)
         assert ok.result(timeout=30) == 3, "third attempt succeeds after two backoffs"
+        # README: a retry waits 0.1 s x 2^(attempt-1), never less: 0.1 s, then 0.2 s.
+        assert time.monotonic() - submitted >= 0.1 + 0.2
         exhausted = client.submit(t.flaky, str(tmp_path / "b"), 5, retries=1)
         with pytest.raises(ConnectionError, match="transient failure 2") as info:
             exhausted.result(timeout=30)
@@ -201,13 +265,49 @@ def test_retries_with_backoff_then_success_or_exhaustion(start_cell: StartCell, 
     assert status.succeeded_total == 1 and status.failed_total == 2
 
 
-def test_sigterm_drains_a_worker_without_losing_its_tasks(start_cell: StartCell) -> None:
-    cell = start_cell(workers=2, slots=1)
+def test_sigterm_drains_a_worker_without_losing_its_tasks(
+    start_cell: StartCell, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM to a worker drains it (README): it is taken off the worker heap at once and
+    takes no new task, the task it runs finishes there and reports, then it deregisters holding
+    nothing and exits 0. Its task waits on a FIFO, so it surely runs when the signal comes."""
+    cell = start_cell(workers=2, slots=1, extra_args=ONE_TASK_PER_SLOT)
+    assert cell.log_dir is not None
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     with Client(cell.address) as client:
-        futures = [client.submit(t.sleep_and_tag, f"s{i}", 0.2) for i in range(10)]
-        workers = client.cluster_status().workers
-        os.kill(workers[0].pid, signal.SIGTERM)  # drain: finish running tasks, take no more
-        tags = [tag for tag, _ in client.gather(futures, timeout=60)]
-        assert tags == [f"s{i}" for i in range(10)]
-        states = {w.worker_id: w.state for w in client.cluster_status().workers}
-    assert workers[0].worker_id not in states or states[workers[0].worker_id] != "ALIVE"
+        held = client.submit_command(gated_command(gate))
+        assert_eventually(lambda: client.get_task(held.task_id).state == "RUNNING")
+        victim_id = client.get_task(held.task_id).worker_id
+        [victim] = [w for w in client.cluster_status().workers if w.worker_id == victim_id]
+        [other] = [w for w in client.cluster_status().workers if w.worker_id != victim_id]
+
+        def state() -> str:
+            [w] = [w for w in client.cluster_status().workers if w.worker_id == victim_id]
+            return str(w.state)
+
+        os.kill(victim.pid, signal.SIGTERM)
+        assert_eventually(lambda: state() == "DRAINING")
+        more = [client.submit(t.whoami) for _ in range(10)]
+        assert set(client.gather(more, timeout=60)) == {other.pid}, "it takes no new task"
+        assert client.get_task(held.task_id).state == "RUNNING", "it waits for its running task"
+        assert is_running(victim.pid) and state() == "DRAINING"
+        assert_eventually(lambda: release_gate(gate))
+        assert held.result(timeout=30) == CommandResult(0, b"", b""), "it finished there"
+        assert_eventually(lambda: not is_running(victim.pid), timeout_s=30)
+        workers = {w.worker_id for w in client.cluster_status().workers}
+    assert victim_id not in workers, "it deregistered: its slot is free"
+    left = log_events(cell.log_dir, "register.log", "worker left")
+    assert [(e["worker_id"], e["requeued"], e["failed"]) for e in left] == [(victim_id, 0, 0)]
+    dead = log_events(cell.log_dir, "register.log", "worker dead")
+    assert [e for e in dead if e["worker_id"] == victim_id] == [], "it did not die"
+    # Its exit code, as the supervisor (`heapd up`, whose log is on stderr) saw it.
+    [name] = [name for name, pid in cell.info["pids"].items() if pid == victim.pid]
+    err: list[str] = []
+
+    def exits() -> list[int]:
+        err.append(capfd.readouterr().err)
+        found = json_lines("".join(err))
+        return [e["returncode"] for e in found if e.get("child") == name and "returncode" in e]
+
+    assert assert_eventually(exits) == [0]

@@ -173,8 +173,12 @@ def test_a_command_that_cannot_start_fails_as_an_exception() -> None:
 # -- builtins ------------------------------------------------------------------------------------
 
 
-def test_builtin_sleep_returns_the_seconds() -> None:
-    assert value_of(client_convert.builtin_spec("sleep", {"seconds": 0.01})) == 0.01
+def test_builtin_sleep_sleeps_and_returns_the_seconds() -> None:
+    verdict = execute(client_convert.builtin_spec("sleep", {"seconds": 0.01}).SerializeToString())
+    outcome = client_convert.outcome_from_bytes(verdict.outcome)
+    assert verdict.succeeded and outcome is not None and isinstance(outcome.result, bytes)
+    assert pickle.loads(outcome.result) == 0.01
+    assert outcome.finished_at - outcome.started_at >= 0.01, "it slept (never less)"
 
 
 def test_builtin_cpu_trains_and_infers_deterministically() -> None:

@@ -11,7 +11,6 @@ Detection and recovery times are printed (`pytest -s` shows them) as `fault-timi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -31,24 +30,33 @@ from heapd.register.beats import Beat, Registration
 from heapd.register.convert import TaskOutcomes
 from heapd.register.daemon import Register
 from heapd.runtime.launch import LocalCell
-from heapd.runtime.supervisor import STABLE_S, CellPlan, Child, Supervisor
+from heapd.runtime.supervisor import RESTART_BACKOFF_S, STABLE_S, CellPlan, Child, Supervisor
 from tests import tasks_for_faults as f
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
 from tests.helpers import (
     MARK,
     assert_eventually,
+    eventually,
     is_running,
+    is_stopped,
     kill_all,
+    log_events,
     marked_processes,
     role_pids,
 )
 
 HEARTBEAT_INTERVAL_S = 0.25
 MISSED_HEARTBEATS = 4
+# One task per slot (strict dispatch): a worker holds exactly the task it runs, so how many
+# tasks a dead worker held is known, not a guess about prefetch.
+ONE_TASK_PER_SLOT = ("--prefetch-per-slot", "1")
 
 
 # --- helpers
+
+
+SCHEDULER_REQUEUED = "requeued tasks of a broken assign stream"
 
 
 def timing(what: str, seconds: float) -> None:
@@ -63,31 +71,16 @@ def worker_with_pid(client: Client, pid: int) -> list[Any]:
     return [w for w in client.cluster_status().workers if w.pid == pid]
 
 
-def log_events(cell: LocalCell, role_log: str, msg: str) -> list[dict[str, Any]]:
-    """The JSON log lines with this message from a role's log (all its restarts)."""
-    assert cell.log_dir is not None
-    events = []
-    for path in sorted(cell.log_dir.glob(role_log)):
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("msg") == msg:
-                events.append(entry)
-    return events
-
-
 def death_of(cell: LocalCell, worker_id: int) -> dict[str, Any]:
     """The register's "worker dead" record for this worker (waits for it to be written)."""
+    assert cell.log_dir is not None
+    log_dir = cell.log_dir
 
-    def find() -> dict[str, Any] | None:
-        found = log_events(cell, "register.log", "worker dead")
-        found = [e for e in found if e.get("worker_id") == worker_id]
-        return found[0] if found else None
+    def find() -> list[dict[str, Any]]:
+        found = log_events(log_dir, "register.log", "worker dead")
+        return [e for e in found if e.get("worker_id") == worker_id]
 
-    event = assert_eventually(find, timeout_s=10)
-    assert event is not None
+    [event] = assert_eventually(find, timeout_s=10)
     return event
 
 
@@ -101,10 +94,34 @@ def read_lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def lines_of(path: Path, pid: int) -> list[list[str]]:
+    """The journal's start/end lines written by tasks running on the worker `pid`."""
+    return [line for line in read_lines(path) if len(line) >= 3 and line[2] == str(pid)]
+
+
 def running_on(path: Path, pid: int) -> bool:
     """Whether the journal's last event from this worker is a task's start."""
-    mine = [line for line in read_lines(path) if len(line) >= 3 and line[2] == str(pid)]
+    mine = lines_of(path, pid)
     return bool(mine) and mine[-1][0] == "start"
+
+
+def stop_mid_task(journal: Path, pid: int) -> tuple[int, float]:
+    """SIGSTOP the worker `pid` while its child runs a task (f.record) it has not ended; return
+    (that task's tag, when the stop was sent). Checked once the stop has taken effect: the
+    task had not ended then, so the worker cannot have reported its result, and holds it."""
+
+    def stopped_mid_task() -> tuple[int, float]:
+        assert_eventually(lambda: running_on(journal, pid), interval_s=0.002)
+        stopped_at = time.time()
+        os.kill(pid, signal.SIGSTOP)
+        assert_eventually(lambda: is_stopped(pid), timeout_s=5)
+        word, tag, *_ = lines_of(journal, pid)[-1]
+        if word != "start":
+            os.kill(pid, signal.SIGCONT)
+            raise AssertionError("the task ended just before the stop")  # try the next one
+        return int(tag), stopped_at
+
+    return assert_eventually(stopped_mid_task, timeout_s=30)
 
 
 def single_pid(path: Path) -> int:
@@ -121,67 +138,71 @@ def test_w4_sigkill_one_of_four_workers_loses_nothing(
     start_cell: StartCell, tmp_path: Path
 ) -> None:
     """BENCHMARKS.md W4, shortened (0.05 s tasks instead of 0.2 s): SIGKILL one of 4 workers x 1
-    slot at t = 1.0 s. Every result arrives; the tasks it held complete on other workers."""
+    slot mid-run, in the middle of a task. Every result arrives, exactly the task it held is
+    requeued, and that task completes on another worker.
+
+    The victim is stopped (SIGSTOP) just before the kill, once its child is seen running a task
+    it has not ended: with one task per slot that task is then surely the only one it holds.
+    The long heartbeat deadline keeps the short stop from counting as silence, so only the
+    stream break may declare it dead."""
     n, seconds = 200, 0.05
-    cell = start_cell(workers=4, slots=1)
+    extra = (*ONE_TASK_PER_SLOT, "--missed-heartbeats", "40")  # deadline 20 s
+    cell = start_cell(workers=4, slots=1, extra_args=extra)
     journal = tmp_path / "w4.log"
     with Client(cell.address) as client, shm.Cell.attach(cell.name) as handle:
         workers = alive_workers(client)
         assert len(workers) == 4
         victim = workers[0]
-        start = time.monotonic()
         futures = client.map(partial(f.record, seconds=seconds, path=str(journal)), range(n))
-        time.sleep(max(0.0, start + 1.0 - time.monotonic()))  # place the kill mid-run
-        # ...and mid-task: the victim has started a task it has not ended (a 50 ms window).
-        assert_eventually(lambda: running_on(journal, victim.pid), interval_s=0.002)
-        held = {
+        # Mid-run (W4 kills at a fifth of its run): a quarter of the results are in.
+        assert_eventually(lambda: sum(fut.done() for fut in futures) >= n // 4, timeout_s=60)
+        running, _ = stop_mid_task(journal, victim.pid)
+        held = [
             info.task_id
             for info in handle.list_tasks(shm.ACTIVE_STATES, limit=n)
             if info.worker_id == victim.worker_id
-        }
+        ]
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
         results = client.gather(futures, timeout=60)
         done_at = time.time()
         final = client.cluster_status()
+        requeued_total = handle.stats().requeued_total
 
     assert [tag for tag, _ in results] == list(range(n)), "0 lost: every result arrived"
+    tag_of = {future.task_id: tag for tag, future in enumerate(futures)}
+    assert [tag_of[task_id] for task_id in held] == [running], "it held just its running task"
+    by_tag = dict(results)
+    assert by_tag[running] != victim.pid, "the task it was running completed elsewhere"
     runs = read_lines(journal)
     starts = Counter(int(tag) for word, tag, *_ in runs if word == "start")
-    ended_on_victim = {
-        int(tag) for word, tag, pid, *_ in runs if word == "end" and int(pid) == victim.pid
-    }
-    started_on_victim = {
-        int(tag) for word, tag, pid, *_ in runs if word == "start" and int(pid) == victim.pid
-    }
     assert set(starts) == set(range(n))
-    duplicates = sum(count - 1 for count in starts.values())
+    duplicates = {tag: count for tag, count in starts.items() if count > 1}
+    assert duplicates == {running: 2}, "only the requeued task ran twice"
+    on_victim = {int(tag) for word, tag, pid, *_ in runs if int(pid) == victim.pid}
+    assert {tag for tag, pid in results if pid == victim.pid} == on_victim - {running}, (
+        "every other task that ran on the victim was settled by the victim's result"
+    )
 
-    by_tag = {tag: pid for tag, pid in results}
-    tag_of = {future.task_id: tag for tag, future in enumerate(futures)}
-    held_tags = {tag_of[task_id] for task_id in held if task_id in tag_of}
-    assert held_tags, "the victim held tasks when it was killed"
-    unfinished = held_tags - ended_on_victim
-    assert unfinished, "the kill interrupted work on the victim"
-    moved = {tag for tag in unfinished if by_tag[tag] != victim.pid}
-    assert moved == unfinished, "every task the victim had not finished completed elsewhere"
-    interrupted = started_on_victim - ended_on_victim
-    assert len(interrupted) <= 1, "one slot: at most one task was running on the victim"
-    assert all(by_tag[tag] != victim.pid for tag in interrupted)
-
-    dead = [w for w in final.workers if w.worker_id == victim.worker_id]
-    assert dead and dead[0].state == "DEAD"
+    assert [w.state for w in final.workers if w.worker_id == victim.worker_id] == ["DEAD"]
     death = death_of(cell, victim.worker_id)
     assert death["reason"] == "heartbeat stream broke"
-    assert death["requeued"] >= 1
+    # Whichever notices first takes the held task back, once: the register burying the worker,
+    # or the scheduler when its assign stream to the worker breaks.
+    by_scheduler = log_events(cell.log_dir, "scheduler.log", SCHEDULER_REQUEUED)
+    requeued = death["requeued"] + sum(event["tasks"] for event in by_scheduler)
+    assert requeued == 1, "the one task the victim held went back to the queue once"
+    assert requeued_total == 1, "nothing else was requeued"
     timing("W4 SIGKILL worker -> DEAD (stream break)", death["ts"] - killed_at)
     timing("W4 SIGKILL worker -> all results in", done_at - killed_at)
     moved_done = max(
         float(end) for word, tag, pid, end in (r for r in runs if r[0] == "end")
-        if int(tag) in moved and int(pid) != victim.pid
+        if int(tag) == running and int(pid) != victim.pid
     )  # fmt: skip
     timing("W4 SIGKILL worker -> its last moved task done", moved_done - killed_at)
-    print(f"fault-timing W4 moved={len(moved)} duplicates={duplicates} lost=0")
+    print(f"fault-timing W4 moved=1 duplicates={len(duplicates)} lost=0")
+    # README: a dead worker's stream break is noticed at once (~30 ms measured; the deadline
+    # here would take 20 s). 0.5 s absorbs a loaded machine.
     assert death["ts"] - killed_at < 0.5, "a dead worker is noticed at once (stream break)"
 
 
@@ -189,28 +210,27 @@ def test_w4_sigkill_one_of_four_workers_loses_nothing(
 def test_sigstop_worker_is_dead_by_deadline_and_reregisters(
     start_cell: StartCell, tmp_path: Path
 ) -> None:
-    """A hung worker is DEAD after k x interval; its tasks run elsewhere; once resumed, its late
-    results are refused and it registers again under a new id."""
+    """A hung worker is DEAD after k x interval of silence; the task it held runs elsewhere;
+    once resumed, its late result is refused and it registers again under a new id."""
     deadline_s = HEARTBEAT_INTERVAL_S * MISSED_HEARTBEATS
     liveness = (
         "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S),
         "--missed-heartbeats", str(MISSED_HEARTBEATS),
     )  # fmt: skip
-    cell = start_cell(workers=2, slots=1, extra_args=liveness)
+    cell = start_cell(workers=2, slots=1, extra_args=(*liveness, *ONE_TASK_PER_SLOT))
+    assert cell.log_dir is not None
     journal = tmp_path / "stop.log"
     with Client(cell.address) as client:
         victim, other = alive_workers(client)
         futures = client.map(partial(f.record, seconds=0.1, path=str(journal)), range(30))
-        assert_eventually(
-            lambda: any(r[0] == "start" and int(r[2]) == victim.pid for r in read_lines(journal))
-        )
-        stopped_at = time.time()
-        os.kill(victim.pid, signal.SIGSTOP)
+        running, stopped_at = stop_mid_task(journal, victim.pid)
+
+        def dead_record() -> Any:
+            found = [w for w in worker_with_pid(client, victim.pid) if w.state == "DEAD"]
+            return found[0] if found else None
+
         try:
-            assert_eventually(
-                lambda: worker_with_pid(client, victim.pid)[0].state == "DEAD",
-                timeout_s=deadline_s + 3,
-            )
+            dead = assert_eventually(dead_record, timeout_s=deadline_s + 5)
             results = client.gather(futures, timeout=30)  # all done while the victim is stopped
         finally:
             resumed_at = time.time()
@@ -231,15 +251,18 @@ def test_sigstop_worker_is_dead_by_deadline_and_reregisters(
         more = [client.submit(f.record, 100 + i, 0.2, str(journal)) for i in range(4)]
         assert {pid for _, pid in client.gather(more, timeout=30)} == {victim.pid, other.pid}
 
+    assert dead.worker_id == victim.worker_id
     death = death_of(cell, victim.worker_id)
     assert death["reason"] == "heartbeat deadline passed"
-    assert death["requeued"] >= 1, "the tasks it held went back to the queue"
-    detected_s = death["ts"] - stopped_at
-    timing(f"SIGSTOP worker -> DEAD (deadline {deadline_s:g} s)", detected_s)
-    assert detected_s <= deadline_s + 0.5
-    # The victim's children ran on while it was stopped; what they finished came back late and
-    # was dropped: every task not finished on the victim before the stop was settled by the
-    # other worker's result.
+    assert death["requeued"] == 1, "the one task it held went back to the queue"
+    silent_s = death["ts"] - dead.last_heartbeat
+    timing(f"SIGSTOP worker -> DEAD (deadline {deadline_s:g} s)", death["ts"] - stopped_at)
+    # README: DEAD after missed_heartbeats x interval without a heartbeat: never sooner (10 ms
+    # of slack for the log's rounded time and the wall clock against the loop's), and later only
+    # by the register's timer running late, which 0.5 s covers on a loaded machine.
+    assert deadline_s - 0.01 <= silent_s <= deadline_s + 0.5
+    # The victim's child ran on while it was stopped: the task it held finished there late and
+    # that result was dropped; every task the victim settled had ended before the stop.
     ended = [
         r
         for r in read_lines(journal)
@@ -247,19 +270,22 @@ def test_sigstop_worker_is_dead_by_deadline_and_reregisters(
     ]
     ended_late = {int(r[1]) for r in ended if float(r[3]) > stopped_at}
     ended_before = {int(r[1]) for r in ended if float(r[3]) <= stopped_at}
-    assert ended_late, "the stopped worker's children finished tasks while it was stopped"
-    for tag, pid in results:
-        assert pid == other.pid or tag in ended_before, f"task {tag}: a late result was taken"
+    assert ended_late == {running}, "the stopped worker's child finished its task meanwhile"
+    assert {tag for tag, pid in results if pid == victim.pid} == ended_before, "no late result"
+    assert dict(results)[running] == other.pid
     fenced = log_events(
-        cell, "worker-*.log", "fenced out by the register; cancelling and re-registering"
+        cell.log_dir, "worker-*.log", "fenced out by the register; cancelling and re-registering"
     )
-    assert [e for e in fenced if e["ts"] >= resumed_at - 0.01], "the late heartbeat was refused"
+    # Once, after the resume (10 ms of slack for the log's rounded time).
+    assert [e["ts"] >= resumed_at - 0.01 for e in fenced] == [True], "its late beat was refused"
     with shm.Cell.attach(cell.name) as handle:
-        stale = handle.stats().stale_total
-    logged = log_events(cell, "register.log", "late results of a fenced worker dropped")
+        stats = handle.stats()
+    assert stats.requeued_total == 1, "nothing else was requeued"
+    logged = log_events(cell.log_dir, "register.log", "late results of a fenced worker dropped")
     print(
         f"fault-timing SIGSTOP late results: {len(ended_late)} finished on the stopped worker, "
-        f"{sum(e['dropped'] for e in logged)} refused by the register, cell stale_total={stale}"
+        f"{sum(e['dropped'] for e in logged)} refused by the register, "
+        f"cell stale_total={stats.stale_total}"
     )
 
 
@@ -281,15 +307,20 @@ def test_sigkill_control_role_mid_run_loses_nothing(start_cell: StartCell, role:
         killed_at = time.clock_gettime(time.CLOCK_BOOTTIME)
         os.kill(old_pid, signal.SIGKILL)
         second = client.map(t.square, range(n // 2, n))
-        results = client.gather(first + second, timeout=20)
+        results = client.gather(first + second, timeout=60)
         done_s = time.clock_gettime(time.CLOCK_BOOTTIME) - killed_at
-        new_pids = assert_eventually(lambda: role_pids(cell.name, role), timeout_s=10)
+        new_pids = role_pids(cell.name, role)
         status = client.cluster_status()
     assert results == [i * i for i in range(n)]
     assert len(new_pids) == 1 and new_pids[0] != old_pid, f"the supervisor restarted the {role}"
     assert len([w for w in status.workers if w.state == "ALIVE"]) == 2
-    timing(f"SIGKILL {role} -> restarted process started", started_at(new_pids[0]) - killed_at)
+    restart_s = started_at(new_pids[0]) - killed_at
+    timing(f"SIGKILL {role} -> restarted process started", restart_s)
     timing(f"SIGKILL {role} -> all {n} results in", done_s)
+    # README: a dead role is restarted in ~0.1 s, after the first backoff step and never
+    # sooner (10 ms of slack: /proc start times are in 10 ms ticks, rounded down); within 1 s
+    # on a loaded machine.
+    assert RESTART_BACKOFF_S[0] - 0.01 <= restart_s < 1.0
 
 
 @pytest.mark.timeout(60)
@@ -309,8 +340,9 @@ def test_dispatch_left_by_a_killed_scheduler_is_not_stranded(start_cell: StartCe
         finally:
             os.kill(scheduler, signal.SIGKILL)
         assert [d.task_id for d in dispatched] == [future.task_id]
-        assert_eventually(lambda: role_pids(cell.name, "scheduler"), timeout_s=10)
-        assert future.result(timeout=5) == 9
+        assert_eventually(lambda: role_pids(cell.name, "scheduler") not in ([], [scheduler]))
+        # Not a time bound: left stranded, the task would never finish.
+        assert future.result(timeout=30) == 9
 
 
 def test_restarted_register_grants_leases_again(cell_name: str) -> None:
@@ -324,10 +356,6 @@ def test_restarted_register_grants_leases_again(cell_name: str) -> None:
             cell, interval_s=0.5, deadline_s=30.0, outcomes=TaskOutcomes(), lease_grace_s=0.05
         )
 
-    async def settled(cell: shm.Cell, task_id: int) -> None:
-        while cell.get(task_id).state not in shm.TERMINAL_STATES:
-            await asyncio.sleep(0.01)
-
     async def scenario(cell: shm.Cell) -> None:
         first = register(cell)
         first.start()
@@ -337,10 +365,15 @@ def test_restarted_register_grants_leases_again(cell_name: str) -> None:
         first.beat(Beat(worker.worker_id, worker.epoch, [(task_id, d.attempt)], []))
         first.close()  # the register dies, and its timers with it
         second = register(cell)
+        restarted_at = time.time()
         second.start()
         try:
-            await asyncio.wait_for(settled(cell, task_id), timeout=10)
-            assert cell.get(task_id).state == shm.TaskState.FAILED
+            await eventually(lambda: cell.get(task_id).state in shm.TERMINAL_STATES)
+            settled = cell.get(task_id)
+            assert settled.state == shm.TaskState.FAILED
+            # A full lease from the restart (timeout + grace), never less: a lease may end
+            # late, never early (5 ms of slack for the wall clock against the loop's).
+            assert settled.finished_at - restarted_at >= 0.1 + 0.05 - 0.005
             assert second.take_cancels(worker.worker_id) == [(task_id, d.attempt)]
             assert cell.check() == []
         finally:
@@ -413,10 +446,18 @@ def test_a_task_that_kills_its_worker_every_time_fails_after_its_losses(
             future.result(timeout=60)
         attempts = read_lines(journal)
         assert len(attempts) == shm.MAX_WORKER_LOSSES + 1, "retried after each loss, then failed"
+        assert len({pid for _, pid in attempts}) == len(attempts), "each killed another worker"
         assert client.submit(t.square, 9).result(timeout=30) == 81, "the cell carries on"
         assert_eventually(lambda: len(alive_workers(client)) == 2, timeout_s=30)
         final = client.cluster_status()
     assert final.failed_total == 1 and final.succeeded_total == 1
+    assert cell.log_dir is not None
+    given_up = log_events(
+        cell.log_dir, "register.log", "tasks failed after losing their worker too often"
+    )
+    assert [(e["task_ids"], e["losses"]) for e in given_up] == [
+        ([future.task_id], shm.MAX_WORKER_LOSSES + 1)
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -426,15 +467,20 @@ def test_timeout_kills_the_whole_process_group(start_cell: StartCell, tmp_path: 
     with Client(cell.address) as client:
         submitted = time.monotonic()
         future = client.submit(f.hang_with_grandchild, str(journal), timeout=1.0)
-        with pytest.raises(TaskTimeout, match="timeout of 1 s"):
+        # The worker's own kill, not the register's lease backstop (another message).
+        with pytest.raises(TaskTimeout, match="task exceeded its timeout of 1 s and was killed"):
             future.result(timeout=30)
         reported_s = time.monotonic() - submitted
         ((child, grandchild),) = [(int(a), int(b)) for a, b in read_lines(journal)]
-        assert_eventually(lambda: not is_running(grandchild), timeout_s=1.0)
+        # The group was SIGKILLed before the timeout was reported: both are gone at once; 2 s
+        # only absorbs scheduling on a loaded machine.
+        assert_eventually(lambda: not is_running(grandchild), timeout_s=2.0)
         assert not is_running(child)
         assert client.submit(t.square, 4).result(timeout=30) == 16, "the slot was replaced"
     timing("timeout 1 s -> TaskTimeout at the client", reported_s)
-    assert reported_s < 1.0 + 2.0
+    # README: the worker kills the task at its timeout, never before; the result then reaches
+    # the client at once (~30 ms measured), 2 s absorbs dispatch and delivery on a loaded machine.
+    assert 1.0 <= reported_s < 1.0 + 2.0
 
 
 @pytest.mark.timeout(60)
@@ -447,15 +493,17 @@ def test_cancel_running_task_kills_its_process(start_cell: StartCell, tmp_path: 
         pid_a = assert_eventually(lambda: single_pid(by_future))
         pid_b = assert_eventually(lambda: single_pid(by_id))
 
+        # The tasks sleep 300 s: gone within seconds means killed (~15 ms measured: the PLM
+        # calls the worker, whose pool SIGKILLs the group); 5 s absorbs a loaded machine.
         cancelled_at = time.monotonic()
         assert a.cancel()
-        assert_eventually(lambda: not is_running(pid_a), timeout_s=1.0)
+        assert_eventually(lambda: not is_running(pid_a), timeout_s=5.0)
         timing("future.cancel() -> task process gone", time.monotonic() - cancelled_at)
         assert a.cancelled()
 
         cancelled_at = time.monotonic()
         assert client.cancel(b.task_id)
-        assert_eventually(lambda: not is_running(pid_b), timeout_s=1.0)
+        assert_eventually(lambda: not is_running(pid_b), timeout_s=5.0)
         timing("client.cancel(id) -> task process gone", time.monotonic() - cancelled_at)
         with pytest.raises(CancelledError):  # TaskCancelled settles the future as cancelled
             b.result(timeout=10)
@@ -466,7 +514,7 @@ def test_cancel_running_task_kills_its_process(start_cell: StartCell, tmp_path: 
 # --- a worker cut off from its register
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_worker_exits_when_register_unreachable(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -486,9 +534,11 @@ def test_worker_exits_when_register_unreachable(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        _, stderr = worker.communicate(timeout=15)
+        _, stderr = worker.communicate(timeout=40)
         exited_s = time.monotonic() - started
-        assert_eventually(lambda: marked_processes(mark) == [], timeout_s=2)  # children too
+        # Its children too: the pool's are killed before it exits, multiprocessing's resource
+        # tracker ends when its pipe closes; 5 s absorbs a loaded machine.
+        assert_eventually(lambda: marked_processes(mark) == [], timeout_s=5)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
@@ -496,5 +546,8 @@ def test_worker_exits_when_register_unreachable(tmp_path: Path) -> None:
         kill_all(marked_processes(mark))
     assert worker.returncode == 3, stderr.decode(errors="replace")
     assert b"register unreachable" in stderr
-    assert exited_s < 10
     timing("worker start -> exit with register unreachable (timeout 1 s)", exited_s)
+    # README: a worker cut off from its register exits after --register-timeout-s (here 1 s,
+    # never sooner), not the 30 s default; the rest is Python and pool start-up (~1.4 s
+    # measured), which 15 s covers on a loaded machine.
+    assert 1.0 <= exited_s < 15

@@ -17,6 +17,7 @@ from heapd.register.beats import Beat, Registration
 from heapd.register.convert import TaskOutcomes
 from heapd.register.daemon import Register
 from heapd.v1 import task_pb2
+from tests.helpers import eventually
 
 GRACE_S = 0.05
 
@@ -57,21 +58,21 @@ def start_attempt(register: Register, worker: shm.WorkerInfo, timeout_ms: int) -
     return task_id, d.attempt
 
 
-async def until_settled(cell: shm.Cell, task_id: int, timeout_s: float = 10.0) -> None:
+async def until_settled(cell: shm.Cell, task_id: int) -> None:
     """Await until the task is terminal (the register's timers run meanwhile)."""
-
-    async def poll() -> None:
-        while cell.get(task_id).state not in shm.TERMINAL_STATES:
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout_s)
+    await eventually(lambda: cell.get(task_id).state in shm.TERMINAL_STATES, interval_s=0.01)
 
 
 def test_unreported_timed_out_attempt_is_settled_and_cancelled(cell: shm.Cell) -> None:
     async def scenario(register: Register, worker: shm.WorkerInfo) -> None:
+        granted_at = time.time()
         task_id, attempt = start_attempt(register, worker, timeout_ms=100)
         await until_settled(cell, task_id)
-        assert cell.get(task_id).state == shm.TaskState.FAILED
+        settled = cell.get(task_id)
+        assert settled.state == shm.TaskState.FAILED
+        # The lease runs out at timeout + grace after the start was reported, never before
+        # (5 ms of slack for the wall clock against the loop's monotonic one).
+        assert settled.finished_at - granted_at >= 0.1 + GRACE_S - 0.005
         outcome = task_pb2.TaskOutcome.FromString(cell.read_result(task_id) or b"")
         assert outcome.failure.kind == task_pb2.TIMEOUT
         assert register.take_cancels(worker.worker_id) == [(task_id, attempt)]

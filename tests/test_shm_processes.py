@@ -83,6 +83,8 @@ def _kill_lock_holder(cell_name: str, write_owner: bool) -> None:
         waiter.join(30)
         holder.join(30)
         assert problems == []
+        # README: a process killed holding the cell's lock is noticed by the others within a
+        # second (shm/lock.py: 2 x POLL_S = 0.4 s by design, the rest is margin for load).
         assert recovered < 1.0 and other < 1.0, (recovered, other)
         assert cell.queue_depth() == 3  # the half-popped task is back, plus the new one
         assert cell.repairs == 1
