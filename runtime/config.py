@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -231,5 +232,10 @@ def config_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path | None
 
 
 def from_args(cls: type[T], section: str, args: argparse.Namespace, env: Mapping[str, str]) -> T:
-    """Load `cls` for a role from its parsed flags, the environment and the TOML file."""
-    return load(cls, section, vars(args), env, config_path(args, env))
+    """Load `cls` for a command from its parsed flags, the environment and the TOML file; a
+    malformed setting ends the command as a bad flag does (a message, exit 2), not a traceback."""
+    try:
+        return load(cls, section, vars(args), env, config_path(args, env))
+    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"heapd {section}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -123,6 +123,7 @@ class Supervisor:
             return EXIT_CELL_EXISTS
         self._created = True
         cell.close()
+        _claim_pidfile(self.plan.cell)
         try:
             if await self._start_all():
                 self._announce()
@@ -130,6 +131,7 @@ class Supervisor:
         finally:
             await self._stop_all()
             shm.Cell.unlink(self.plan.cell)
+            _release_pidfile(self.plan.cell)
         if self._killed:
             return EXIT_KILLED
         return EXIT_ROLE_FAILED if self._failed else EXIT_OK
@@ -367,14 +369,20 @@ async def _main(plan: CellPlan) -> int:
 
 def up(plan: CellPlan) -> int:
     """Run a cell in the foreground until SIGINT/SIGTERM."""
-    path = pidfile(plan.cell)
-    path.write_text(str(os.getpid()))
-    try:
-        return asyncio.run(_main(plan))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if path.read_text() == str(os.getpid()):
-                path.unlink()
+    return asyncio.run(_main(plan))
+
+
+def _claim_pidfile(cell: str) -> None:
+    """Record this `heapd up` for `heapd down`: only once the cell is ours (a refused second
+    `heapd up` must not take the running one's pidfile away)."""
+    pidfile(cell).write_text(str(os.getpid()))
+
+
+def _release_pidfile(cell: str) -> None:
+    path = pidfile(cell)
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == str(os.getpid()):
+            path.unlink()
 
 
 def down(cell: str, timeout_s: float = 30.0) -> int:

@@ -3,13 +3,16 @@ no defaults of their own, so the environment and the TOML file reach them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from heapd.cli import main
-from heapd.runtime import config
+from heapd.runtime import config, supervisor
 from heapd.runtime.logs import LogLevel
+from tests.conftest import StartCell
 
 
 def up_config(argv: list[str], env: dict[str, str]) -> config.UpConfig:
@@ -50,3 +53,18 @@ def test_unknown_log_level_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         main.parser().parse_args(["up", "--log-level", "loud"])
     assert "invalid choice: 'LOUD'" in capsys.readouterr().err
+
+
+def test_a_refused_second_up_leaves_the_running_cells_pidfile(start_cell: StartCell) -> None:
+    """`heapd up` of a cell that runs exits 2 and must not take the pidfile `heapd down` uses."""
+    cell = start_cell(workers=0)
+    recorded = supervisor.pidfile(cell.name).read_text()
+    assert cell.process is not None and recorded == str(cell.process.pid)
+    second = subprocess.run(
+        [sys.executable, "-m", "heapd", "up", "--cell", cell.name, "--port", "0",
+         "--register-port", "0", "--workers", "0"],
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert second.returncode == supervisor.EXIT_CELL_EXISTS
+    assert supervisor.pidfile(cell.name).read_text() == recorded
