@@ -81,7 +81,7 @@ class GroupCommit:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, Batch()
+            batch, self._pending = _coalesced(self._pending), Batch()
             waiters, self._waiters = self._waiters, []
             failed = False
             if batch:
@@ -110,3 +110,13 @@ class GroupCommit:
         kept = Batch(settled=batch.settled, forgotten=batch.forgotten)
         kept.extend(self._pending)
         self._pending = kept
+
+
+def _coalesced(batch: Batch) -> Batch:
+    """The batch without outcomes of tasks it also deletes (acknowledged before their outcome
+    was written: recording it would only be undone in the same transaction)."""
+    if not batch.forgotten or not batch.settled:
+        return batch
+    gone = set(batch.forgotten)
+    batch.settled = [s for s in batch.settled if s.task_id not in gone]
+    return batch

@@ -28,6 +28,10 @@ from heapd.runtime.config import Durability
 SCHEMA_VERSION = 1
 FILE_NAME = "journal.sqlite3"
 OPEN = 0  # the state column of a task with no terminal outcome yet
+# Compaction: deleted rows leave free pages; once this many are free, they are given back to
+# the file system (incremental vacuum), so the file stays near the size of what it holds.
+VACUUM_FREE_PAGES = 4096
+WAL_LIMIT_BYTES = 64 << 20  # the write-ahead log is truncated to this after a checkpoint
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -204,8 +208,11 @@ class Journal:
         sync = "FULL" if durability is Durability.FSYNC else "NORMAL"
         try:
             os.chmod(self.path, 0o600)
+            # auto_vacuum takes effect only on a new file, so it comes before anything is written.
+            self._conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={sync}")
+            self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         except (sqlite3.Error, OSError) as exc:
             raise self._refused(f"cannot be opened ({exc})") from exc
 
@@ -252,6 +259,8 @@ class Journal:
         try:
             with self._transaction():
                 self._write(batch)
+            if batch.forgotten:
+                self._compact()
         except sqlite3.Error as exc:
             full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
             what = "the disk is full" if full else str(exc)
@@ -291,6 +300,12 @@ class Journal:
             )
         if batch.forgotten:
             conn.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in batch.forgotten])
+
+    def _compact(self) -> None:
+        """Give free pages back once there are many (a transaction of its own, rarely)."""
+        (free,) = self._conn.execute("PRAGMA freelist_count").fetchone()
+        if free >= VACUUM_FREE_PAGES:
+            self._conn.execute("PRAGMA incremental_vacuum")
 
     # ---- reading
 
