@@ -138,13 +138,21 @@ class Plm:
             self.acknowledge(intake.acks)
         if intake.adopt:
             self._adopt(intake.session, intake.adopt, take_over=True)
-        if not intake.tasks:
-            return []
         now = time.time()
-        ids, fresh = self._queue(intake, now)
+        ids, fresh = self._queue(intake, now) if intake.tasks else ([], [])
         if self._commits is not None and fresh:
             await self._journal_submitted(intake, ids, fresh, now)
+        elif self._commits is not None and intake.acks:
+            await self._journal_acks()  # acknowledged means gone, also after a restart
         return ids
+
+    async def _journal_acks(self) -> None:
+        """Wait until the deletions of acknowledged results are committed."""
+        assert self._commits is not None
+        try:
+            await self._commits.barrier()
+        except JournalWriteFailed as exc:
+            raise errors.Unavailable(f"{exc}; the acknowledgements will be written later") from exc
 
     def _queue(self, intake: Intake, now: float) -> tuple[list[int], list[int]]:
         """Queue the tasks with no known key; (the id of every task, the indexes queued)."""
