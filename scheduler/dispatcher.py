@@ -2,12 +2,15 @@
 
 Each request carries the tasks of one dispatch round for one worker; the worker answers each
 request in order, so the unanswered requests are exactly the tasks whose delivery is unknown.
-When a stream fails, those go back to the queue (`requeue` is fenced by attempt, so tasks the
-worker did get and finish are not harmed: their late results are dropped as stale), each counted
-as an attempt lost to its worker, as the register counts it when it buries the worker: whichever
-comes first takes the attempt back, so the poison-task cap stays exact. Tasks a worker refused
-(it is draining) go back without counting. Requeueing waits REQUEUE_DELAY_S so that a worker that
-just died is not fed in a loop before the register declares it dead.
+Tasks a worker refused (it is draining) and tasks never sent go back to the queue after
+REQUEUE_DELAY_S. When a stream breaks, the unanswered ones are left to the register first: a
+worker that died is buried within its deadline, and the register takes back everything it held,
+counting one loss per attempt (the poison-task cap). Only what is still dispatched at the same
+attempt RECLAIM_AFTER_S later — a live worker whose stream broke before the tasks reached it — is
+requeued here, fenced by attempt (a copy the worker did get is harmless: its late result is
+dropped as stale). Counting here too would count an attempt twice, or count a dispatch to a
+worker that was already dead and never ran it; requeueing here at once would feed a dead worker
+its task again before the register buried it.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from heapd import shm
 log = logging.getLogger(__name__)
 
 REQUEUE_DELAY_S = 0.1
+# Longer than the register takes to bury a dead worker (a broken stream: ~30 ms; silence: its
+# deadline, 2 s by default).
+RECLAIM_AFTER_S = 5.0
 
-Requeue = Callable[[list[shm.Dispatch], bool], None]
+Requeue = Callable[[list[shm.Dispatch], float], None]  # (tasks, after how many seconds)
 
 
 class AssignStream(Protocol):
@@ -70,7 +76,7 @@ class WorkerFeed:
         """Queue one group for this worker (never blocks). A feed that is closing hands it back
         at once, as it does its unsent groups: nothing may wait in an outbox nobody writes."""
         if self._closing is not None:
-            self._on_lost(group, True)
+            self._on_lost(group, REQUEUE_DELAY_S)  # never sent
             return
         self._outbox.append(group)
         self._wake.set()
@@ -88,11 +94,14 @@ class WorkerFeed:
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        lost = [d for group in (*self._unanswered, *self._outbox) for d in group]
+        unanswered = [d for group in self._unanswered for d in group]
+        unsent = [d for group in self._outbox for d in group]
         self._unanswered.clear()
         self._outbox.clear()
-        if lost:
-            self._on_lost(lost, True)
+        if unanswered:
+            self._on_lost(unanswered, RECLAIM_AFTER_S)
+        if unsent:
+            self._on_lost(unsent, REQUEUE_DELAY_S)
         for ended in await asyncio.gather(*self._tasks, return_exceptions=True):
             if isinstance(ended, Exception):  # not a stream failure: those end in _failed
                 log.error("assign stream task failed", exc_info=ended)
@@ -120,7 +129,7 @@ class WorkerFeed:
                         "worker refused tasks; requeueing",
                         extra={"fields": {"address": self.address, "reason": refused}},
                     )
-                    self._on_lost(group, False)
+                    self._on_lost(group, REQUEUE_DELAY_S)
             self._failed(None)
         except grpc.aio.AioRpcError as exc:
             self._failed(exc)
@@ -158,10 +167,13 @@ class Dispatcher:
             self._feed(address).send(group)
 
     async def close(self) -> None:
-        """Close every stream; let delayed requeues run."""
+        """Close every stream; delayed requeues run now instead of waiting out their delay."""
         await asyncio.gather(*(feed.close() for feed in list(self._feeds.values())))
-        if self._pending_requeues:
-            await asyncio.gather(*self._pending_requeues, return_exceptions=True)
+        pending = list(self._pending_requeues)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _feed(self, address: str) -> WorkerFeed:
         feed = self._feeds.get(address)
@@ -175,18 +187,24 @@ class Dispatcher:
         if self._feeds.get(feed.address) is feed:
             del self._feeds[feed.address]
 
-    def _requeue_later(self, lost: list[shm.Dispatch], worker_lost: bool) -> None:
+    def _requeue_later(self, lost: list[shm.Dispatch], delay_s: float) -> None:
         if not lost:
             return
-        task = asyncio.get_running_loop().create_task(self._requeue(lost, worker_lost))
+        task = asyncio.get_running_loop().create_task(self._requeue(lost, delay_s))
         self._pending_requeues.add(task)
         task.add_done_callback(self._pending_requeues.discard)
 
-    async def _requeue(self, lost: list[shm.Dispatch], worker_lost: bool) -> None:
-        await asyncio.sleep(REQUEUE_DELAY_S)
-        refs = [(d.task_id, d.attempt) for d in lost]
-        count = self._cell.requeue(refs, time.time(), worker_lost=worker_lost)
-        self.requeued += count
-        if count:
-            fields = {"tasks": count, "worker_lost": worker_lost}
-            log.info("requeued tasks of a broken assign stream", extra={"fields": fields})
+    async def _requeue(self, lost: list[shm.Dispatch], delay_s: float) -> None:
+        """Requeue what is still dispatched at the same attempt after `delay_s` (at once when
+        the scheduler stops: the wait is cancelled, the requeue still runs)."""
+        try:
+            await asyncio.sleep(delay_s)
+        finally:
+            refs = [(d.task_id, d.attempt) for d in lost]
+            count = self._cell.requeue(refs, time.time())
+            self.requeued += count
+            if count:
+                log.info(
+                    "requeued tasks of a broken assign stream",
+                    extra={"fields": {"tasks": count, "after_s": delay_s}},
+                )

@@ -271,13 +271,10 @@ class Cell:
         with self._locked() as mem:
             return dispatch_mod.dispatch(mem, limit, now, max_per_slot, min_room_per_slot)
 
-    def requeue(
-        self, refs: Sequence[tuple[int, int]], now: float, *, worker_lost: bool = False
-    ) -> int:
-        """Requeue (task_id, attempt) pairs still running at that attempt; `worker_lost` counts
-        each as an attempt lost to its worker (see `shm.dispatch.requeue`)."""
+    def requeue(self, refs: Sequence[tuple[int, int]], now: float) -> int:
+        """Requeue (task_id, attempt) pairs still running at that attempt (no loss counted)."""
         with self._locked() as mem:
-            count = dispatch_mod.requeue(mem, refs, worker_lost=worker_lost)
+            count = dispatch_mod.requeue(mem, refs)
         if count:
             self.scheduler_bell.ring()
         return count

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from heapd.shm import transitions
 from heapd.shm.layout import H, worker_key
 from heapd.shm.memory import CellMemory
-from heapd.shm.types import ACTIVE, MAX_WORKER_LOSSES, Dispatch, TaskState
+from heapd.shm.types import ACTIVE, Dispatch, TaskState
 
 DISPATCHED = int(TaskState.DISPATCHED)
 
@@ -70,15 +70,10 @@ def _assign(mem: CellMemory, slot: int, w: int, now: float, addresses: dict[int,
     )
 
 
-def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]], *, worker_lost: bool = False) -> int:
-    """Put (task_id, attempt) pairs still running at that attempt back in the queue.
-
-    `worker_lost`: the stream to their worker broke, so each attempt counts as one lost to its
-    worker, exactly as when the register buries the worker (whichever of the two comes first
-    takes the attempt back; the other finds it gone). An attempt that would pass
-    MAX_WORKER_LOSSES is left for the register, which fails it with its reason when it declares
-    the worker dead. Without this count a poison task could run once more than the cap.
-    """
+def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> int:
+    """Put (task_id, attempt) pairs still running at that attempt back in the queue. Not a lost
+    worker (that is `workers.worker_lost`, which counts the loss): a refused or undelivered
+    dispatch, so no loss is counted."""
     tasks = mem.tasks
     count = 0
     for task_id, attempt in refs:
@@ -86,12 +81,7 @@ def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]], *, worker_lost: bo
             slot = tasks.slot_of(task_id)
         except KeyError:
             continue
-        if tasks.state[slot] not in ACTIVE or tasks.attempt[slot] != attempt:
-            continue
-        if worker_lost:
-            if tasks.losses[slot] >= MAX_WORKER_LOSSES:
-                continue
-            tasks.losses[slot] += 1
-        transitions.requeue_active(mem, slot)
-        count += 1
+        if tasks.state[slot] in ACTIVE and tasks.attempt[slot] == attempt:
+            transitions.requeue_active(mem, slot)
+            count += 1
     return count

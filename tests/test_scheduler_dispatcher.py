@@ -77,14 +77,14 @@ class Streams:
 
 
 class RequeueLog:
-    """The part of shm.Cell the dispatcher uses: what it requeued, and counted how."""
+    """The part of shm.Cell the dispatcher uses: what it requeued."""
 
     def __init__(self) -> None:
-        self.requeued: list[tuple[list[Ref], bool]] = []
+        self.requeued: list[list[Ref]] = []
         self.some = asyncio.Event()
 
-    def requeue(self, refs: list[Ref], now: float, worker_lost: bool = True) -> int:
-        self.requeued.append((refs, worker_lost))
+    def requeue(self, refs: list[Ref], now: float) -> int:
+        self.requeued.append(refs)
         self.some.set()
         return len(refs)
 
@@ -122,14 +122,14 @@ def test_a_broken_stream_closes_its_feed_and_close_waits_for_that() -> None:
         await stream.closing.wait()  # the feed closes itself, and is stuck in close()
 
         closer = asyncio.create_task(dispatcher.close())
-        await cell.some.wait()  # the lost tasks are back (after REQUEUE_DELAY_S)
         await settle()
         assert not closer.done(), "the dispatcher closed while a feed was still closing"
+        assert cell.requeued == [], "unanswered tasks wait for the register (RECLAIM_AFTER_S)"
         stream.release.set()
         await closer
 
         assert stream.closed
-        assert cell.requeued == [([(1, 1), (2, 1)], True)]  # unanswered: lost to the worker
+        assert cell.requeued == [[(1, 1), (2, 1)]], "closing requeues them at once"
         assert not others(), f"left running: {others()}"
 
     asyncio.run(main())
@@ -151,13 +151,13 @@ def test_tasks_sent_to_a_closing_feed_go_back_to_the_queue() -> None:
         await dispatcher.close()
 
         assert stream.sent == [[(1, 1)]]
-        assert sorted(cell.requeued) == [([(1, 1)], True), ([(3, 1)], True)]
+        assert sorted(cell.requeued) == [[(1, 1)], [(3, 1)]]
         assert not others()
 
     asyncio.run(main())
 
 
-def test_a_refused_group_goes_back_without_counting_against_the_task() -> None:
+def test_a_refused_group_goes_back_after_a_short_delay() -> None:
     async def main() -> None:
         streams, cell = Streams(), RequeueLog()
         dispatcher = Dispatcher(cell, streams)  # type: ignore[arg-type]
@@ -170,7 +170,7 @@ def test_a_refused_group_goes_back_without_counting_against_the_task() -> None:
         await cell.some.wait()  # both answers were read before the first requeue ran
         await dispatcher.close()
 
-        assert cell.requeued == [([(1, 1)], False)]  # task 2 was taken: not requeued
+        assert cell.requeued == [[(1, 1)]]  # task 2 was taken: not requeued
         assert not others()
 
     asyncio.run(main())

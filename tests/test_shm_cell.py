@@ -411,18 +411,17 @@ def test_capacity_one(cell: Cell) -> None:
         assert tiny.check() == []
 
 
-def test_an_attempt_lost_on_a_broken_stream_counts_against_the_poison_cap(cell: Cell) -> None:
-    """Whichever takes a lost attempt back first (the scheduler's broken stream or the register
-    burying the worker) counts it, once: the task runs exactly MAX_WORKER_LOSSES + 1 times."""
+def test_a_requeue_never_counts_a_lost_worker(cell: Cell) -> None:
+    """Only the register burying a worker counts a loss: a requeue (a refused or undelivered
+    dispatch) does not, so a task requeued this way still has all its losses to spend."""
     (tid,) = cell.submit([NewTask(b"poison")], 1.0)
     w = worker(cell, slots=1)
-    for attempt in range(1, MAX_WORKER_LOSSES + 1):
+    for attempt in range(1, 6):
         assert [d.attempt for d in cell.dispatch(1, 1.0)] == [attempt]
-        assert cell.requeue([(tid, attempt)], 2.0, worker_lost=True) == 1
-        assert cell.worker_lost(w.worker_id, w.epoch, 2.0, b"lost").requeued == []
+        assert cell.requeue([(tid, attempt)], 2.0) == 1
+    for attempt in range(6, 6 + MAX_WORKER_LOSSES):
+        assert [d.attempt for d in cell.dispatch(1, 3.0)] == [attempt]
+        assert cell.worker_lost(w.worker_id, w.epoch, 3.0, b"lost").requeued == [tid]
         w = worker(cell, slots=1)
-    last = MAX_WORKER_LOSSES + 1
-    assert [d.attempt for d in cell.dispatch(1, 3.0)] == [last]
-    assert cell.requeue([(tid, last)], 4.0, worker_lost=True) == 0, "left for the register"
+    cell.dispatch(1, 4.0)
     assert cell.worker_lost(w.worker_id, w.epoch, 4.0, b"lost").failed == [tid]
-    assert cell.get(tid).state == TaskState.FAILED
