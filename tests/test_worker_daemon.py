@@ -175,3 +175,39 @@ def test_a_register_cut_off_while_draining_stops_the_worker_with_code_3(pool: Po
         assert not others(), f"left running: {others()}"
 
     asyncio.run(main())
+
+
+class SlowRegister(FakeRegister):
+    """Holds back its answer to the join until `answer` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def join(
+        self, address: str, slots: int, pid: int, hostname: str, timeout_s: float
+    ) -> Membership:
+        await self.answer.wait()
+        return await super().join(address, slots, pid, hostname, timeout_s)
+
+
+def test_an_assignment_racing_the_registration_answer_is_accepted(pool: Pool) -> None:
+    """The register rings the scheduler once it has registered the worker, so the scheduler's
+    assignment can arrive before the worker has read its registration's answer: it waits for
+    its membership instead of refusing (a refusal would requeue the tasks for nothing)."""
+
+    async def main() -> None:
+        register = SlowRegister()
+        worker = Worker(pool, register, slots=1, register_timeout_s=5.0)
+        running = asyncio.create_task(worker.run(WORKER_ADDRESS))
+        judged = asyncio.create_task(worker.refusal(5, 1))  # the membership the join will give
+        await asyncio.sleep(0)
+        assert not judged.done(), "judged before the worker knew its membership"
+        register.answer.set()
+        assert await judged is None
+        assert await worker.refusal(5, 2) is not None, "another epoch is still refused"
+        worker.shutdown()
+        assert await running == 0
+        assert not others(), f"left running: {others()}"
+
+    asyncio.run(main())

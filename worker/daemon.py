@@ -11,6 +11,7 @@ worker stop: children killed, exit code 3.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -55,6 +56,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         self._assign_streams: set[asyncio.Task[object]] = set()
+        self._joined = asyncio.Event()  # set while this worker holds a membership
 
     @property
     def member(self) -> Membership | None:
@@ -63,8 +65,15 @@ class Worker:
 
     # --- called by the servicer
 
-    def refusal(self, worker_id: int, epoch: int) -> str | None:
-        """Why an assignment for (worker_id, epoch) is refused, None if it is accepted."""
+    async def refusal(self, worker_id: int, epoch: int) -> str | None:
+        """Why an assignment for (worker_id, epoch) is refused, None if it is accepted.
+
+        The register rings the scheduler when it has registered this worker, so an assignment
+        can arrive before this worker has read its own registration's answer: while it holds no
+        membership, it waits for one (briefly) before judging."""
+        if self.member is None and not self._draining:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._joined.wait(), REGISTER_CALL_TIMEOUT_S)
         member = self.member
         if self._draining:
             return "worker is draining"
@@ -143,6 +152,7 @@ class Worker:
                         draining=lambda: self._draining,
                         on_cancel=self.cancel,
                     )
+                    self._joined.set()
                     if not announced:
                         ready.announce("worker", self._address)
                         announced = True
@@ -194,6 +204,7 @@ class Worker:
                 log.warning("fenced out by the register; cancelling and re-registering")
                 self._pool.cancel_all()
                 self._link = None
+                self._joined.clear()
                 return
             now = time.monotonic()
             if broken_since is None or link.acked_at > broken_since:
@@ -223,6 +234,7 @@ class Worker:
     async def _drain_then_stop(self) -> None:
         await self._pool.wait_idle()
         link, self._link = self._link, None
+        self._joined.clear()
         if link is not None:
             try:
                 await asyncio.wait_for(link.flush(), REGISTER_CALL_TIMEOUT_S)

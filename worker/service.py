@@ -33,7 +33,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         self, request: pb.AssignTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssignTasksResponse:
         assignment = convert.assignment_from_proto(request)
-        refusal = self._worker.refusal(assignment.worker_id, assignment.epoch)
+        refusal = await self._worker.refusal(assignment.worker_id, assignment.epoch)
         if refusal is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         return convert.assigned_reply(self._worker.assign(assignment.jobs))
@@ -48,7 +48,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         try:
             async for request in request_iterator:
                 assignment = convert.assignment_from_proto(request)
-                refusal = self._worker.refusal(assignment.worker_id, assignment.epoch)
+                refusal = await self._worker.refusal(assignment.worker_id, assignment.epoch)
                 if refusal is not None:
                     yield convert.refused_reply(refusal)
                 else:
