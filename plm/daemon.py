@@ -50,7 +50,6 @@ class Plm:
         self._journal = journal
         self._commits: GroupCommit | None = None
         self._keys: dict[str, int] = {}  # idempotency key -> the first task submitted with it
-        self.recovered: recovery.Recovered | None = None
         self._sessions = Sessions()
         self._stop = asyncio.Event()
         self._closed = False
@@ -122,10 +121,10 @@ class Plm:
     def _recover(self, journal: Journal) -> None:
         """Rebuild a new cell from the journal; learn its keys; route restored tasks to the
         sessions that submitted them."""
-        self.recovered = recovery.rebuild(self.cell, journal)
+        recovered = recovery.rebuild(self.cell, journal)
         self._keys = journal.keys()
-        if self.recovered is not None:
-            for session, task_ids in self.recovered.owners.items():
+        if recovered is not None:
+            for session, task_ids in recovered.owners.items():
                 self._sessions.own(session, task_ids)
 
     # --- intake
@@ -156,7 +155,7 @@ class Plm:
 
     def _queue(self, intake: Intake, now: float) -> tuple[list[int], list[int]]:
         """Queue the tasks with no known key; (the id of every task, the indexes queued)."""
-        keys = intake.keys or [""] * len(intake.tasks)
+        keys = [intake.key_of(i) for i in range(len(intake.tasks))]
         known: list[int | None] = [self._keys.get(k) if k else None for k in keys]
         fresh, first = [], {}
         for index, key in enumerate(keys):
@@ -183,7 +182,6 @@ class Plm:
         """Commit the new tasks; if the journal cannot take them, take them back (cancel) and
         fail the submission, naming the journal."""
         assert self._commits is not None
-        keys = intake.keys or [""] * len(intake.tasks)
         records = [
             Submitted(
                 task_id=ids[i],
@@ -194,7 +192,7 @@ class Plm:
                 timeout_ms=intake.tasks[i].timeout_ms,
                 cpus=intake.tasks[i].cpus,
                 payload=bytes(intake.tasks[i].payload),
-                key=keys[i],
+                key=intake.key_of(i),
             )
             for i in fresh
         ]
@@ -202,14 +200,19 @@ class Plm:
             await self._commits.submitted(records)
         except JournalWriteFailed as exc:
             for i in fresh:
-                if keys[i] and self._keys.get(keys[i]) == ids[i]:
-                    del self._keys[keys[i]]
+                key = intake.key_of(i)
+                if key and self._keys.get(key) == ids[i]:
+                    del self._keys[key]
                 await self.cancel(ids[i], journal=False)
             kind = errors.ResourceExhausted if exc.disk_full else errors.Unavailable
             raise kind(f"{exc}; the tasks were not accepted") from exc
 
     def acknowledge(self, task_ids: Sequence[int]) -> None:
-        """A client has these results and no longer needs them: release them now."""
+        """A client has these results and no longer needs them: release them now, and stop
+        holding them (their TTL must not release them, and delete them from the journal, again)."""
+        assert self._held is not None and self._delivered is not None
+        self._held.discard(task_ids)
+        self._delivered.discard(task_ids)
         self._release(task_ids)
         self._sessions.forget(task_ids)
 

@@ -14,6 +14,10 @@ class Intake:
 
     session: str
     tasks: list[shm.NewTask] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # one per task; empty: no task has a key
     acks: list[int] = field(default_factory=list)
     adopt: list[int] = field(default_factory=list)
+
+    def key_of(self, index: int) -> str:
+        """The idempotency key of task `index` ("" = none)."""
+        return self.keys[index] if self.keys else ""
