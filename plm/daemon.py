@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
+from typing import Any
 
 from heapd import errors, shm
 from heapd.plm import recovery
@@ -52,6 +53,8 @@ class Plm:
         self._keys: dict[str, int] = {}  # idempotency key -> the first task submitted with it
         self._sessions = Sessions()
         self._stop = asyncio.Event()
+        # SubmitStream handlers waiting for their next request: the stop ends them at once.
+        self.idle_streams: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._held: HeldResults | None = None
         self._delivered: HeldResults | None = None
@@ -93,6 +96,13 @@ class Plm:
         the server need not wait them out (idempotent; safe from a signal handler)."""
         self._stop.set()
         self._sessions.wake_all()
+        for stream in list(self.idle_streams):
+            stream.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `shutdown` was called."""
+        return self._stop.is_set()
 
     async def wait_stopped(self) -> None:
         """Until `shutdown` is called."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
 
 import grpc
 
@@ -16,8 +15,6 @@ from heapd.v1 import task_service_pb2 as pb
 from heapd.v1 import task_service_pb2_grpc
 
 SERVICE_NAME = "heapd.v1.TaskService"
-
-T = TypeVar("T")
 
 
 class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[misc]
@@ -46,7 +43,19 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
         request_iterator: AsyncIterator[pb.SubmitTasksRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
-        async for request in _until_stopped(self._plm, request_iterator):
+        # Between requests the handler is idle and the PLM's stop may end it (a request cut off
+        # that way was not taken; the client sends it again to the next PLM); a request being
+        # submitted is always finished and answered first.
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._plm.stopping:
+            self._plm.idle_streams.add(me)
+            try:
+                request = await anext(request_iterator)
+            except (StopAsyncIteration, asyncio.CancelledError):
+                return
+            finally:
+                self._plm.idle_streams.discard(me)
             yield await self._submit_one(request)
 
     async def _submit_one(self, request: pb.SubmitTasksRequest) -> pb.SubmitStreamResponse:
@@ -96,36 +105,6 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
     ) -> pb.ClusterStatus:
         stats, held = self._plm.stats()
         return convert.cluster_to_proto(stats, held)
-
-
-async def _until_stopped(plm: Plm, requests: AsyncIterator[T]) -> AsyncIterator[T]:
-    """The requests of a client stream, ending early when the PLM stops: an idle stream must not
-    hold up the server's stop for its whole grace. A request cut off this way was not taken, and
-    the client, seeing its stream end, sends it again to the next PLM."""
-    stopped = asyncio.ensure_future(plm.wait_stopped())
-    request: asyncio.Future[T] | None = None
-    try:
-        while True:
-            request = asyncio.ensure_future(anext(requests))
-            await asyncio.wait([request, stopped], return_when=asyncio.FIRST_COMPLETED)
-            if not request.done():
-                return
-            try:
-                item = request.result()
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        stopped.cancel()
-        if request is not None:  # the stream may end (or be cancelled) just as we leave
-            request.add_done_callback(_seen)
-            request.cancel()
-
-
-def _seen(read: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned read's outcome, so that asyncio does not log it as lost."""
-    if not read.cancelled():
-        read.exception()
 
 
 def registration(plm: Plm) -> Registration:
