@@ -111,7 +111,9 @@ class AsyncClient:
         retries: int = 0,
         timeout: float | None = None,
         retry_on: RetryOn = (),
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
         **kwargs: Any,
     ) -> AsyncTaskFuture:
@@ -125,6 +127,8 @@ class AsyncClient:
             timeout=timeout,
             retry_on=retry_on,
             cpus=cpus,
+            resources=resources,
+            labels=labels,
             key=key,
         )
         return (await self._submit(request))[0]
@@ -139,7 +143,9 @@ class AsyncClient:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
     ) -> AsyncTaskFuture:
         """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
@@ -152,6 +158,8 @@ class AsyncClient:
             retries=retries,
             timeout=timeout,
             cpus=cpus,
+            resources=resources,
+            labels=labels,
             key=key,
         )
         return (await self._submit(request))[0]
@@ -163,13 +171,23 @@ class AsyncClient:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
         **params: float,
     ) -> AsyncTaskFuture:
         """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
         request = self._core.builtin_request(
-            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus, key=key
+            name,
+            params,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            cpus=cpus,
+            resources=resources,
+            labels=labels,
+            key=key,
         )
         return (await self._submit(request))[0]
 
@@ -182,7 +200,9 @@ class AsyncClient:
         retries: int = 0,
         timeout: float | None = None,
         retry_on: RetryOn = (),
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         batch_size: int = MAP_BATCH,
         keys: Sequence[str] | None = None,
     ) -> list[AsyncTaskFuture]:
@@ -195,6 +215,8 @@ class AsyncClient:
             timeout=timeout,
             retry_on=retry_on,
             cpus=cpus,
+            resources=resources,
+            labels=labels,
             batch_size=batch_size,
             keys=keys,
         )

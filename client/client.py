@@ -107,7 +107,9 @@ class Client:
         retries: int = 0,
         timeout: float | None = None,
         retry_on: RetryOn = (),
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
         **kwargs: Any,
     ) -> TaskFuture:
@@ -121,6 +123,8 @@ class Client:
             timeout=timeout,
             retry_on=retry_on,
             cpus=cpus,
+            resources=resources,
+            labels=labels,
             key=key,
         )
         return self._submit(request)[0]
@@ -135,7 +139,9 @@ class Client:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
     ) -> TaskFuture:
         """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
@@ -148,6 +154,8 @@ class Client:
             retries=retries,
             timeout=timeout,
             cpus=cpus,
+            resources=resources,
+            labels=labels,
             key=key,
         )
         return self._submit(request)[0]
@@ -159,13 +167,23 @@ class Client:
         priority: int | str = 0,
         retries: int = 0,
         timeout: float | None = None,
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
         **params: float,
     ) -> TaskFuture:
         """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
         request = self._core.builtin_request(
-            name, params, priority=priority, retries=retries, timeout=timeout, cpus=cpus, key=key
+            name,
+            params,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            cpus=cpus,
+            resources=resources,
+            labels=labels,
+            key=key,
         )
         return self._submit(request)[0]
 
@@ -178,7 +196,9 @@ class Client:
         retries: int = 0,
         timeout: float | None = None,
         retry_on: RetryOn = (),
-        cpus: int = 1,
+        cpus: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         batch_size: int = MAP_BATCH,
         keys: Sequence[str] | None = None,
     ) -> list[TaskFuture]:
@@ -191,6 +211,8 @@ class Client:
             timeout=timeout,
             retry_on=retry_on,
             cpus=cpus,
+            resources=resources,
+            labels=labels,
             batch_size=batch_size,
             keys=keys,
         )

@@ -113,10 +113,16 @@ def builtin_spec(name: str, params: Mapping[str, float] | None = None) -> task_p
 
 
 def options(
-    priority: int | str = 0, retries: int = 0, timeout_s: float | None = 0.0, cpus: int = 1
+    priority: int | str = 0,
+    retries: int = 0,
+    timeout_s: float | None = 0.0,
+    cpus: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> task_pb2.TaskOptions:
     """Per-task settings, checked by `heapd.options.task_options`; timeout_s 0 or None = none."""
-    return options_to_proto(task_opts.task_options(priority, retries, timeout_s, cpus))
+    checked = task_opts.task_options(priority, retries, timeout_s, cpus, resources, labels)
+    return options_to_proto(checked)
 
 
 def options_to_proto(checked: task_opts.TaskOptions, key: str = "") -> task_pb2.TaskOptions:
@@ -126,8 +132,9 @@ def options_to_proto(checked: task_opts.TaskOptions, key: str = "") -> task_pb2.
         priority=checked.priority,
         retries=checked.retries,
         timeout_s=checked.timeout_s,
-        cpus=checked.cpus,
         key=key,
+        resources=checked.resources,  # `cpus=` travels as the "cpus" entry; the field stays 0
+        labels=checked.labels,
     )
 
 
@@ -252,6 +259,9 @@ def status_from_proto(msg: task_service_pb2.TaskStatus) -> TaskStatus:
         dispatched_at=msg.dispatched_at,
         finished_at=msg.finished_at,
         outcome=msg.outcome,
+        unschedulable=msg.unschedulable,
+        resources=dict(msg.resources),
+        labels=dict(msg.labels),
     )
 
 
@@ -268,6 +278,9 @@ def cluster_from_proto(msg: task_service_pb2.ClusterStatus) -> ClusterStatus:
         cancelled_total=msg.cancelled_total,
         held_results=msg.held_results,
         task_capacity=msg.task_capacity,
+        unschedulable=msg.unschedulable,
+        policy=msg.policy,
+        aging_s=msg.aging_s,
     )
 
 
@@ -343,6 +356,9 @@ def _worker_from_proto(msg: task_service_pb2.WorkerStatus) -> WorkerStatus:
         state=msg.state,
         last_heartbeat=msg.last_heartbeat,
         tasks_done=msg.tasks_done,
+        resources=dict(msg.resources),
+        resources_free=dict(msg.resources_free),
+        labels=dict(msg.labels),
     )
 
 

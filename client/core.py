@@ -183,11 +183,13 @@ class ClientCore(Generic[F]):
         retries: int,
         timeout: float | None,
         retry_on: RetryOn,
-        cpus: int,
+        cpus: int | None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
     ) -> convert.SubmitRequest:
         """One call fn(*args, **kwargs), checked."""
-        checked = options.task_options(priority, retries, timeout, cpus)
+        checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
         spec = convert.python_spec(fn, tuple(args), kwargs, retry_on)
         return self._request([spec], checked, [options.idempotency_key(key)])
 
@@ -201,11 +203,13 @@ class ClientCore(Generic[F]):
         priority: int | str,
         retries: int,
         timeout: float | None,
-        cpus: int,
+        cpus: int | None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
     ) -> convert.SubmitRequest:
         """One command, checked."""
-        checked = options.task_options(priority, retries, timeout, cpus)
+        checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
         spec = convert.command_spec(argv, env, cwd, stdin)
         return self._request([spec], checked, [options.idempotency_key(key)])
 
@@ -217,11 +221,13 @@ class ClientCore(Generic[F]):
         priority: int | str,
         retries: int,
         timeout: float | None,
-        cpus: int,
+        cpus: int | None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         key: str | None = None,
     ) -> convert.SubmitRequest:
         """One builtin task, checked."""
-        checked = options.task_options(priority, retries, timeout, cpus)
+        checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
         spec = convert.builtin_spec(name, params)
         return self._request([spec], checked, [options.idempotency_key(key)])
 
@@ -234,14 +240,16 @@ class ClientCore(Generic[F]):
         retries: int,
         timeout: float | None,
         retry_on: RetryOn,
-        cpus: int,
+        cpus: int | None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         batch_size: int,
         keys: Sequence[str] | None = None,
     ) -> Iterator[convert.SubmitRequest]:
         """fn(item) for every item, `batch_size` tasks per request; `keys`, one per item, are
         their idempotency keys. Everything is checked before this returns; each batch is built
         when the previous one has been sent."""
-        checked = options.task_options(priority, retries, timeout, cpus)
+        checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidArgument(f"batch_size must be an integer >= 1, not {batch_size!r}")
         options.retry_on_names(retry_on)  # checked now, not at the first batch

@@ -8,8 +8,9 @@ an `InvalidArgument` (INVALID_ARGUMENT on the wire).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from heapd.errors import InvalidArgument
 
@@ -18,6 +19,16 @@ PRIORITY_NAMES = {"high": 100, "medium": 0, "low": -100}
 RETRIES_MAX = 1000
 TIMEOUT_MAX_S = 7 * 24 * 3600.0
 CPUS_MIN, CPUS_MAX = 1, 4096
+# Resources and labels (the cell checks the same bounds again: shm.catalog, shm.layout).
+RESOURCES_PER_TASK = 8  # resource needs of one task
+LABELS_PER_TASK = 8
+RESOURCES_PER_WORKER = 16  # resources one worker offers (also: distinct names per cell)
+LABELS_PER_WORKER = 16
+RESOURCE_NAME_MAX = 31  # characters of [A-Za-z0-9_.-]
+RESOURCE_AMOUNT_MAX = 1_000_000.0  # per need or offer; kept to thousandths (gpu=0.5)
+LABEL_PART_MAX = 63  # utf-8 bytes of a label key, and of its value
+CPUS = "cpus"  # the `cpus=` option is this resource
+_RESOURCE_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{RESOURCE_NAME_MAX}}}")
 RETRY_ON_MAX = 64
 KEY_MAX_CHARS = 256  # an idempotency key
 
@@ -29,7 +40,8 @@ class TaskOptions:
     priority: int = 0
     retries: int = 0
     timeout_s: float = 0.0  # 0 = no timeout
-    cpus: int = 1
+    resources: dict[str, float] = field(default_factory=dict)  # needs held while it runs
+    labels: dict[str, str] = field(default_factory=dict)  # the worker must carry them all
 
 
 def priority_from_name(value: str | int) -> int:
@@ -55,9 +67,13 @@ def task_options(
     priority: int | str = 0,
     retries: int = 0,
     timeout_s: float | None = None,
-    cpus: int = 1,
+    cpus: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> TaskOptions:
-    """Checked options; `timeout_s` None or 0 means no timeout. Raises InvalidArgument."""
+    """Checked options; `timeout_s` None or 0 means no timeout; `cpus=N` is the need
+    {"cpus": N} (None or 0: no need, the task is bounded by worker slots only). Raises
+    InvalidArgument."""
     level = priority_from_name(priority)
     if not PRIORITY_MIN <= level <= PRIORITY_MAX:
         raise InvalidArgument(f"priority must be in {PRIORITY_MIN}..{PRIORITY_MAX}, not {level}")
@@ -71,9 +87,100 @@ def task_options(
             f"timeout must be finite and in 0..{TIMEOUT_MAX_S:.0f} seconds (0 = none),"
             f" not {timeout_s!r}"
         )
-    if not _is_int(cpus) or not CPUS_MIN <= cpus <= CPUS_MAX:
-        raise InvalidArgument(f"cpus must be an integer in {CPUS_MIN}..{CPUS_MAX}, not {cpus!r}")
-    return TaskOptions(priority=level, retries=retries, timeout_s=float(timeout), cpus=cpus)
+    needs = resource_amounts(resources, RESOURCES_PER_TASK, "a task")
+    if cpus is not None and cpus != 0:
+        if not _is_int(cpus) or not CPUS_MIN <= cpus <= CPUS_MAX:
+            raise InvalidArgument(
+                f"cpus must be an integer in {CPUS_MIN}..{CPUS_MAX} (or None), not {cpus!r}"
+            )
+        if CPUS in needs and needs[CPUS] != cpus:
+            raise InvalidArgument(f"cpus={cpus} and resources cpus={needs[CPUS]:g} disagree")
+        needs = {CPUS: float(cpus), **needs}
+        if len(needs) > RESOURCES_PER_TASK:
+            raise InvalidArgument(f"a task asks at most {RESOURCES_PER_TASK} resources, cpus too")
+    return TaskOptions(
+        priority=level,
+        retries=retries,
+        timeout_s=float(timeout),
+        resources={name: amount for name, amount in needs.items() if amount},
+        labels=label_pairs(labels, LABELS_PER_TASK, "a task"),
+    )
+
+
+def resource_amounts(
+    resources: Mapping[str, float] | None, limit: int = RESOURCES_PER_WORKER, who: str = "a worker"
+) -> dict[str, float]:
+    """Checked {name: amount}: names of 1..31 characters of A-Z a-z 0-9 _ . -, amounts finite
+    in 0..RESOURCE_AMOUNT_MAX, at most `limit` of them. Raises InvalidArgument."""
+    if resources is None:
+        return {}
+    if not isinstance(resources, Mapping):
+        raise InvalidArgument(f"resources must be a dict of name to amount, not {resources!r}")
+    if len(resources) > limit:
+        raise InvalidArgument(f"{who} asks at most {limit} resources, not {len(resources)}")
+    out = {}
+    for name, amount in resources.items():
+        if not isinstance(name, str) or not _RESOURCE_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"resource name {name!r} must be 1..{RESOURCE_NAME_MAX} characters of "
+                f"A-Z a-z 0-9 _ . -"
+            )
+        if not isinstance(amount, int | float) or isinstance(amount, bool):
+            raise InvalidArgument(f"resource {name}: amount must be a number, not {amount!r}")
+        if not math.isfinite(amount) or not 0 <= amount <= RESOURCE_AMOUNT_MAX:
+            raise InvalidArgument(
+                f"resource {name}: amount must be finite and in "
+                f"0..{RESOURCE_AMOUNT_MAX:.0f}, not {amount!r}"
+            )
+        out[name] = float(amount)
+    return out
+
+
+def label_pairs(
+    labels: Mapping[str, str] | None, limit: int = LABELS_PER_WORKER, who: str = "a worker"
+) -> dict[str, str]:
+    """Checked {key: value}: each a non-empty str of at most LABEL_PART_MAX utf-8 bytes, no "="
+    in a key, at most `limit` of them. Raises InvalidArgument."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise InvalidArgument(f"labels must be a dict of key to value, not {labels!r}")
+    if len(labels) > limit:
+        raise InvalidArgument(f"{who} carries at most {limit} labels, not {len(labels)}")
+    for key, value in labels.items():
+        for part, what in ((key, "key"), (value, "value")):
+            if not isinstance(part, str) or not 1 <= len(part.encode()) <= LABEL_PART_MAX:
+                raise InvalidArgument(
+                    f"label {what} {part!r} must be a non-empty str of at most "
+                    f"{LABEL_PART_MAX} bytes of utf-8"
+                )
+        if "=" in key:
+            raise InvalidArgument(f"label key {key!r} must not contain '='")
+    return dict(labels)
+
+
+def pairs_from_text(text: str, what: str) -> dict[str, str]:
+    """ "a=1,b=2" (as given on a command line) as {"a": "1", "b": "2"}; "" = {}."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"{what}: {item!r} is not name=value (e.g. gpu=1,zone=a)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resources_from_text(text: str) -> dict[str, float]:
+    """ "cpus=4,gpu=0.5" as {"cpus": 4.0, "gpu": 0.5} (names and amounts checked later)."""
+    out = {}
+    for name, amount in pairs_from_text(text, "resources").items():
+        try:
+            out[name] = float(amount)
+        except ValueError:
+            raise InvalidArgument(f"resources: {name}={amount!r} is not a number") from None
+    return out
 
 
 def retry_on_names(retry_on: Iterable[type[BaseException] | str]) -> list[str]:

@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class TaskStatus:
     """A task as the PLM sees it; `state` is a name (QUEUED, RUNNING, SUCCEEDED, ...) and
-    `outcome` the serialized TaskOutcome while the PLM holds it."""
+    `outcome` the serialized TaskOutcome while the PLM holds it. `unschedulable` says why no
+    live worker could run a QUEUED task ("" if one could); `resources` and `labels` are what
+    it asked for."""
 
     task_id: int
     state: str
@@ -23,11 +25,15 @@ class TaskStatus:
     dispatched_at: float
     finished_at: float
     outcome: bytes
+    unschedulable: str = ""
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerStatus:
-    """One worker of the cell, as the register last heard from it."""
+    """One worker of the cell, as the register last heard from it: what it offers
+    (`resources`), what of that its running tasks leave free, and its labels."""
 
     worker_id: int
     epoch: int
@@ -39,11 +45,15 @@ class WorkerStatus:
     state: str
     last_heartbeat: float
     tasks_done: int
+    resources: dict[str, float] = field(default_factory=dict)
+    resources_free: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatus:
-    """The cell at a glance: workers, queue depths and totals."""
+    """The cell at a glance: workers, queue depths and totals; `unschedulable` counts the
+    queued tasks no live worker could run (`list_tasks(["QUEUED"])` says why, per task)."""
 
     cell: str
     workers: list[WorkerStatus]
@@ -56,3 +66,6 @@ class ClusterStatus:
     cancelled_total: int
     held_results: int
     task_capacity: int
+    unschedulable: int = 0
+    policy: str = ""  # the scheduler's placement policy
+    aging_s: float = 0.0  # its aging period; 0 = off

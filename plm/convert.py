@@ -36,14 +36,17 @@ def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) 
         priority=options.priority,
         retries=options.retries,
         timeout_s=options.timeout_s,
-        cpus=options.cpus or 1,  # proto3 cannot tell an unset cpus from 0: both mean the default
+        cpus=options.cpus or None,  # 0 (unset) = no need; else the "cpus" entry
+        resources=dict(options.resources),
+        labels=dict(options.labels),
     )
     return shm.NewTask(
         payload=spec.SerializeToString(),
         priority=checked.priority,
         max_retries=checked.retries,
         timeout_ms=round(checked.timeout_s * 1000),
-        cpus=checked.cpus,
+        resources=checked.resources,
+        labels=checked.labels,
     )
 
 
@@ -126,8 +129,11 @@ def task_id_from_proto(request: pb.GetTaskRequest | pb.CancelTaskRequest) -> int
     return task_id
 
 
-def status_to_proto(info: shm.TaskInfo, outcome: bytes | None) -> pb.TaskStatus:
-    """A task's public status, with its outcome when held."""
+def status_to_proto(
+    info: shm.TaskInfo, outcome: bytes | None, unschedulable: str = ""
+) -> pb.TaskStatus:
+    """A task's public status, with its outcome when held, its needs and labels (when read
+    with them) and why no live worker could run it (QUEUED only; "" = one could)."""
     return pb.TaskStatus(
         task_id=info.task_id,
         state=task_pb2.TaskState.ValueType(info.state),
@@ -138,6 +144,9 @@ def status_to_proto(info: shm.TaskInfo, outcome: bytes | None) -> pb.TaskStatus:
         dispatched_at=info.dispatched_at,
         finished_at=info.finished_at,
         outcome=outcome or b"",
+        unschedulable=unschedulable,
+        resources=info.resources,
+        labels=info.labels,
     )
 
 
@@ -185,9 +194,10 @@ def _states_from_proto(states: Iterable[int]) -> list[shm.TaskState] | None:
     return chosen or None
 
 
-def tasks_to_proto(infos: Iterable[shm.TaskInfo]) -> pb.ListTasksResponse:
-    """A ListTasks answer (statuses without outcomes)."""
-    return pb.ListTasksResponse(tasks=[status_to_proto(i, None) for i in infos])
+def tasks_to_proto(infos: Iterable[tuple[shm.TaskInfo, str]]) -> pb.ListTasksResponse:
+    """A ListTasks answer (statuses without outcomes, with why a QUEUED one is
+    unschedulable)."""
+    return pb.ListTasksResponse(tasks=[status_to_proto(i, None, why) for i, why in infos])
 
 
 def cluster_to_proto(stats: shm.CellStats, held: int) -> pb.ClusterStatus:
@@ -205,6 +215,9 @@ def cluster_to_proto(stats: shm.CellStats, held: int) -> pb.ClusterStatus:
         cancelled_total=stats.cancelled_total,
         held_results=held,
         task_capacity=stats.capacities.tasks,
+        unschedulable=stats.unschedulable,
+        policy=stats.policy.label,
+        aging_s=stats.aging_s,
     )
 
 
@@ -220,6 +233,9 @@ def _worker_to_proto(w: shm.WorkerInfo) -> pb.WorkerStatus:
         state=w.state.name,
         last_heartbeat=w.last_heartbeat,
         tasks_done=w.tasks_done,
+        resources=w.resources,
+        resources_free=w.resources_free,
+        labels=w.labels,
     )
 
 

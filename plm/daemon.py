@@ -200,9 +200,10 @@ class Plm:
                 priority=intake.tasks[i].priority,
                 max_retries=intake.tasks[i].max_retries,
                 timeout_ms=intake.tasks[i].timeout_ms,
-                cpus=intake.tasks[i].cpus,
                 payload=bytes(intake.tasks[i].payload),
                 key=intake.key_of(i),
+                resources=intake.tasks[i].resources,
+                labels=intake.tasks[i].labels,
             )
             for i in fresh
         ]
@@ -226,12 +227,11 @@ class Plm:
         self._release(task_ids)
         self._sessions.forget(task_ids)
 
-    def get(self, task_id: int) -> tuple[shm.TaskInfo, bytes | None]:
-        """A task's status and, once settled and still held, its outcome."""
-        ((_, info, outcome),) = self.cell.read_settled([task_id])  # one lock, not two
-        if info is None:
-            raise shm.TaskNotFound(task_id)
-        return info, outcome if info.state in shm.TERMINAL_STATES else None
+    def get(self, task_id: int) -> tuple[shm.TaskInfo, bytes | None, str]:
+        """A task's status with its needs and labels; once settled and still held, its outcome;
+        while QUEUED, why no live worker could run it ("" if one could)."""
+        info, outcome, unschedulable = self.cell.describe(task_id)  # one lock
+        return info, outcome if info.state in shm.TERMINAL_STATES else None, unschedulable
 
     async def cancel(self, task_id: int, *, journal: bool = True) -> shm.TaskState:
         """Cancel a task; a running one is also killed on its worker. Returns its state after,
@@ -246,9 +246,15 @@ class Plm:
             await self._canceller.cancel(result.address, task_id, before.attempt)
         return shm.TaskState.CANCELLED if result.cancelled else before.state
 
-    def list_tasks(self, states: list[shm.TaskState] | None, limit: int) -> list[shm.TaskInfo]:
-        """Tasks in the given states, oldest first."""
-        return self.cell.list_tasks(states, limit)
+    def list_tasks(
+        self, states: list[shm.TaskState] | None, limit: int
+    ) -> list[tuple[shm.TaskInfo, str]]:
+        """Tasks in the given states, oldest first, each with why no live worker could run it
+        ("" unless QUEUED and unschedulable)."""
+        infos = self.cell.list_tasks(states, limit)
+        queued = [i.task_id for i in infos if i.state == shm.TaskState.QUEUED]
+        reasons = dict(zip(queued, self.cell.unschedulable_reasons(queued), strict=True))
+        return [(info, reasons.get(info.task_id, "")) for info in infos]
 
     def stats(self) -> tuple[shm.CellStats, int]:
         """The cell's statistics and the number of results held for nobody."""

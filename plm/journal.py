@@ -16,6 +16,7 @@ one fsync (`synchronous=FULL`) or one write to the OS (`synchronous=NORMAL`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -25,7 +26,13 @@ from pathlib import Path
 from heapd.errors import HeapdError
 from heapd.runtime.config import Durability
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tasks gained `resources` and `labels` (JSON objects)
+_MIGRATIONS = {  # from version n to n + 1, applied in one transaction by a writer
+    1: (
+        "ALTER TABLE tasks ADD COLUMN resources TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE tasks ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
+    ),
+}
 FILE_NAME = "journal.sqlite3"
 OPEN = 0  # the state column of a task with no terminal outcome yet
 # Compaction: deleted rows leave free pages; once this many are free, they are given back to
@@ -42,11 +49,13 @@ CREATE TABLE tasks (
     priority INTEGER NOT NULL,
     max_retries INTEGER NOT NULL,
     timeout_ms INTEGER NOT NULL,
-    cpus INTEGER NOT NULL,
+    cpus INTEGER NOT NULL,  -- unused since schema 2 (the "cpus" entry of resources)
     payload BLOB NOT NULL,
     state INTEGER NOT NULL DEFAULT 0,
     outcome BLOB,
-    finished_at REAL
+    finished_at REAL,
+    resources TEXT NOT NULL DEFAULT '{}',
+    labels TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE keys (key TEXT PRIMARY KEY, task_id INTEGER NOT NULL) WITHOUT ROWID;
 """
@@ -79,9 +88,10 @@ class Submitted:
     priority: int
     max_retries: int
     timeout_ms: int
-    cpus: int
     payload: bytes
     key: str = ""
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +132,12 @@ class JournaledTask:
     priority: int
     max_retries: int
     timeout_ms: int
-    cpus: int
     payload: bytes
     state: int
     outcome: bytes | None
     finished_at: float
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def journal_path(state_dir: Path) -> Path:
@@ -169,7 +180,7 @@ class Journal:
         journal = cls(path, conn)
         try:
             journal._configure(durability)
-            journal._adopt(cell)
+            journal._adopt(cell, migrate=True)
         except BaseException:
             conn.close()
             raise
@@ -216,8 +227,9 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise self._refused(f"cannot be opened ({exc})") from exc
 
-    def _adopt(self, cell: str) -> None:
-        """Create the schema in a new file, or check that an existing one is this cell's."""
+    def _adopt(self, cell: str, migrate: bool = False) -> None:
+        """Create the schema in a new file, or check that an existing one is this cell's (and,
+        if `migrate`, bring an older schema up to date; a reader accepts it as it is)."""
         try:
             tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
             if not tables:
@@ -229,6 +241,11 @@ class Journal:
             raise self._refused(f"is not a readable heapd journal ({exc})") from exc
         if status != "ok":
             raise self._refused(f"is damaged (SQLite quick_check: {status})")
+        if meta.get("cell") == cell and meta.get("schema") in _MIGRATIONS:
+            if not migrate:
+                return
+            self._migrate(int(meta["schema"]))
+            meta["schema"] = SCHEMA_VERSION
         if meta.get("schema") != SCHEMA_VERSION:
             raise self._refused(
                 f"has schema version {meta.get('schema')!r}, this heapd reads {SCHEMA_VERSION}"
@@ -245,6 +262,19 @@ class Journal:
                 "INSERT INTO meta(name, value) VALUES (?, ?)",
                 [("schema", SCHEMA_VERSION), ("cell", cell), ("task_seq", 0)],
             )
+
+    def _migrate(self, version: int) -> None:
+        """Apply the migrations from `version` up, in one transaction."""
+        try:
+            with self._transaction():
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        self._conn.execute(statement)
+                self._conn.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'schema'", (SCHEMA_VERSION,)
+                )
+        except sqlite3.Error as exc:
+            raise self._refused(f"cannot be upgraded to schema {SCHEMA_VERSION} ({exc})") from exc
 
     def _refused(self, why: str) -> JournalRefused:
         return JournalRefused(
@@ -273,7 +303,8 @@ class Journal:
         if batch.submitted:
             conn.executemany(
                 "INSERT OR IGNORE INTO tasks(id, session, submitted_at, priority, max_retries,"
-                " timeout_ms, cpus, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " timeout_ms, cpus, payload, resources, labels)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 [
                     (
                         s.task_id,
@@ -282,8 +313,9 @@ class Journal:
                         s.priority,
                         s.max_retries,
                         s.timeout_ms,
-                        s.cpus,
                         s.payload,
+                        json.dumps(s.resources) if s.resources else "{}",
+                        json.dumps(s.labels) if s.labels else "{}",
                     )
                     for s in batch.submitted
                 ],
@@ -321,10 +353,11 @@ class Journal:
     def tasks(self) -> Iterator[JournaledTask]:
         """Every task still recorded, in id order."""
         rows = self._conn.execute(
-            "SELECT id, session, submitted_at, priority, max_retries, timeout_ms, cpus, payload,"
-            " state, outcome, finished_at FROM tasks ORDER BY id"
+            "SELECT id, session, submitted_at, priority, max_retries, timeout_ms, payload,"
+            " state, outcome, finished_at, resources, labels FROM tasks ORDER BY id"
         )
-        for tid, session, submitted, prio, retries, timeout, cpus, payload, state, out, fin in rows:
+        for tid, session, submitted, prio, retries, timeout, payload, *rest in rows:
+            state, outcome, finished, resources, labels = rest
             yield JournaledTask(
                 tid,
                 session,
@@ -332,11 +365,12 @@ class Journal:
                 prio,
                 retries,
                 timeout,
-                cpus,
                 payload,
                 state,
-                out,
-                fin or 0.0,
+                outcome,
+                finished or 0.0,
+                json.loads(resources) if resources != "{}" else {},
+                json.loads(labels) if labels != "{}" else {},
             )
 
     def open_ids(self) -> list[int]:

@@ -73,11 +73,12 @@ def _restored(task: JournaledTask) -> shm.RestoredTask:
         priority=task.priority,
         max_retries=task.max_retries,
         timeout_ms=task.timeout_ms,
-        cpus=task.cpus,
         submitted_at=task.submitted_at,
         state=state,
         outcome=task.outcome,
         finished_at=task.finished_at,
+        resources=task.resources,
+        labels=task.labels,
     )
 
 

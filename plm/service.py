@@ -74,8 +74,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):  # type: ignore[mi
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskStatus:
-        info, outcome = self._plm.get(convert.task_id_from_proto(request))
-        return convert.status_to_proto(info, outcome)
+        info, outcome, unschedulable = self._plm.get(convert.task_id_from_proto(request))
+        return convert.status_to_proto(info, outcome, unschedulable)
 
     @status.streaming
     async def WatchTasks(

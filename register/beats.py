@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from heapd import shm
 
@@ -15,6 +15,8 @@ class Registration:
     slots: int
     pid: int
     hostname: str
+    resources: dict[str, float] = field(default_factory=dict)  # offered; cpus = slots if absent
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

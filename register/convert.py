@@ -7,6 +7,7 @@ from google.protobuf.message import DecodeError
 
 from heapd import shm
 from heapd.errors import InvalidArgument
+from heapd.options import label_pairs, resource_amounts
 from heapd.register.beats import Beat, Registration
 from heapd.shm.layout import ADDRESS_BYTES, HOSTNAME_BYTES
 from heapd.v1 import register_service_pb2 as pb
@@ -29,7 +30,14 @@ def registration_from_proto(request: pb.RegisterWorkerRequest) -> Registration:
         raise InvalidArgument(f"slots {request.slots} must be between 1 and {MAX_SLOTS}")
     if request.pid < 0:
         raise InvalidArgument(f"pid {request.pid} is negative")
-    return Registration(request.address, request.slots, request.pid, request.hostname)
+    return Registration(
+        request.address,
+        request.slots,
+        request.pid,
+        request.hostname,
+        resource_amounts(dict(request.resources)),
+        label_pairs(dict(request.labels)),
+    )
 
 
 def registered_to_proto(

@@ -112,12 +112,26 @@ class Register:
         """Register a worker under a new id and epoch and start its deadline."""
         now = time.time()
         info = self.cell.register_worker(
-            reg.address, reg.slots, reg.pid, reg.hostname, now, now + self.deadline_s
+            reg.address,
+            reg.slots,
+            reg.pid,
+            reg.hostname,
+            now,
+            now + self.deadline_s,
+            reg.resources,
+            reg.labels,
         )
         self._arm(info.worker_id, info.epoch)
         log.info(
             "worker registered",
-            extra={"fields": {"worker_id": info.worker_id, "address": reg.address}},
+            extra={
+                "fields": {
+                    "worker_id": info.worker_id,
+                    "address": reg.address,
+                    "resources": info.resources,
+                    "labels": info.labels,
+                }
+            },
         )
         return info
 

@@ -74,6 +74,10 @@ class SchedulerConfig:
     # Tasks per worker slot once the queue is deep (>= 4 x total slots); 1 when it is shallow,
     # so a late high-priority task waits behind at most this many tasks per slot.
     prefetch_per_slot: int = 8
+    # Placement policy: least-loaded | round-robin | random | power-of-two.
+    policy: str = "least-loaded"
+    # Aging period: a queued task's priority grows by 1 for every aging_s it waits; 0 = off.
+    aging_s: float = 0.0
     log_level: LogLevel = LogLevel.INFO
 
 
@@ -104,6 +108,10 @@ class WorkerConfig:
     advertise_host: str = ""
     slots: int = 2
     register_timeout_s: float = 30.0
+    # What it offers and carries, as on the command line: "cpus=4,gpu=1", "zone=a,arch=x86_64"
+    # (no cpus: it offers cpus = slots).
+    resources: str = ""
+    labels: str = ""
     log_level: LogLevel = LogLevel.INFO
 
 
@@ -125,6 +133,8 @@ class UpConfig:
     register_port: int = DEFAULT_REGISTER_PORT
     workers: int = 2
     slots: int = 2
+    resources: str = ""  # offered by each local worker, e.g. "gpu=1" (WorkerConfig.resources)
+    labels: str = ""  # carried by each local worker, e.g. "zone=a"
     tasks: int = 1 << 20
     arena_mb: int = 256
     max_blob_kb: int = 1024

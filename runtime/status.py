@@ -28,6 +28,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (shm.WorkerNotFound, grpc.StatusCode.NOT_FOUND),
     (shm.StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION),
     (shm.BlobTooLarge, grpc.StatusCode.INVALID_ARGUMENT),
+    (shm.ResourceNamesFull, grpc.StatusCode.INVALID_ARGUMENT),
     (shm.TableFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (shm.ArenaFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),

@@ -52,6 +52,8 @@ class CellPlan:
     register_port: int = DEFAULT_REGISTER_PORT
     workers: int = 2
     slots: int = 2
+    worker_resources: str = ""  # each local worker's --resources ("gpu=1"); "" = cpus = slots
+    worker_labels: str = ""  # each local worker's --labels ("zone=a")
     capacities: shm.Capacities = field(default_factory=shm.Capacities)
     log_dir: Path | None = None
     state_dir: Path | None = None  # None: the PLM's default for the cell
@@ -61,6 +63,8 @@ class CellPlan:
     log_level: LogLevel | None = None
     config: Path | None = None  # the TOML file, handed to every role for its own settings
     prefetch_per_slot: int | None = None
+    policy: str | None = None  # None: the scheduler's own default (least-loaded)
+    aging_s: float | None = None
     heartbeat_interval_s: float | None = None  # None: the register's own default
     missed_heartbeats: int | None = None
     result_ttl_s: float | None = None  # None: the PLM's own default
@@ -153,8 +157,13 @@ class Supervisor:
             return False
         register.argv[register.argv.index("--port") + 1] = register.address.rpartition(":")[2]
         scheduler_args = [*common, "--port", "0"]  # health only; never HEAPD_PORT's port
-        if plan.prefetch_per_slot is not None:
-            scheduler_args += ["--prefetch-per-slot", str(plan.prefetch_per_slot)]
+        scheduler_args += _given_flags(
+            {
+                "--prefetch-per-slot": plan.prefetch_per_slot,
+                "--policy": plan.policy,
+                "--aging-s": plan.aging_s,
+            }
+        )
         scheduler = Child("scheduler", self._role("scheduler", scheduler_args))
         plm_args = [*common, "--host", plan.host, "--port", str(plan.port)]
         plm_args += ["--durability", str(plan.durability)]
@@ -171,6 +180,9 @@ class Supervisor:
         worker_args = ["--register", register.address, "--slots", str(plan.slots), "--port", "0"]
         if plan.config is not None:
             worker_args += ["--config", str(plan.config)]
+        worker_args += _given_flags(
+            {"--resources": plan.worker_resources or None, "--labels": plan.worker_labels or None}
+        )
         workers = [
             Child(f"worker-{i}", self._role("worker", worker_args)) for i in range(plan.workers)
         ]
@@ -403,3 +415,12 @@ def _wait_gone(pid: int, timeout_s: float) -> None:
         select.select([fd], [], [], timeout_s)
     finally:
         os.close(fd)
+
+
+def _given_flags(flags: dict[str, object | None]) -> list[str]:
+    """`--flag value` for each flag whose value is set (None: the role's own default)."""
+    out: list[str] = []
+    for flag, value in flags.items():
+        if value is not None:
+            out += [flag, str(value)]
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -27,14 +28,34 @@ def parser() -> argparse.ArgumentParser:
         "--prefetch-per-slot",
         dest="prefetch_per_slot",
         type=int,
-        help="tasks per worker slot when the queue is deep (default 8; 1 = strict priority)",
+        help="tasks per worker slot when the queue is deep (default 8; 1 = no prefetch)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=[policy.label for policy in shm.Policy],
+        help="how a worker is picked for a task (default least-loaded)",
+    )
+    p.add_argument(
+        "--aging-s",
+        dest="aging_s",
+        type=float,
+        help="a queued task's priority grows by 1 for every this many seconds it waits "
+        "(default 0 = off)",
     )
     return p
 
 
 async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
     """Run until SIGTERM/SIGINT; serves health and reflection only."""
-    async with Scheduler(cell, cfg.batch, cfg.prefetch_per_slot, convert.AssignCall) as scheduler:
+    scheduler = Scheduler(
+        cell,
+        cfg.batch,
+        cfg.prefetch_per_slot,
+        convert.AssignCall,
+        shm.Policy.parse(cfg.policy),
+        cfg.aging_s,
+    )
+    async with scheduler:
         grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES)
         signals.install(asyncio.get_running_loop(), scheduler.shutdown)
         ready.announce("scheduler", channels.format_address(cfg.host, port))
@@ -48,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.SchedulerConfig, "scheduler", parser().parse_args(argv), os.environ
     )
     logs.setup("scheduler", cfg.log_level)
+    try:
+        shm.Policy.parse(cfg.policy)
+        if not (cfg.aging_s >= 0.0 and math.isfinite(cfg.aging_s)):
+            raise ValueError(f"--aging-s must be a finite number >= 0, got {cfg.aging_s}")
+    except ValueError as exc:
+        print(f"heapd scheduler: {exc}", file=sys.stderr)
+        return 2
     return entry.run_attached("scheduler", cfg.cell, lambda cell: serve(cfg, cell))
 
 

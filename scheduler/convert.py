@@ -1,22 +1,32 @@
 """The scheduler's gRPC boundary: the only module of `scheduler` that imports `protos`.
 
 `AssignCall` is the scheduler's side of one WorkerService.AssignStream, built and read here; the
-dispatcher sees it as a `heapd.scheduler.dispatcher.AssignStream` (dispatch groups out, refusals
-in) and never touches a message.
+dispatcher sees it as a `heapd.scheduler.dispatcher.AssignStream` (dispatch groups and
+revocations out, answers in) and never touches a message.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
-from heapd import shm
 from heapd.runtime import channels
+from heapd.scheduler.dispatcher import Answer, Request, Revoke
 from heapd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 
-def assign_request(dispatches: Sequence[shm.Dispatch]) -> worker_service_pb2.AssignTasksRequest:
-    """One AssignTasks call for tasks that all go to the same worker (same id and epoch)."""
-    first = dispatches[0]
+def assign_request(request: Request) -> worker_service_pb2.AssignTasksRequest:
+    """One AssignStream request: tasks that all go to the same worker (same id and epoch), or a
+    revocation of unstarted attempts."""
+    if isinstance(request, Revoke):
+        return worker_service_pb2.AssignTasksRequest(
+            worker_id=request.worker_id,
+            epoch=request.epoch,
+            revoke=[
+                worker_service_pb2.AssignmentRef(task_id=task_id, attempt=attempt)
+                for task_id, attempt in request.refs
+            ],
+        )
+    first = request[0]
     return worker_service_pb2.AssignTasksRequest(
         worker_id=first.worker_id,
         epoch=first.worker_epoch,
@@ -26,16 +36,18 @@ def assign_request(dispatches: Sequence[shm.Dispatch]) -> worker_service_pb2.Ass
                 attempt=d.attempt,
                 spec=d.payload,
                 timeout_s=d.timeout_ms / 1000.0,
+                priority=d.priority,
             )
-            for d in dispatches
+            for d in request
         ],
     )
 
 
-def refusal_from_proto(reply: worker_service_pb2.AssignTasksResponse) -> str:
-    """Why the worker took none of a group's tasks; empty when it took them."""
-    refused: str = reply.refused
-    return refused
+def answer_from_proto(reply: worker_service_pb2.AssignTasksResponse) -> Answer:
+    """Why the worker refused a request (empty: taken) and which attempts it gave back."""
+    return Answer(
+        refused=reply.refused, revoked=[(ref.task_id, ref.attempt) for ref in reply.revoked]
+    )
 
 
 class AssignCall:
@@ -45,15 +57,14 @@ class AssignCall:
         self._channel = channels.channel(address)
         self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).AssignStream()
 
-    async def send(self, group: Sequence[shm.Dispatch]) -> None:
-        """Write one group (one worker id and epoch)."""
-        await self._call.write(assign_request(group))
+    async def send(self, request: Request) -> None:
+        """Write one request (a group for one worker id and epoch, or a revocation)."""
+        await self._call.write(assign_request(request))
 
-    async def refusals(self) -> AsyncIterator[str]:
-        """The worker's answers in order, as refusal reasons (empty: taken); raises
-        grpc.aio.AioRpcError when the stream breaks."""
+    async def answers(self) -> AsyncIterator[Answer]:
+        """The worker's answers in order; raises grpc.aio.AioRpcError when the stream breaks."""
         async for reply in self._call:
-            yield refusal_from_proto(reply)
+            yield answer_from_proto(reply)
 
     async def close(self) -> None:
         """Cancel the call and close the channel."""

@@ -18,7 +18,8 @@ from types import TracebackType
 
 from heapd import shm
 from heapd.runtime.bells import BellListener
-from heapd.scheduler.dispatcher import Dispatcher, OpenStream
+from heapd.scheduler.dispatcher import Dispatcher, OpenStream, Revoke
+from heapd.scheduler.prefetched import Prefetched
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,24 @@ class Scheduler:
     """Pops the task heap and hands tasks to the dispatcher."""
 
     def __init__(
-        self, cell: shm.Cell, batch: int, prefetch_per_slot: int, open_stream: OpenStream
+        self,
+        cell: shm.Cell,
+        batch: int,
+        prefetch_per_slot: int,
+        open_stream: OpenStream,
+        policy: shm.Policy = shm.Policy.LEAST_LOADED,
+        aging_s: float = 0.0,
     ) -> None:
-        """`open_stream(address)` opens the AssignStream to the worker at `address`."""
+        """`open_stream(address)` opens the AssignStream to the worker at `address`; `aging_s`
+        is the aging period (a task's priority grows by 1 per `aging_s` waited; 0 = off)."""
         self.cell = cell
         self._batch = batch
         self._prefetch = max(1, prefetch_per_slot)
+        self._policy = policy
+        self._aging_s = aging_s
+        self._cursor = shm.Cursor(policy)
+        self._prefetched = Prefetched(cell.still_dispatched)
+        self._worker_seq = -1
         self._dispatcher = Dispatcher(cell, open_stream)
         self._rate = TaskRate()
         self._stop = asyncio.Event()
@@ -77,6 +90,7 @@ class Scheduler:
     def start(self) -> None:
         """Take back what a previous scheduler may have left half-sent, listen to the doorbell
         and dispatch what is queued."""
+        self.cell.configure_scheduling(self._policy, self._aging_s)
         self._reclaim_unsent()
         loop = asyncio.get_running_loop()
         self._listener = BellListener(self.cell.scheduler_bell, loop, "scheduler")
@@ -133,20 +147,46 @@ class Scheduler:
             event.clear()
 
     def dispatch_round(self) -> int:
-        """Dispatch until the heap is empty or no worker has room; returns tasks dispatched."""
+        """Dispatch until the heap is empty or no worker has room, then take back prefetched
+        tasks that a queued one must overtake; returns tasks dispatched."""
+        self._unpark_if_workers_changed()
         total = 0
         per_slot = self._per_slot()
         # Deep queue: refill a worker only once half its prefetch room is free, so tasks go out
         # in batches rather than one AssignTasks per finished task.
         min_room = per_slot // 2
         while True:
-            dispatches = self.cell.dispatch(self._batch, time.time(), per_slot, min_room)
+            done = self.cell.dispatch_round(
+                self._batch, time.time(), per_slot, min_room, self._cursor
+            )
             min_room = 0
-            if dispatches:
-                self._dispatcher.send(dispatches)
-                total += len(dispatches)
-            if len(dispatches) < self._batch:
+            for task_id, why in done.parked:
+                log.warning(
+                    "task is unschedulable: no live worker could run it; parked until workers "
+                    "change",
+                    extra={"fields": {"task_id": task_id, "why": why}},
+                )
+            if done.dispatches:
+                self._dispatcher.send(done.dispatches)
+                self._prefetched.sent(done.dispatches)
+                total += len(done.dispatches)
+            if len(done.dispatches) < self._batch:
+                self._revoke_overtaken(done.top_key)
                 return total
+
+    def _revoke_overtaken(self, top_key: int) -> None:
+        """Ask workers to give back unstarted tasks worse than the best one still queued."""
+        for lot in self._prefetched.overtaken(top_key):
+            self._dispatcher.revoke(lot.address, Revoke(lot.worker_id, lot.epoch, lot.refs))
+
+    def _unpark_if_workers_changed(self) -> None:
+        """A worker joined: tasks parked as unschedulable get another look."""
+        seq = self.cell.worker_seq()
+        if seq != self._worker_seq:
+            self._worker_seq = seq
+            count = self.cell.unpark_all()
+            if count:
+                log.info("workers changed: unparked tasks", extra={"fields": {"tasks": count}})
 
     def _per_slot(self) -> int:
         """Tasks per slot for this round: 1 on a shallow queue; on a deep one, enough to cover

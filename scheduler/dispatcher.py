@@ -20,6 +20,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -34,16 +35,38 @@ REQUEUE_DELAY_S = 0.1
 RECLAIM_AFTER_S = 5.0
 
 Requeue = Callable[[list[shm.Dispatch], float], None]  # (tasks, after how many seconds)
+Ref = tuple[int, int]  # (task_id, attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """Ask one worker registration to give back these attempts if it has not started them."""
+
+    worker_id: int
+    epoch: int
+    refs: list[Ref]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A worker's answer to one request: why it refused it (empty: taken), and for a revoke,
+    the attempts it gave back."""
+
+    refused: str
+    revoked: list[Ref]
+
+
+Request = list[shm.Dispatch] | Revoke
 
 
 class AssignStream(Protocol):
     """One AssignStream to one worker (`heapd.scheduler.convert.AssignCall` over gRPC)."""
 
-    async def send(self, group: Sequence[shm.Dispatch]) -> None:
-        """Write one group of dispatches (one worker id and epoch)."""
+    async def send(self, request: Request) -> None:
+        """Write one group of dispatches (one worker id and epoch) or one revocation."""
 
-    def refusals(self) -> AsyncIterator[str]:
-        """One answer per group, in order: why the worker refused it, empty if it took it."""
+    def answers(self) -> AsyncIterator[Answer]:
+        """One answer per request, in order."""
 
     async def close(self) -> None:
         """End the stream and release its channel."""
@@ -61,13 +84,15 @@ class WorkerFeed:
         stream: AssignStream,
         on_lost: Requeue,
         on_closed: Callable[[WorkerFeed], None],
+        on_revoked: Callable[[list[Ref]], None],
     ) -> None:
         self.address = address
         self._on_lost = on_lost
         self._on_closed = on_closed
+        self._on_revoked = on_revoked
         self._stream = stream
-        self._outbox: deque[list[shm.Dispatch]] = deque()
-        self._unanswered: deque[list[shm.Dispatch]] = deque()
+        self._outbox: deque[Request] = deque()
+        self._unanswered: deque[Request] = deque()
         self._wake = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
         self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
@@ -80,6 +105,13 @@ class WorkerFeed:
             return
         self._outbox.append(group)
         self._wake.set()
+
+    def revoke(self, revoke: Revoke) -> None:
+        """Ask the worker to give back unstarted attempts; what it gives back is requeued. A
+        feed that is closing drops the request: its worker's tasks are reclaimed anyway."""
+        if self._closing is None:
+            self._outbox.append(revoke)
+            self._wake.set()
 
     async def close(self) -> None:
         """End the stream; whatever was not answered is requeued. Every caller waits until the
@@ -94,8 +126,8 @@ class WorkerFeed:
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        unanswered = [d for group in self._unanswered for d in group]
-        unsent = [d for group in self._outbox for d in group]
+        unanswered = [d for group in self._unanswered if isinstance(group, list) for d in group]
+        unsent = [d for group in self._outbox if isinstance(group, list) for d in group]
         self._unanswered.clear()
         self._outbox.clear()
         if unanswered:
@@ -122,14 +154,17 @@ class WorkerFeed:
 
     async def _read(self) -> None:
         try:
-            async for refused in self._stream.refusals():
-                group = self._unanswered.popleft() if self._unanswered else []
-                if refused:
+            async for answer in self._stream.answers():
+                request = self._unanswered.popleft() if self._unanswered else []
+                if isinstance(request, Revoke):
+                    if answer.revoked:
+                        self._on_revoked(answer.revoked)
+                elif answer.refused:
                     log.info(
                         "worker refused tasks; requeueing",
-                        extra={"fields": {"address": self.address, "reason": refused}},
+                        extra={"fields": {"address": self.address, "reason": answer.refused}},
                     )
-                    self._on_lost(group, REQUEUE_DELAY_S)
+                    self._on_lost(request, REQUEUE_DELAY_S)
             self._failed(None)
         except grpc.aio.AioRpcError as exc:
             self._failed(exc)
@@ -157,6 +192,7 @@ class Dispatcher:
         self._feeds: dict[str, WorkerFeed] = {}
         self._pending_requeues: set[asyncio.Task[None]] = set()
         self.requeued = 0
+        self.revoked = 0
 
     def send(self, dispatches: Sequence[shm.Dispatch]) -> None:
         """Hand each worker its share of this round (does not wait)."""
@@ -175,11 +211,22 @@ class Dispatcher:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def revoke(self, address: str, revoke: Revoke) -> None:
+        """Ask the worker at `address` to give back these unstarted attempts (does not wait);
+        the ones it gives back go back to the queue with their original keys."""
+        self._feed(address).revoke(revoke)
+
+    def _take_back(self, refs: list[Ref]) -> None:
+        count = self._cell.take_back(refs)
+        self.revoked += count
+        if count:
+            log.debug("took back prefetched tasks", extra={"fields": {"tasks": count}})
+
     def _feed(self, address: str) -> WorkerFeed:
         feed = self._feeds.get(address)
         if feed is None:
             stream = self._open_stream(address)
-            feed = WorkerFeed(address, stream, self._requeue_later, self._forget)
+            feed = WorkerFeed(address, stream, self._requeue_later, self._forget, self._take_back)
             self._feeds[address] = feed
         return feed
 

@@ -10,6 +10,7 @@ from heapd.shm.errors import (
     CellNotFound,
     InvalidCapacity,
     LayoutMismatch,
+    ResourceNamesFull,
     ShmError,
     StaleEpoch,
     TableFull,
@@ -17,6 +18,7 @@ from heapd.shm.errors import (
     WorkerNotFound,
 )
 from heapd.shm.names import CellNames, validate_cell_name
+from heapd.shm.placement import Cursor
 from heapd.shm.types import (
     ACTIVE,
     ACTIVE_STATES,
@@ -30,8 +32,10 @@ from heapd.shm.types import (
     CompleteOutcome,
     Completion,
     Dispatch,
+    DispatchRound,
     LostTasks,
     NewTask,
+    Policy,
     RestoredTask,
     TaskInfo,
     TaskState,
@@ -57,12 +61,16 @@ __all__ = [
     "CellStats",
     "CompleteOutcome",
     "Completion",
+    "Cursor",
     "Dispatch",
+    "DispatchRound",
     "Doorbell",
     "InvalidCapacity",
     "LayoutMismatch",
     "LostTasks",
     "NewTask",
+    "Policy",
+    "ResourceNamesFull",
     "RestoredTask",
     "ShmError",
     "StaleEpoch",

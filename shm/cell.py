@@ -8,14 +8,16 @@ other than a domain error, the derived state is repaired before the lock is give
 
 from __future__ import annotations
 
+import math
 import mmap
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
 from heapd.shm import check as check_mod
 from heapd.shm import dispatch as dispatch_mod
 from heapd.shm import repair as repair_mod
+from heapd.shm import resources as resources_mod
 from heapd.shm import restore as restore_mod
 from heapd.shm import segment, tasks, workers
 from heapd.shm.doorbell import Doorbell
@@ -24,6 +26,7 @@ from heapd.shm.layout import H, Layout
 from heapd.shm.lock import CellLock
 from heapd.shm.memory import CellMemory
 from heapd.shm.names import CellNames
+from heapd.shm.placement import Cursor
 from heapd.shm.types import (
     CancelResult,
     Capacities,
@@ -31,8 +34,10 @@ from heapd.shm.types import (
     CompleteOutcome,
     Completion,
     Dispatch,
+    DispatchRound,
     LostTasks,
     NewTask,
+    Policy,
     RestoredTask,
     TaskInfo,
     TaskState,
@@ -41,6 +46,7 @@ from heapd.shm.types import (
 )
 
 _OPEN_ATTEMPTS = 5
+UNSCHEDULABLE_EXAMPLES = 5  # unschedulable tasks named by `stats`
 DEFAULT_CAPACITIES = Capacities()
 
 
@@ -157,13 +163,15 @@ class Cell:
 
     def submit(self, tasks_: Sequence[NewTask], now: float) -> list[int]:
         """Queue tasks all-or-nothing; returns their ids and rings the scheduler."""
+        asked = []
         for task in tasks_:
-            tasks.validate_new(task)
+            asked.append(tasks.validate_new(task))
             self._m.arena.check_size(len(task.payload))
         if not tasks_:
             return []
+        constrained = any(needs or labels for needs, labels in asked)
         with self._locked() as mem:
-            ids = tasks.submit(mem, tasks_, now)
+            ids = tasks.submit(mem, tasks_, now, asked if constrained else None)
         self.scheduler_bell.ring()
         return ids
 
@@ -177,9 +185,26 @@ class Cell:
         return len(kept)
 
     def get(self, task_id: int) -> TaskInfo:
-        """A copy of one task (TaskNotFound)."""
+        """A copy of one task with its needs and labels (TaskNotFound)."""
         with self._locked() as mem:
             return tasks.info(mem, task_id)
+
+    def describe(self, task_id: int) -> tuple[TaskInfo, bytes | None, str]:
+        """A task with its needs and labels, its result (None if none) and why no live worker
+        could run it ("" unless QUEUED and unschedulable), under one lock (TaskNotFound)."""
+        with self._locked() as mem:
+            return tasks.describe(mem, task_id)
+
+    def unschedulable_reason(self, task_id: int) -> str:
+        """Why no live worker could run this QUEUED task; "" if one could or it is not QUEUED."""
+        return self.describe(task_id)[2]
+
+    def unschedulable_reasons(self, task_ids: Sequence[int]) -> list[str]:
+        """`unschedulable_reason` of each task under one lock ("" for unknown ones)."""
+        if not task_ids:
+            return []
+        with self._locked() as mem:
+            return [tasks.unschedulable_reason(mem, task_id) for task_id in task_ids]
 
     def read_result(self, task_id: int) -> bytes | None:
         """A copy of the task's result, None if it has none (TaskNotFound)."""
@@ -221,10 +246,11 @@ class Cell:
         with self._locked() as mem:
             return tasks.list_tasks(mem, states, limit)
 
-    def stats(self) -> CellStats:
-        """Counters, per-state counts and workers, read under the lock."""
+    def stats(self, unschedulable_examples: int = UNSCHEDULABLE_EXAMPLES) -> CellStats:
+        """Counters, per-state counts, workers and unschedulable tasks, read under the lock."""
         with self._locked() as mem:
             hdr = mem.hdr
+            stuck, examples = resources_mod.unschedulable(mem, unschedulable_examples)
             return CellStats(
                 cell=self.name,
                 capacities=self.capacities,
@@ -238,6 +264,12 @@ class Cell:
                 requeued_total=int(hdr[H.REQUEUED]),
                 stale_total=int(hdr[H.STALE]),
                 arena_used_bytes=mem.arena.used_bytes,
+                revoked_total=int(hdr[H.REVOKED]),
+                parked=int(hdr[H.PARKED]),
+                policy=Policy(int(hdr[H.POLICY])),
+                aging_s=int(hdr[H.AGING_NS]) / 1e9,
+                unschedulable=stuck,
+                unschedulable_examples=examples,
             )
 
     def task_seq(self) -> int:
@@ -263,13 +295,70 @@ class Cell:
     # ---- scheduler side
 
     def dispatch(
-        self, limit: int, now: float, max_per_slot: int = 1, min_room_per_slot: int = 0
+        self,
+        limit: int,
+        now: float,
+        max_per_slot: int = 1,
+        min_room_per_slot: int = 0,
+        cursor: Cursor | None = None,
     ) -> list[Dispatch]:
-        """Pop up to `limit` tasks onto the least-loaded ALIVE workers (see shm.dispatch)."""
+        """`dispatch_round`, for callers that want the dispatches only."""
+        return self.dispatch_round(limit, now, max_per_slot, min_room_per_slot, cursor).dispatches
+
+    def dispatch_round(
+        self,
+        limit: int,
+        now: float,
+        max_per_slot: int = 1,
+        min_room_per_slot: int = 0,
+        cursor: Cursor | None = None,
+    ) -> DispatchRound:
+        """Pop up to `limit` tasks onto ALIVE workers by the cursor's policy (least-loaded by
+        default; see shm.dispatch); also says which tasks it parked and the best key left."""
         if limit <= 0:
-            return []
+            return DispatchRound([], -1, [])
         with self._locked() as mem:
-            return dispatch_mod.dispatch(mem, limit, now, max_per_slot, min_room_per_slot)
+            return dispatch_mod.dispatch(mem, limit, now, max_per_slot, min_room_per_slot, cursor)
+
+    def take_back(self, refs: Sequence[tuple[int, int]]) -> int:
+        """Requeue (task_id, attempt) pairs a worker gave back unstarted (see
+        shm.dispatch.take_back); rings the scheduler."""
+        with self._locked() as mem:
+            count = dispatch_mod.take_back(mem, refs)
+        if count:
+            self.scheduler_bell.ring()
+        return count
+
+    def still_dispatched(self, refs: Sequence[tuple[int, int]]) -> list[bool]:
+        """For each (task_id, attempt): whether it is sent but not started at that attempt."""
+        with self._locked() as mem:
+            return dispatch_mod.still_dispatched(mem, refs)
+
+    def unpark_all(self) -> int:
+        """Put the tasks parked as unschedulable back on the heap; returns how many."""
+        with self._locked() as mem:
+            return dispatch_mod.unpark_all(mem)
+
+    def configure_scheduling(self, policy: Policy, aging_s: float) -> None:
+        """Record the scheduler's policy and aging period (0 = off) in the header; a changed
+        aging period re-keys the whole task heap once."""
+        if not (aging_s >= 0.0 and math.isfinite(aging_s)):
+            raise ValueError(f"aging_s must be a finite number >= 0, got {aging_s!r}")
+        aging_ns = round(aging_s * 1e9)
+        with self._locked() as mem:
+            mem.hdr[H.POLICY] = int(policy)
+            if mem.hdr[H.AGING_NS] != aging_ns:
+                mem.hdr[H.AGING_NS] = aging_ns
+                repair_mod.repair(mem)
+
+    def scheduling(self) -> tuple[Policy, float]:
+        """(policy, aging period in seconds) as the scheduler last recorded them."""
+        hdr = self._m.hdr
+        return Policy(int(hdr[H.POLICY])), int(hdr[H.AGING_NS]) / 1e9
+
+    def worker_seq(self) -> int:
+        """Registrations so far (one word, no lock): changes when a worker joins."""
+        return int(self._m.hdr[H.WORKER_SEQ])
 
     def requeue(self, refs: Sequence[tuple[int, int]], now: float) -> int:
         """Requeue (task_id, attempt) pairs still running at that attempt (no loss counted)."""
@@ -282,12 +371,23 @@ class Cell:
     # ---- register side
 
     def register_worker(
-        self, address: str, slots: int, pid: int, hostname: str, now: float, deadline: float
+        self,
+        address: str,
+        slots: int,
+        pid: int,
+        hostname: str,
+        now: float,
+        deadline: float,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> WorkerInfo:
-        """A new ALIVE worker (new id and epoch); rings the scheduler. TableFull."""
+        """A new ALIVE worker (new id and epoch) offering `resources` (cpus = slots unless
+        given) and carrying `labels`; rings the scheduler. TableFull, ResourceNamesFull,
+        ValueError."""
         addr, host = workers.validate_registration(address, slots, pid, hostname)
+        offers = workers.validate_offers(resources, labels, slots)
         with self._locked() as mem:
-            info = workers.register(mem, addr, host, slots, pid, now, deadline)
+            info = workers.register(mem, addr, host, slots, pid, now, deadline, offers)
         self.scheduler_bell.ring()
         return info
 
@@ -372,7 +472,7 @@ class Cell:
     def worker(self, worker_id: int) -> WorkerInfo:
         """One worker (WorkerNotFound)."""
         with self._locked() as mem:
-            return mem.workers.info(mem.workers.slot_of(worker_id))
+            return workers.info(mem, mem.workers.slot_of(worker_id))
 
     # ---- consistency
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from heapd.shm import derived
+from heapd.shm import catalog, derived
 from heapd.shm.heap import IndexedHeap
-from heapd.shm.layout import F_RESULT, MAGIC, SLOT_BITS, SLOT_MASK, VERSION, H
+from heapd.shm.layout import F_PARKED, F_RESULT, MAGIC, SLOT_BITS, SLOT_MASK, VERSION, H
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import TaskState, WorkerState
 
@@ -27,9 +27,11 @@ def check(mem: CellMemory) -> list[str]:
     problems = _header(mem)
     problems += _task_records(mem)
     problems += mem.task_heap.check() + mem.worker_heap.check()
-    problems += _membership(
-        mem.task_heap, mem.tasks.rec["state"] == TaskState.QUEUED, "task", "QUEUED"
-    )
+    rec = mem.tasks.rec
+    parked = (rec["flags"] & F_PARKED) != 0
+    queued = rec["state"] == TaskState.QUEUED
+    problems += _membership(mem.task_heap, queued & ~parked, "task", "QUEUED")
+    problems += _parked(mem, parked & ~queued)
     problems += _membership(
         mem.worker_heap, mem.workers.rec["state"] == WorkerState.ALIVE, "worker", "ALIVE"
     )
@@ -37,8 +39,24 @@ def check(mem: CellMemory) -> list[str]:
     problems += mem.task_free.check(mem.tasks.rec["state"] == TaskState.FREE)
     problems += mem.worker_free.check(mem.workers.rec["state"] == WorkerState.FREE)
     problems += _in_flight(mem)
+    problems += _resources(mem)
     problems += mem.arena.check(*derived.blob_refs(mem))
     problems += mem.ring.check()
+    return problems
+
+
+def _parked(mem: CellMemory, stray: npt.NDArray[np.bool_]) -> list[str]:
+    """Parking marks QUEUED tasks only; the queue's priority floor is a lower bound."""
+    problems = [f"task slot {int(s)}: parked but not QUEUED" for s in np.flatnonzero(stray)[:LIMIT]]
+    count = int(np.count_nonzero((mem.tasks.rec["flags"] & F_PARKED) != 0))
+    if count != mem.hdr[H.PARKED]:
+        problems.append(f"header: PARKED is {int(mem.hdr[H.PARKED])}, {count} tasks are parked")
+    floor = int(mem.hdr[H.MIN_QUEUED_PRIORITY])
+    lowest = derived.min_queued_priority(mem)
+    if floor > lowest:
+        problems.append(
+            f"header: MIN_QUEUED_PRIORITY is {floor} but a queued task has priority {lowest}"
+        )
     return problems
 
 
@@ -133,5 +151,26 @@ def _in_flight(mem: CellMemory) -> list[str]:
         f"task {int(mem.tasks.rec['id'][s])} is running on worker "
         f"{int(mem.tasks.rec['worker_id'][s])}, which is not live at that epoch"
         for s in orphans[:LIMIT]
+    ]
+    return problems
+
+
+def _resources(mem: CellMemory) -> list[str]:
+    """Resources in use agree with the tasks that hold them; needs name known resources."""
+    rec, wrec = mem.tasks.rec, mem.workers.rec
+    expect = derived.used_milli(mem)
+    wrong = np.argwhere(wrec["used_milli"].astype(np.int64) != expect)
+    names = catalog.names(mem)
+    problems = [
+        f"worker slot {int(w)}: {names[i] if i < len(names) else f'resource #{i}'} in use is "
+        f"{int(wrec['used_milli'][w, i])} milli, the task table says {int(expect[w, i])}"
+        for w, i in wrong[:LIMIT]
+    ]
+    live = rec["state"] != TaskState.FREE
+    counts = rec["needs"].astype(np.int64)
+    mine = np.arange(rec["need_res"].shape[1])[None, :] < counts[:, None]
+    unknown = np.flatnonzero(live & (mine & (rec["need_res"] >= len(names))).any(axis=1))
+    problems += [
+        f"task slot {int(s)}: needs a resource the cell never named" for s in unknown[:LIMIT]
     ]
     return problems

@@ -10,12 +10,17 @@ import numpy as np
 import numpy.typing as npt
 
 from heapd.shm.layout import (
+    AGE_TICKS,
     F_RESULT,
+    MAX_AGE_TICKS,
     MAX_LOAD,
+    NO_PRIORITY,
     PICK_MASK,
     PRIORITY_BITS,
+    SEQ_TIE_BITS,
     SLOT_BITS,
     WORKER_SLOT_MASK,
+    H,
 )
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import TaskState, WorkerState
@@ -25,12 +30,29 @@ Ints = npt.NDArray[np.int64]
 
 
 def task_keys(mem: CellMemory, slots: Ints) -> Ints:
-    """The task heap key of each slot: ((0x7FFF - priority) << 47) | seq."""
-    rec = mem.tasks.rec
+    """The task heap key of each slot, as `transitions.key_of` computes it one at a time:
+    ((0x7FFF - priority) << 47) | seq, or the aged key (`layout.aged_task_key`)."""
+    rec, hdr = mem.tasks.rec, mem.hdr
     priority = rec["priority"][slots].astype(np.int64)
     seq = (rec["id"][slots] >> np.uint64(SLOT_BITS)).astype(np.int64)
-    keys: Ints = ((0x7FFF - priority) << PRIORITY_BITS) | seq
-    return keys
+    aging_ns = int(hdr[H.AGING_NS])
+    if aging_ns <= 0:
+        keys: Ints = ((0x7FFF - priority) << PRIORITY_BITS) | seq
+        return keys
+    waited = rec["submitted_at"][slots] - int(hdr[H.GENERATION]) / 1e9
+    ticks = np.floor(waited * AGE_TICKS / (aging_ns / 1e9))
+    ticks = np.clip(ticks, 0, MAX_AGE_TICKS).astype(np.int64)
+    aged: Ints = (((0x7FFF - priority) * AGE_TICKS + ticks) << SEQ_TIE_BITS) | (
+        seq & ((1 << SEQ_TIE_BITS) - 1)
+    )
+    return aged
+
+
+def min_queued_priority(mem: CellMemory) -> int:
+    """The lowest priority among QUEUED tasks, NO_PRIORITY when none is queued."""
+    rec = mem.tasks.rec
+    queued = rec["priority"][rec["state"] == TaskState.QUEUED]
+    return int(queued.min()) if len(queued) else NO_PRIORITY
 
 
 def worker_keys(mem: CellMemory, slots: Ints) -> Ints:
@@ -71,6 +93,23 @@ def in_flight(mem: CellMemory) -> Ints:
     w, ok = worker_slot_of_tasks(mem)
     counts: Ints = np.bincount(w[active(mem) & ok], minlength=mem.workers.capacity)
     return counts.astype(np.int64)
+
+
+def used_milli(mem: CellMemory) -> Ints:
+    """Per worker slot and resource index: the needs (milli units) of its DISPATCHED/RUNNING
+    tasks on that live registration (workers x RESOURCE_NAMES)."""
+    rec, wrec = mem.tasks.rec, mem.workers.rec
+    used: Ints = np.zeros(wrec["used_milli"].shape, dtype=np.int64)
+    w, ok = worker_slot_of_tasks(mem)
+    holding = np.flatnonzero(active(mem) & ok & (rec["needs"] > 0))
+    if len(holding):
+        counts = rec["needs"][holding].astype(np.int64)
+        mine = np.arange(rec["need_res"].shape[1])[None, :] < counts[:, None]
+        rows = np.broadcast_to(w[holding][:, None], mine.shape)[mine]
+        cols = rec["need_res"][holding][mine].astype(np.int64)
+        cols = np.minimum(cols, used.shape[1] - 1)  # a torn index cannot write outside
+        np.add.at(used, (rows, cols), rec["need_milli"][holding][mine].astype(np.int64))
+    return used
 
 
 def orphans(mem: CellMemory) -> Ints:

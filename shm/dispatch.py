@@ -1,49 +1,105 @@
-"""Scheduler-side operations: dispatch (task heap x worker heap) and requeue.
+"""Scheduler-side operations: dispatch (task heap x workers, by policy), requeue, take back.
 
 Functions over a CellMemory; the caller (`shm.cell.Cell`) holds the lock.
+
+Priorities are never inverted by prefetch (a worker holding more tasks than slots): a task is
+sent beyond a worker's free slots only when nothing of lower priority is queued (the header's
+MIN_QUEUED_PRIORITY, a lower bound, says so), since otherwise another worker's freed slot would
+start a lower task while this one waits in a buffer. A task of higher priority that arrives
+after lower ones were prefetched makes the scheduler take those back (`take_back`); it then
+waits in the heap for the first slot that frees, anywhere.
+
+A task with resource needs or labels goes only where `shm.resources.fitting` says it fits; one
+that fits nowhere now is set aside for this round (tasks behind it still go: no head-of-line
+blocking), and one that no live worker could ever run is parked: it stays QUEUED, off the heap,
+until the set of workers changes (`unpark_all`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from heapd.shm import transitions
-from heapd.shm.layout import H, worker_key
+import numpy as np
+
+from heapd.shm import resources, transitions
+from heapd.shm.layout import F_PARKED, NO_PRIORITY, SLOT_MASK, H, worker_key
 from heapd.shm.memory import CellMemory
-from heapd.shm.types import ACTIVE, Dispatch, TaskState
+from heapd.shm.placement import Cursor, Placement
+from heapd.shm.types import ACTIVE, Dispatch, DispatchRound, TaskState
 
 DISPATCHED = int(TaskState.DISPATCHED)
+SCAN_FACTOR = 4  # tasks looked at per round, set aside or parked included: SCAN_FACTOR x limit
 
 
 def dispatch(
-    mem: CellMemory, limit: int, now: float, max_per_slot: int, min_room_per_slot: int = 0
-) -> list[Dispatch]:
-    """Pair the top tasks with the least-loaded ALIVE workers, up to `limit`.
+    mem: CellMemory,
+    limit: int,
+    now: float,
+    max_per_slot: int,
+    min_room_per_slot: int = 0,
+    cursor: Cursor | None = None,
+) -> DispatchRound:
+    """Pair the top tasks with ALIVE workers by the cursor's policy, up to `limit`.
 
     Nothing is dispatched unless the least-loaded worker has room for `min_room_per_slot`
     tasks per slot (and at least one); once started, workers are filled to `max_per_slot` tasks
-    per slot. So a deep queue goes out in batches instead of one task per freed slot.
+    per slot where prefetch cannot invert priorities (see the module docstring). So a deep queue
+    goes out in batches instead of one task per freed slot.
     """
     out: list[Dispatch] = []
+    parked: list[tuple[int, str]] = []
     task_heap, worker_heap = mem.task_heap, mem.worker_heap
-    workers = mem.workers
-    addresses: dict[int, str] = {}
-    if len(worker_heap):
+    tasks, workers, hdr = mem.tasks, mem.workers, mem.hdr
+    if len(worker_heap) and min_room_per_slot > 0:
         w = worker_heap.peek()
         room = workers.slots[w] * max_per_slot - workers.in_flight[w]
         if room < max(1, workers.slots[w] * min_room_per_slot):
-            return out
-    while len(out) < limit and len(task_heap) and len(worker_heap):
-        w = worker_heap.peek()
-        if workers.in_flight[w] >= workers.slots[w] * max_per_slot:
-            break  # the least loaded is full, so every worker is
-        slot = task_heap.pop()
-        out.append(_assign(mem, slot, w, now, addresses))
-    return out
+            return DispatchRound(out, _top_key(mem), parked)
+    place = Placement(mem, cursor or Cursor())
+    addresses: dict[int, str] = {}
+    aside: list[int] = []
+    aside_priority = NO_PRIORITY - 1 - (1 << 16)  # below every priority: nothing set aside yet
+    budget = SCAN_FACTOR * limit
+    while len(out) < limit and len(task_heap) and len(worker_heap) and budget > 0:
+        budget -= 1
+        slot = task_heap.peek()
+        priority = tasks.priority[slot]
+        deep = priority <= hdr[H.MIN_QUEUED_PRIORITY] and priority >= aside_priority
+        cap = max_per_slot if deep else 1
+        if not resources.constrained(mem, slot):
+            w = place.pick(cap)
+            if w < 0:
+                break  # no room for it, so none for anything behind it either
+            out.append(_assign(mem, slot, w, now, addresses))
+            continue
+        fit = resources.fitting(mem, slot, place.with_room(cap))
+        if len(fit):
+            out.append(_assign(mem, slot, place.choose(fit), now, addresses))
+            continue
+        task_heap.remove(slot)
+        why = resources.unschedulable_reason(mem, slot)
+        if why:
+            transitions.park(mem, slot)
+            parked.append((int(tasks.id[slot]), why))
+        else:
+            aside.append(slot)
+            aside_priority = max(aside_priority, int(priority))
+    for slot in aside:
+        transitions.queue(mem, slot)
+    if not len(task_heap) and not hdr[H.PARKED]:
+        hdr[H.MIN_QUEUED_PRIORITY] = NO_PRIORITY
+    return DispatchRound(out, _top_key(mem), parked)
+
+
+def _top_key(mem: CellMemory) -> int:
+    heap = mem.task_heap
+    return heap.key_of(heap.peek()) if len(heap) else -1
 
 
 def _assign(mem: CellMemory, slot: int, w: int, now: float, addresses: dict[int, str]) -> Dispatch:
     tasks, workers = mem.tasks, mem.workers
+    key = mem.task_heap.key_of(slot)
+    mem.task_heap.remove(slot)
     worker_id, epoch = workers.id[w], workers.epoch[w]
     attempt = tasks.attempt[slot] + 1
     tasks.attempt[slot] = attempt
@@ -51,6 +107,7 @@ def _assign(mem: CellMemory, slot: int, w: int, now: float, addresses: dict[int,
     tasks.worker_epoch[slot] = epoch
     tasks.dispatched_at[slot] = now
     tasks.state[slot] = DISPATCHED
+    resources.hold(mem, slot, w)
     in_flight = workers.in_flight[w] + 1
     workers.in_flight[w] = in_flight
     pick = mem.bump(H.PICK)
@@ -67,13 +124,33 @@ def _assign(mem: CellMemory, slot: int, w: int, now: float, addresses: dict[int,
         address=address,
         payload=mem.arena.read(tasks.payload_chunk[slot], tasks.payload_len[slot]),
         timeout_ms=tasks.timeout_ms[slot],
+        priority=tasks.priority[slot],
+        key=key,
     )
 
 
-def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> int:
-    """Put (task_id, attempt) pairs still running at that attempt back in the queue. Not a lost
-    worker (that is `workers.worker_lost`, which counts the loss): a refused or undelivered
-    dispatch, so no loss is counted."""
+def unpark_all(mem: CellMemory) -> int:
+    """Put every parked task back on the heap (the workers changed: some may fit now)."""
+    if not mem.hdr[H.PARKED]:
+        return 0
+    flags = mem.tasks.rec["flags"]
+    count = 0
+    for slot in (flags & F_PARKED).nonzero()[0].tolist():
+        count += transitions.unpark(mem, slot)
+    return count
+
+
+def take_back(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> int:
+    """Requeue (task_id, attempt) pairs a worker gave back unstarted (revoked so a higher task
+    can overtake them): still DISPATCHED at that attempt -> QUEUED with their original key. Not
+    a failure and not a requeue after a loss: counted as REVOKED."""
+    return _requeue_at_attempt(mem, refs, (DISPATCHED,), H.REVOKED)
+
+
+def _requeue_at_attempt(
+    mem: CellMemory, refs: Sequence[tuple[int, int]], states: Collection[int], counter: H
+) -> int:
+    """Requeue each (task_id, attempt) whose task is in one of `states` at that attempt."""
     tasks = mem.tasks
     count = 0
     for task_id, attempt in refs:
@@ -81,7 +158,34 @@ def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> int:
             slot = tasks.slot_of(task_id)
         except KeyError:
             continue
-        if tasks.state[slot] in ACTIVE and tasks.attempt[slot] == attempt:
-            transitions.requeue_active(mem, slot)
+        if tasks.state[slot] in states and tasks.attempt[slot] == attempt:
+            transitions.requeue_active(mem, slot, counter)
             count += 1
     return count
+
+
+def still_dispatched(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> list[bool]:
+    """For each (task_id, attempt): whether it is DISPATCHED (sent, not started) at that
+    attempt. Vectorised: the scheduler prunes thousands at a time under the lock."""
+    if not refs:
+        return []
+    ids = np.fromiter((r[0] for r in refs), dtype=np.uint64, count=len(refs))
+    attempts = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
+    slots = (ids & np.uint64(SLOT_MASK)).astype(np.int64)
+    inside = slots < mem.tasks.capacity
+    slots = np.where(inside, slots, 0)
+    rec = mem.tasks.rec
+    ok = (
+        inside
+        & (rec["id"][slots] == ids)
+        & (rec["state"][slots] == DISPATCHED)
+        & (rec["attempt"][slots].astype(np.int64) == attempts)
+    )
+    return [bool(x) for x in ok]
+
+
+def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> int:
+    """Put (task_id, attempt) pairs still running at that attempt back in the queue. Not a lost
+    worker (that is `workers.worker_lost`, which counts the loss): a refused or undelivered
+    dispatch, so no loss is counted."""
+    return _requeue_at_attempt(mem, refs, ACTIVE, H.REQUEUED)

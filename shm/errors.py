@@ -10,9 +10,10 @@
      ├─ StaleEpoch          worker known but not at that epoch, or DEAD (fencing)
      ├─ TableFull           task or worker table full (.table: "tasks" | "workers")
      ├─ BlobTooLarge        (also ValueError) blob above max_blob_bytes (.size, .limit)
-     └─ ArenaFull           no room in the blob arena (.size, .free)
+     ├─ ArenaFull           no room in the blob arena (.size, .free)
+     └─ ResourceNamesFull   (also ValueError) a 17th distinct resource name in one cell
 
-The PLM maps BlobTooLarge to INVALID_ARGUMENT and ArenaFull / TableFull to
+The PLM maps BlobTooLarge and ResourceNamesFull to INVALID_ARGUMENT and ArenaFull / TableFull to
 RESOURCE_EXHAUSTED; every message names what to do next.
 """
 
@@ -123,3 +124,15 @@ class ArenaFull(ShmError):
         )
         self.size = size
         self.free = free
+
+
+class ResourceNamesFull(ShmError, ValueError):
+    """A task or worker names a resource the cell has no room left to name."""
+
+    def __init__(self, new: list[str], limit: int) -> None:
+        super().__init__(
+            f"the cell knows {limit} resource names already (the limit per cell): cannot add "
+            f"{', '.join(repr(n) for n in new)}; use one of the names in use, or recreate the cell"
+        )
+        self.new = new
+        self.limit = limit

@@ -3,9 +3,11 @@
 Segment, in order (each section starts on a 64-byte boundary, the arena on a page)::
 
     section             size                  contents
-    header              4096                  64 int64 words, see `H`
-    task table          T x 80                TASK_DTYPE records (the truth)
-    worker table        W x 264               WORKER_DTYPE records (the truth)
+    header              4096                  64 int64 words, see `H`; bytes 1024..1535: the
+                                              resource name table (16 x S32, see below)
+    label texts         512 x 136             LABEL_TEXT_DTYPE: label hash -> "key=value"
+    task table          T x 184               TASK_DTYPE records (the truth)
+    worker table        W x 520               WORKER_DTYPE records (the truth)
     task heap keys      (T + 1) x int64       heap order; [size] is a +inf sentinel
     task heap items     T x int32             task slot at each heap position
     task heap pos       T x int32             heap position of each slot, -1 = not queued
@@ -18,10 +20,16 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
     arena map           C x uint8             1 = chunk in use; C = arena_bytes // 64
     arena               C x 64                blob chunks (payloads and results)
 
-Shared bytes per queued task, payload excluded: 80 (record) + 16 (heap key, item,
-position) + 4 (free stack) + 8 (ring) = 108.
+Shared bytes per queued task, payload excluded: 184 (record) + 16 (heap key, item,
+position) + 4 (free stack) + 8 (ring) = 212.
 
-Task record (TASK_DTYPE, 80 bytes)::
+Resource names (header bytes 1024..1535): RESOURCE_NAMES entries of S32, a cell-wide table
+indexed by the resource index of task needs and worker offers; "" = unused. Names are added
+(under the lock) the first time a task or worker uses them and never removed. Label texts: an
+open-addressed table (probe from hash % LABEL_TEXTS) of the "key=value" text of each label hash
+seen, for display only; once full, further labels are shown by their hash.
+
+Task record (TASK_DTYPE, 184 bytes)::
 
     off  field          type  meaning
     0    id             u8    (seq << 24) | slot; seq from H.TASK_SEQ, never reused
@@ -38,12 +46,16 @@ Task record (TASK_DTYPE, 80 bytes)::
     64   timeout_ms     u4    0 = none
     68   worker_epoch   u4
     72   priority       i2    higher first
-    74   cpus           u2    resource need
+    74   needs          u1    resource needs in use: need_res/need_milli[:needs]
+    75   nlabels        u1    labels asked: label_hash[:nlabels]
     76   state          u1    TaskState; written LAST: the commit point of a change
     77   flags          u1    F_RESULT | F_NOTIFY
     78   losses         u1    attempts that ended with their worker lost (poison-task cap)
+    80   need_res       u1[8] resource index (name table) of each need
+    88   need_milli     u4[8] amount of each need, in thousandths
+    120  label_hash     u8[8] blake2b-64 of each "key=value" asked (never 0)
 
-Worker record (WORKER_DTYPE, 264 bytes)::
+Worker record (WORKER_DTYPE, 520 bytes)::
 
     0    id             u8    (registration seq << 16) | slot
     8    registered_at  f8
@@ -56,17 +68,22 @@ Worker record (WORKER_DTYPE, 264 bytes)::
     56   slots          u4
     60   in_flight      u4    DERIVED: DISPATCHED/RUNNING tasks of this worker
     64   state          u1    WorkerState; written last
+    65   nlabels        u1    labels carried: label_hash[:nlabels]
     72   address        S128  utf-8, <= 127 bytes
     200  hostname       S64   utf-8, <= 63 bytes
+    264  offer_milli    u4[16] offered amount per resource index, in thousandths
+    328  used_milli     u4[16] DERIVED: sum of the needs of its DISPATCHED/RUNNING tasks
+    392  label_hash     u8[16] blake2b-64 of each "key=value" it carries
 
 Derived (rebuilt by `shm.repair` from the tables): both heaps and their position
-indexes, both free stacks, in-flight counts, the arena map and H.ARENA_USED, the
-completion ring (= terminal tasks with F_NOTIFY).
+indexes, both free stacks, in-flight counts, resources in use (used_milli), the arena map
+and H.ARENA_USED, the completion ring (= terminal tasks with F_NOTIFY).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,14 +91,17 @@ import numpy as np
 from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
-VERSION = 2  # 2: task record gained `losses`
+VERSION = 3  # 2: task record gained `losses`; 3: scheduling (aging, parking, resources)
 HEADER_BYTES = 4096
 HEADER_WORDS = 64
 PAGE = 4096
 ALIGN = 64
 
+Field = tuple[str, str | tuple[str, tuple[int]], int]  # name, numpy format, byte offset
+
 F_RESULT = 1  # the task has a result blob (possibly empty)
 F_NOTIFY = 2  # terminal and not yet taken from the completion ring
+F_PARKED = 4  # QUEUED but off the heap: no live worker could ever run it (see shm.dispatch)
 
 ADDRESS_BYTES = 127
 HOSTNAME_BYTES = 63
@@ -121,9 +141,14 @@ class H(enum.IntEnum):
     CANCELLED = 28
     REQUEUED = 29
     STALE = 30
+    POLICY = 31  # the scheduler's placement policy (shm.types.Policy), for status
+    AGING_NS = 32  # aging period in ns (0 = off): see `aged_task_key`
+    MIN_QUEUED_PRIORITY = 33  # <= every QUEUED task's priority; NO_PRIORITY when none queued
+    REVOKED = 34  # prefetched tasks taken back from workers so a higher one could overtake
+    PARKED = 35  # tasks flagged F_PARKED (derived: repair unparks them all)
 
 
-_TASK_FIELDS = [
+_TASK_FIELDS: list[Field] = [
     ("id", "<u8", 0),
     ("worker_id", "<u8", 8),
     ("submitted_at", "<f8", 16),
@@ -138,13 +163,17 @@ _TASK_FIELDS = [
     ("timeout_ms", "<u4", 64),
     ("worker_epoch", "<u4", 68),
     ("priority", "<i2", 72),
-    ("cpus", "<u2", 74),
+    ("needs", "u1", 74),
+    ("nlabels", "u1", 75),
     ("state", "u1", 76),
     ("flags", "u1", 77),
     ("losses", "u1", 78),
+    ("need_res", ("u1", (8,)), 80),
+    ("need_milli", ("<u4", (8,)), 88),
+    ("label_hash", ("<u8", (8,)), 120),
 ]
 
-_WORKER_FIELDS = [
+_WORKER_FIELDS: list[Field] = [
     ("id", "<u8", 0),
     ("registered_at", "<f8", 8),
     ("last_heartbeat", "<f8", 16),
@@ -158,17 +187,31 @@ _WORKER_FIELDS = [
     ("state", "u1", 64),
     ("address", "S128", 72),
     ("hostname", "S64", 200),
+    ("nlabels", "u1", 65),
+    ("offer_milli", ("<u4", (16,)), 264),
+    ("used_milli", ("<u4", (16,)), 328),
+    ("label_hash", ("<u8", (16,)), 392),
 ]
 
 
-def _record(fields: list[tuple[str, str, int]], itemsize: int) -> np.dtype[np.void]:
+def _record(fields: list[Field], itemsize: int) -> np.dtype[np.void]:
     names, formats, offsets = zip(*fields, strict=True)
     spec = {"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize}
     return np.dtype(spec)  # type: ignore[call-overload, no-any-return]
 
 
-TASK_DTYPE = _record(_TASK_FIELDS, 80)
-WORKER_DTYPE = _record(_WORKER_FIELDS, 264)
+TASK_DTYPE = _record(_TASK_FIELDS, 184)
+WORKER_DTYPE = _record(_WORKER_FIELDS, 520)
+
+TASK_NEEDS = 8  # resource needs per task (need_res / need_milli)
+TASK_LABELS = 8  # labels per task
+WORKER_LABELS = 16  # labels per worker
+RESOURCE_NAMES = 16  # distinct resource names per cell; also offers per worker
+RESOURCE_NAME_BYTES = 31
+RESOURCE_NAMES_AT = 1024  # header byte offset of the resource name table
+LABEL_TEXTS = 512  # entries of the label text table
+LABEL_TEXT_BYTES = 127  # "key=value": two parts of <= 63 bytes and the "="
+LABEL_TEXT_DTYPE = _record([("hash", "<u8", 0), ("text", "S128", 8)], 136)
 
 SLOT_BITS = 24
 SLOT_MASK = (1 << SLOT_BITS) - 1
@@ -180,9 +223,31 @@ MAX_LOAD = (1 << 31) - 1
 PICK_MASK = (1 << 32) - 1
 
 
+NO_PRIORITY = 1 << 15  # above every int16 priority: H.MIN_QUEUED_PRIORITY of an empty queue
+
+# Aging: a task's effective priority is `priority + wait / A`, so ordering by it is ordering by the
+# static `submitted / A - priority`: no re-keying. In key units, one priority level is AGE_TICKS
+# ticks, time counts in ticks of A / AGE_TICKS from the cell's creation (clamped to
+# 0..MAX_AGE_TICKS), and the low SEQ_TIE_BITS bits of the sequence break ties.
+AGE_TICKS = 1024
+SEQ_TIE_BITS = 24
+_AGED_BITS = 63 - SEQ_TIE_BITS
+MAX_AGE_TICKS = (1 << _AGED_BITS) - 1 - 0xFFFF * AGE_TICKS
+
+
 def task_key(priority: int, seq: int) -> int:
-    """Task heap key: higher priority first, then submission order (FIFO)."""
+    """Task heap key without aging: higher priority first, then submission order (FIFO)."""
     return ((0x7FFF - priority) << PRIORITY_BITS) | seq
+
+
+def aged_task_key(priority: int, seq: int, waited_s: float, aging_s: float) -> int:
+    """Task heap key with aging period `aging_s`; `waited_s` is the submission time minus the
+    cell's creation (the same float operations as `derived.task_keys`, so both agree bit for
+    bit)."""
+    ticks = min(max(math.floor(waited_s * AGE_TICKS / aging_s), 0), MAX_AGE_TICKS)
+    return (((0x7FFF - priority) * AGE_TICKS + ticks) << SEQ_TIE_BITS) | (
+        seq & ((1 << SEQ_TIE_BITS) - 1)
+    )
 
 
 def worker_key(in_flight: int, slots: int, last_pick: int) -> int:
@@ -207,6 +272,7 @@ class Layout:
     tasks: int
     workers: int
     chunks: int
+    label_texts: int
     task_table: int
     worker_table: int
     task_keys: int
@@ -227,6 +293,7 @@ class Layout:
         """Compute the layout; `caps` must be valid."""
         t, w, c = caps.tasks, caps.workers, caps.arena_bytes // CHUNK_BYTES
         sizes = [
+            ("label_texts", LABEL_TEXTS * LABEL_TEXT_DTYPE.itemsize),
             ("task_table", t * TASK_DTYPE.itemsize),
             ("worker_table", w * WORKER_DTYPE.itemsize),
             ("task_keys", (t + 1) * 8),

@@ -9,7 +9,16 @@ import numpy as np
 from heapd.shm.arena import Arena
 from heapd.shm.freelist import SlotStack
 from heapd.shm.heap import IndexedHeap
-from heapd.shm.layout import HEADER_WORDS, H, Layout
+from heapd.shm.layout import (
+    HEADER_WORDS,
+    LABEL_TEXT_DTYPE,
+    LABEL_TEXTS,
+    RESOURCE_NAME_BYTES,
+    RESOURCE_NAMES,
+    RESOURCE_NAMES_AT,
+    H,
+    Layout,
+)
 from heapd.shm.ring import CompletionRing
 from heapd.shm.tables import TaskTable, WorkerTable
 
@@ -22,6 +31,15 @@ class CellMemory:
         self.root = memoryview(mm)
         self.hdr = self.root[: HEADER_WORDS * 8].cast("q")
         self.hdr_np = np.frombuffer(self.hdr, dtype=np.int64)
+        # The cell's constraint vocabulary (see shm.catalog): resource names, label texts.
+        names_end = RESOURCE_NAMES_AT + RESOURCE_NAMES * (RESOURCE_NAME_BYTES + 1)
+        self.resource_names = np.frombuffer(
+            self.root[RESOURCE_NAMES_AT:names_end], dtype=f"S{RESOURCE_NAME_BYTES + 1}"
+        )
+        texts_end = layout.label_texts + LABEL_TEXTS * LABEL_TEXT_DTYPE.itemsize
+        self.label_texts = np.frombuffer(
+            self.root[layout.label_texts : texts_end], dtype=LABEL_TEXT_DTYPE
+        )
         t, w = layout.tasks, layout.workers
         self.tasks = TaskTable(self.root, layout.task_table, t)
         self.workers = WorkerTable(self.root, layout.worker_table, w)
@@ -69,6 +87,6 @@ class CellMemory:
             self.arena,
         ):
             part.release()
-        del self.hdr_np
+        del self.hdr_np, self.resource_names, self.label_texts
         self.hdr.release()
         self.root.release()

@@ -24,8 +24,11 @@ def repair(mem: CellMemory) -> None:
     mem.task_free.rebuild(mem.tasks.rec["state"] == TaskState.FREE)
     mem.worker_free.rebuild(mem.workers.rec["state"] == WorkerState.FREE)
     mem.workers.rec["in_flight"] = derived.in_flight(mem)
-    queued = np.flatnonzero(mem.tasks.rec["state"] == TaskState.QUEUED)
+    mem.workers.rec["used_milli"] = np.minimum(derived.used_milli(mem), (1 << 32) - 1)
+    queued = np.flatnonzero(mem.tasks.rec["state"] == TaskState.QUEUED)  # parked ones too
     mem.task_heap.rebuild(queued, derived.task_keys(mem, queued))
+    mem.hdr[H.MIN_QUEUED_PRIORITY] = derived.min_queued_priority(mem)
+    mem.hdr[H.PARKED] = 0
     alive = np.flatnonzero(mem.workers.rec["state"] == WorkerState.ALIVE)
     mem.worker_heap.rebuild(alive, derived.worker_keys(mem, alive))
     mem.arena.rebuild(*derived.blob_refs(mem))
@@ -43,7 +46,8 @@ def _settle_tables(mem: CellMemory) -> None:
     rec["worker_epoch"][orphans] = 0
     mem.hdr[H.REQUEUED] += len(orphans)
     done = derived.terminal(mem)
-    rec["flags"][~done] = 0  # F_RESULT / F_NOTIFY only mean something once terminal
+    rec["flags"][~done] = 0  # F_RESULT / F_NOTIFY only mean something once terminal;
+    # F_PARKED is dropped too: every QUEUED task goes back on the heap, the scheduler parks again
     rec["result_len"][(rec["flags"] & F_RESULT) == 0] = 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from heapd.shm import catalog, resources
 from heapd.shm import repair as repair_mod
 from heapd.shm.arena import chunks_for
 from heapd.shm.errors import ArenaFull, InvalidCapacity, ShmError
@@ -36,7 +37,10 @@ def restore(mem: CellMemory, tasks: Sequence[RestoredTask], task_seq: int) -> No
     """Write `tasks` (one per slot) into an empty cell and rebuild its indexes; ids issued
     from now on are above `task_seq`."""
     _preflight(mem, tasks, task_seq)
-    for task in tasks:
+    asked = [(catalog.needs(t.resources), catalog.labels(t.labels)) for t in tasks]
+    resources.intern_all(mem, [needs for needs, _ in asked])
+    for task, (needs, labels) in zip(tasks, asked, strict=True):
+        resources.write_task(mem, task.task_id & SLOT_MASK, needs, labels)  # before the state
         _write(mem, task)
     mem.hdr[H.TASK_SEQ] = max(int(mem.hdr[H.TASK_SEQ]), task_seq)
     mem.bump(H.SUBMITTED, len(tasks))
@@ -80,7 +84,6 @@ def _write(mem: CellMemory, task: RestoredTask) -> None:
     t.max_retries[slot] = task.max_retries
     t.timeout_ms[slot] = task.timeout_ms
     t.priority[slot] = task.priority
-    t.cpus[slot] = task.cpus
     t.losses[slot] = 0
     t.payload_chunk[slot] = t.payload_len[slot] = 0
     t.result_chunk[slot] = t.result_len[slot] = 0

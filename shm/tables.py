@@ -38,13 +38,14 @@ class TaskTable:
         "_views",
         "attempt",
         "capacity",
-        "cpus",
         "dispatched_at",
         "finished_at",
         "flags",
         "id",
         "losses",
         "max_retries",
+        "needs",
+        "nlabels",
         "payload_chunk",
         "payload_len",
         "priority",
@@ -76,12 +77,14 @@ class TaskTable:
         self.timeout_ms = _field(rec, "timeout_ms")
         self.worker_epoch = _field(rec, "worker_epoch")
         self.priority = _field(rec, "priority")
-        self.cpus = _field(rec, "cpus")
+        self.needs = _field(rec, "needs")
+        self.nlabels = _field(rec, "nlabels")
         self.state = _field(rec, "state")
         self.flags = _field(rec, "flags")
         self.losses = _field(rec, "losses")
+        # The needs and labels themselves are arrays per record: read through `rec`.
         self._views: list[FloatField | memoryview] = [
-            getattr(self, name) for name in TASK_DTYPE.names or ()
+            getattr(self, name) for name in TASK_DTYPE.names or () if name in self.__slots__
         ]
 
     def release(self) -> None:
@@ -130,6 +133,7 @@ class WorkerTable:
         "in_flight",
         "last_heartbeat",
         "last_pick",
+        "nlabels",
         "pid",
         "rec",
         "registered_at",
@@ -154,7 +158,9 @@ class WorkerTable:
         self.slots = _field(rec, "slots")
         self.in_flight = _field(rec, "in_flight")
         self.state = _field(rec, "state")
+        self.nlabels = _field(rec, "nlabels")
         self._views: list[FloatField | memoryview] = [
+            self.nlabels,
             self.id,
             self.registered_at,
             self.last_heartbeat,

@@ -5,11 +5,12 @@ Functions over a CellMemory; the caller (`shm.cell.Cell`) holds the lock.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from heapd.shm import transitions
+from heapd.shm import catalog, resources, transitions
 from heapd.shm.arena import chunks_for
 from heapd.shm.errors import ArenaFull, ShmError, TableFull, TaskNotFound
 from heapd.shm.layout import F_NOTIFY, F_RESULT, MAX_SEQ, SLOT_BITS, H
@@ -26,29 +27,44 @@ from heapd.shm.types import (
 
 _U32 = (1 << 32) - 1
 
+# A task's needs (name, milli) and labels ("key=value"), as `validate_new` encodes them.
+Constraints = tuple[list[tuple[str, int]], list[str]]
+NO_CONSTRAINTS: Constraints = ([], [])
+
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
 
 
-def validate_new(task: NewTask) -> None:
-    """ValueError naming the first bad setting of a new task."""
+def validate_new(task: NewTask) -> Constraints:
+    """ValueError naming the first bad setting of a new task; its encoded needs and labels."""
     if not isinstance(task.payload, bytes | bytearray | memoryview):
         raise ValueError(f"payload must be bytes, got {type(task.payload).__name__}")
     _check_range("priority", task.priority, -32768, 32767)
     _check_range("max_retries", task.max_retries, 0, _U32)
     _check_range("timeout_ms", task.timeout_ms, 0, _U32)
-    _check_range("cpus", task.cpus, 1, 65535)
+    if not task.resources and not task.labels:
+        return NO_CONSTRAINTS
+    return catalog.needs(task.resources), catalog.labels(task.labels)
 
 
-def submit(mem: CellMemory, tasks: Sequence[NewTask], now: float) -> list[int]:
-    """Queue a batch, all or nothing; returns the new task ids."""
+def submit(
+    mem: CellMemory,
+    tasks: Sequence[NewTask],
+    now: float,
+    constraints: Sequence[Constraints] | None = None,
+) -> list[int]:
+    """Queue a batch, all or nothing; returns the new task ids. `constraints` are the tasks'
+    encoded needs and labels (from `validate_new`; None = none asks any)."""
     _preflight(mem, tasks)
+    if constraints is not None:
+        resources.intern_all(mem, [needs for needs, _ in constraints])
     done: list[int] = []
     try:
-        for task in tasks:
-            done.append(_submit_one(mem, task, now))
+        for i, task in enumerate(tasks):
+            asked = NO_CONSTRAINTS if constraints is None else constraints[i]
+            done.append(_submit_one(mem, task, now, asked))
     except BaseException:
         _undo(mem, done)
         raise
@@ -66,7 +82,7 @@ def _preflight(mem: CellMemory, tasks: Sequence[NewTask]) -> None:
         raise ArenaFull(need, mem.arena.free_bytes)
 
 
-def _submit_one(mem: CellMemory, task: NewTask, now: float) -> int:
+def _submit_one(mem: CellMemory, task: NewTask, now: float, asked: Constraints) -> int:
     slot = mem.task_free.pop()
     if slot < 0:
         raise TableFull("tasks", mem.tasks.capacity)
@@ -91,7 +107,7 @@ def _submit_one(mem: CellMemory, task: NewTask, now: float) -> int:
     t.timeout_ms[slot] = task.timeout_ms
     t.worker_epoch[slot] = 0
     t.priority[slot] = task.priority
-    t.cpus[slot] = task.cpus
+    resources.write_task(mem, slot, *asked)
     t.flags[slot] = 0
     t.losses[slot] = 0
     transitions.queue(mem, slot)
@@ -183,6 +199,7 @@ def cancel(mem: CellMemory, task_id: int, now: float) -> CancelResult:
     else:
         if slot in mem.task_heap:
             mem.task_heap.remove(slot)
+        transitions.unpark(mem, slot, back_on_heap=False)
         transitions.finish(mem, slot, TaskState.CANCELLED, now)
     return CancelResult(before=before, address=address, cancelled=True)
 
@@ -217,8 +234,30 @@ def state_counts(mem: CellMemory) -> dict[TaskState, int]:
 
 
 def info(mem: CellMemory, task_id: int) -> TaskInfo:
-    """A copy of one task record (TaskNotFound)."""
-    return mem.tasks.info(mem.tasks.slot_of(task_id))
+    """A copy of one task record with its needs and labels (TaskNotFound)."""
+    slot = mem.tasks.slot_of(task_id)
+    needs, labels = resources.task_resources(mem, slot)
+    return dataclasses.replace(mem.tasks.info(slot), resources=needs, labels=labels)
+
+
+def unschedulable_reason(mem: CellMemory, task_id: int) -> str:
+    """Why no live worker could run the task while it is QUEUED; "" otherwise or if unknown."""
+    try:
+        slot = mem.tasks.slot_of(task_id)
+    except TaskNotFound:
+        return ""
+    if mem.tasks.state[slot] != TaskState.QUEUED:
+        return ""
+    return resources.unschedulable_reason(mem, slot)
+
+
+def describe(mem: CellMemory, task_id: int) -> tuple[TaskInfo, bytes | None, str]:
+    """A task with its needs and labels, its result (None if none) and, while QUEUED, why no
+    live worker could run it ("" if one could): what GetTask shows."""
+    task = info(mem, task_id)
+    slot = task_id & ((1 << SLOT_BITS) - 1)
+    why = resources.unschedulable_reason(mem, slot) if task.state == TaskState.QUEUED else ""
+    return task, _result_at(mem, slot), why
 
 
 def seq_of(task_id: int) -> int:

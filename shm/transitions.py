@@ -8,12 +8,15 @@ counts, arena map, ring) from them. Callers hold the cell lock.
 
 from __future__ import annotations
 
+from heapd.shm import resources
 from heapd.shm.layout import (
     F_NOTIFY,
+    F_PARKED,
     F_RESULT,
     SLOT_BITS,
     WORKER_SLOT_MASK,
     H,
+    aged_task_key,
     task_key,
     worker_key,
 )
@@ -30,11 +33,45 @@ _STATE_TOTAL = {
 }
 
 
+def key_of(mem: CellMemory, slot: int) -> int:
+    """The task's heap key: (priority, submission order), or its aged key when aging is on."""
+    tasks, hdr = mem.tasks, mem.hdr
+    aging_ns = hdr[H.AGING_NS]
+    if aging_ns <= 0:
+        return task_key(tasks.priority[slot], tasks.id[slot] >> SLOT_BITS)
+    waited = tasks.submitted_at[slot] - hdr[H.GENERATION] / 1e9
+    return aged_task_key(tasks.priority[slot], tasks.id[slot] >> SLOT_BITS, waited, aging_ns / 1e9)
+
+
 def queue(mem: CellMemory, slot: int) -> None:
     """Commit a task as QUEUED and push it on the task heap with its original key."""
     tasks = mem.tasks
     tasks.state[slot] = QUEUED
-    mem.task_heap.push(slot, task_key(tasks.priority[slot], tasks.id[slot] >> SLOT_BITS))
+    priority = tasks.priority[slot]
+    if priority < mem.hdr[H.MIN_QUEUED_PRIORITY]:
+        mem.hdr[H.MIN_QUEUED_PRIORITY] = priority
+    mem.task_heap.push(slot, key_of(mem, slot))
+
+
+def park(mem: CellMemory, slot: int) -> None:
+    """A QUEUED task no live worker could run leaves the heap (it stays QUEUED)."""
+    if slot in mem.task_heap:
+        mem.task_heap.remove(slot)
+    mem.tasks.flags[slot] |= F_PARKED
+    mem.bump(H.PARKED)
+
+
+def unpark(mem: CellMemory, slot: int, *, back_on_heap: bool = True) -> bool:
+    """Undo `park` for one task, putting it back on the heap unless told not to (a cancel
+    that is about to finish it); whether it was parked."""
+    tasks = mem.tasks
+    if not tasks.flags[slot] & F_PARKED:
+        return False
+    tasks.flags[slot] &= ~F_PARKED
+    mem.bump(H.PARKED, -1)
+    if back_on_heap:
+        mem.task_heap.push(slot, key_of(mem, slot))
+    return True
 
 
 def _detach(mem: CellMemory, slot: int) -> tuple[int, int]:
@@ -46,12 +83,12 @@ def _detach(mem: CellMemory, slot: int) -> tuple[int, int]:
     return owner
 
 
-def requeue_active(mem: CellMemory, slot: int) -> None:
+def requeue_active(mem: CellMemory, slot: int, counter: H = H.REQUEUED) -> None:
     """DISPATCHED/RUNNING -> QUEUED: same key, the worker's load drops by one."""
     worker_id, epoch = _detach(mem, slot)
     queue(mem, slot)
-    unload(mem, worker_id, epoch)
-    mem.bump(H.REQUEUED)
+    unload(mem, slot, worker_id, epoch)
+    mem.bump(counter)
 
 
 def delay_active(mem: CellMemory, slot: int, not_before: float) -> None:
@@ -63,7 +100,7 @@ def delay_active(mem: CellMemory, slot: int, not_before: float) -> None:
     worker_id, epoch = _detach(mem, slot)
     mem.tasks.dispatched_at[slot] = not_before
     mem.tasks.state[slot] = PENDING
-    unload(mem, worker_id, epoch)
+    unload(mem, slot, worker_id, epoch)
     mem.bump(H.REQUEUED)
 
 
@@ -88,15 +125,17 @@ def finish_active(mem: CellMemory, slot: int, state: TaskState, now: float) -> N
     """DISPATCHED/RUNNING -> terminal; the worker's load drops by one."""
     tasks = mem.tasks
     finish(mem, slot, state, now)
-    unload(mem, tasks.worker_id[slot], tasks.worker_epoch[slot])
+    unload(mem, slot, tasks.worker_id[slot], tasks.worker_epoch[slot])
 
 
-def unload(mem: CellMemory, worker_id: int, epoch: int) -> None:
-    """One task of that worker (if it is still that registration) stopped running."""
+def unload(mem: CellMemory, slot: int, worker_id: int, epoch: int) -> None:
+    """Task `slot` stopped running on that worker (if it is still that registration): one
+    task less in flight there, and its resource needs are free again."""
     workers = mem.workers
     w = worker_id & WORKER_SLOT_MASK
     if w >= workers.capacity or workers.id[w] != worker_id or workers.epoch[w] != epoch:
         return
+    resources.free(mem, slot, w)
     in_flight = workers.in_flight[w]
     if in_flight > 0:
         workers.in_flight[w] = in_flight - 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from heapd.shm.errors import InvalidCapacity
 
@@ -76,13 +76,15 @@ class Capacities:
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """A task as submitted: payload and settings."""
+    """A task as submitted: payload and settings. `resources` are needs held on the worker
+    while it runs ({"gpu": 1, "cpus": 2}); `labels` must all be carried by the worker."""
 
     payload: bytes
     priority: int = 0
     max_retries: int = 0
     timeout_ms: int = 0
-    cpus: int = 1
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +100,12 @@ class RestoredTask:
     priority: int
     max_retries: int
     timeout_ms: int
-    cpus: int
     submitted_at: float
     state: TaskState = TaskState.QUEUED
     outcome: bytes | None = None
     finished_at: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,31 @@ class TaskInfo:
     dispatched_at: float
     finished_at: float
     has_result: bool
+    resources: dict[str, float] = field(default_factory=dict)  # filled where asked (`describe`)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Policy(enum.IntEnum):
+    """How the scheduler picks a worker for a task (every one respects slots and needs)."""
+
+    LEAST_LOADED = 0  # the worker heap's top: O(log W) per placement
+    ROUND_ROBIN = 1  # the next worker with room after the last one picked: O(1) amortised
+    RANDOM = 2  # a uniformly random worker with room: O(1) expected
+    POWER_OF_TWO = 3  # the less loaded of two random workers with room: O(1) expected
+
+    @property
+    def label(self) -> str:
+        """The name used on the command line and in status: least-loaded, round-robin, ..."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """The policy named `text` (ValueError listing the choices)."""
+        for policy in cls:
+            if policy.label == text:
+                return policy
+        choices = ", ".join(p.label for p in cls)
+        raise ValueError(f"unknown policy {text!r}: choose one of {choices}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +162,17 @@ class Dispatch:
     address: str
     payload: bytes
     timeout_ms: int
+    priority: int = 0
+    key: int = 0  # its task heap key: lower runs first (the scheduler's revocation test)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchRound:
+    """What one `Cell.dispatch` call did."""
+
+    dispatches: list[Dispatch]
+    top_key: int  # the best key still queued, -1 if the queue is empty
+    parked: list[tuple[int, str]]  # (task id, why) of tasks found unschedulable and parked
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +228,9 @@ class WorkerInfo:
     last_heartbeat: float
     deadline: float
     tasks_done: int
+    resources: dict[str, float] = field(default_factory=dict)  # offered
+    resources_free: dict[str, float] = field(default_factory=dict)  # offered minus in use
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +258,9 @@ class CellStats:
     requeued_total: int
     stale_total: int
     arena_used_bytes: int
+    revoked_total: int = 0  # prefetched tasks taken back so a higher one could overtake
+    parked: int = 0  # queued tasks parked as unschedulable
+    policy: Policy = Policy.LEAST_LOADED  # as the scheduler last recorded it
+    aging_s: float = 0.0  # 0 = off
+    unschedulable: int = 0  # QUEUED tasks no live worker could run
+    unschedulable_examples: list[tuple[int, str]] = field(default_factory=list)  # (id, why)

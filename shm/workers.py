@@ -7,11 +7,12 @@ completion is accepted only for the task's current attempt on that worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from heapd.shm import transitions
+from heapd.shm import catalog, resources, transitions
 from heapd.shm.errors import ArenaFull, BlobTooLarge, StaleEpoch, TableFull, WorkerNotFound
 from heapd.shm.layout import (
     ADDRESS_BYTES,
@@ -42,6 +43,14 @@ DISPATCHED = int(TaskState.DISPATCHED)
 _EPOCH_MASK = (1 << 32) - 1
 
 
+def validate_offers(
+    offered: Mapping[str, float] | None, labels: Mapping[str, str] | None, slots: int
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """A worker's encoded offers (with cpus = slots unless given) and labels, or ValueError
+    naming the limit (call after `validate_registration` checked `slots`)."""
+    return resources.worker_offers(catalog.offers(offered), slots), catalog.labels(labels, True)
+
+
 def validate_registration(address: str, slots: int, pid: int, hostname: str) -> tuple[bytes, bytes]:
     """Encoded address and hostname, or ValueError naming the bad argument."""
     if not isinstance(address, str) or not isinstance(hostname, str):
@@ -66,8 +75,11 @@ def register(
     pid: int,
     now: float,
     deadline: float,
+    offers: tuple[list[tuple[str, int]], list[str]] = ([], []),
 ) -> WorkerInfo:
-    """A new ALIVE worker with a new id and epoch, on the worker heap."""
+    """A new ALIVE worker with a new id and epoch, on the worker heap; `offers` are its
+    encoded resources and labels (`validate_offers`)."""
+    catalog.intern(mem, (name for name, _ in offers[0]))  # refused before anything changes
     w = mem.worker_free.pop()
     if w < 0:
         w = _reclaim_dead(mem)
@@ -84,9 +96,10 @@ def register(
     workers.in_flight[w] = 0
     workers.rec["address"][w] = address
     workers.rec["hostname"][w] = hostname
+    resources.write_worker(mem, w, *offers)
     workers.state[w] = ALIVE
     mem.worker_heap.push(w, worker_key(0, slots, 0))
-    return workers.info(w)
+    return info(mem, w)
 
 
 def _reclaim_dead(mem: CellMemory) -> int:
@@ -235,6 +248,7 @@ def worker_lost(
         mem.worker_heap.remove(w)
     lost = _take_back_all(mem, worker_id, now, failure)
     workers.in_flight[w] = 0
+    workers.rec["used_milli"][w] = 0
     workers.state[w] = DEAD
     return lost
 
@@ -285,6 +299,14 @@ def expired(mem: CellMemory, now: float) -> list[tuple[int, int]]:
     return [(int(rec["id"][w]), int(rec["epoch"][w])) for w in late]
 
 
+def info(mem: CellMemory, w: int) -> WorkerInfo:
+    """A copy of one worker record with its offers, what is free of them, and its labels."""
+    offered, free, labels = resources.worker_resources(mem, w)
+    return dataclasses.replace(
+        mem.workers.info(w), resources=offered, resources_free=free, labels=labels
+    )
+
+
 def infos(mem: CellMemory) -> list[WorkerInfo]:
     """Every non-FREE worker."""
-    return [mem.workers.info(int(w)) for w in np.flatnonzero(mem.workers.rec["state"] != 0)]
+    return [info(mem, int(w)) for w in np.flatnonzero(mem.workers.rec["state"] != 0)]

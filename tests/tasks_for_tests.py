@@ -33,6 +33,13 @@ def sleep_and_tag(tag: str, seconds: float) -> tuple[str, float]:
     return tag, time.time()
 
 
+def tagged_start(tag: str, seconds: float) -> tuple[str, float]:
+    """When it started (this host's clock), then sleep: start order across workers."""
+    started = time.time()
+    time.sleep(seconds)
+    return tag, started
+
+
 def whoami() -> int:
     return os.getppid()
 

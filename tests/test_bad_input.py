@@ -108,6 +108,9 @@ OUT_OF_BOUNDS = [
     (task_pb2.TaskOptions(timeout_s=float("nan")), "timeout"),
     (task_pb2.TaskOptions(timeout_s=8 * 24 * 3600.0), "timeout"),
     (task_pb2.TaskOptions(cpus=70_000), "cpus"),
+    (task_pb2.TaskOptions(resources={"gpu": -1}), "gpu"),
+    (task_pb2.TaskOptions(resources={"bad name": 1}), "resource name"),
+    (task_pb2.TaskOptions(labels={"zone": "x" * 64}), "63 bytes"),
     (task_pb2.TaskOptions(priority=-40_000), "priority"),
 ]
 

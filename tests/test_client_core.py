@@ -171,9 +171,10 @@ def test_map_builds_batches_and_pickles_a_lambda_once() -> None:
     assert [pickle.loads(task.spec.python.pickled_args) for task in tasks] == [
         ((i,), {}) for i in range(5)
     ]
-    assert {(task.options.priority, task.options.retries, task.options.cpus) for task in tasks} == {
-        (100, 1, 2)
-    }
+    assert {
+        (task.options.priority, task.options.retries, task.options.resources["cpus"])
+        for task in tasks
+    } == {(100, 1, 2)}
     assert all(list(task.spec.retry_on) == ["builtins.KeyError"] for task in tasks)
 
 

@@ -24,7 +24,7 @@ from heapd.plm.journal import (
 
 
 def task(seq: int, key: str = "") -> Submitted:
-    return Submitted((seq << 24) | seq, "s", float(seq), 0, 0, 0, 1, b"p%d" % seq, key=key)
+    return Submitted((seq << 24) | seq, "s", float(seq), 0, 0, 0, b"p%d" % seq, key=key)
 
 
 def test_records_read_back_in_order(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_a_full_disk_fails_the_write_and_loses_nothing_written(tmp_path: Path) -
     journal = Journal.open(tmp_path, "c", Durability.FSYNC)
     journal.write(Batch(submitted=[task(1)]))
     journal._conn.execute("PRAGMA max_page_count = 8")
-    big = [Submitted((n << 24) | n, "s", 0.0, 0, 0, 0, 1, b"x" * 4096) for n in range(2, 40)]
+    big = [Submitted((n << 24) | n, "s", 0.0, 0, 0, 0, b"x" * 4096) for n in range(2, 40)]
     with pytest.raises(JournalWriteFailed, match="disk is full") as info:
         journal.write(Batch(submitted=big))
     assert info.value.disk_full

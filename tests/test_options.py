@@ -86,18 +86,24 @@ def test_timeout_negative_infinite_nan_bool_or_text_is_refused(given: Any) -> No
 
 
 @pytest.mark.parametrize("given", [1, 2, CPUS_MAX])
-def test_cpus_in_range(given: int) -> None:
-    assert task_options(cpus=given).cpus == given
+def test_cpus_in_range_is_the_cpus_resource(given: int) -> None:
+    assert task_options(cpus=given).resources == {"cpus": given}
 
 
-@pytest.mark.parametrize("given", [0, -1, CPUS_MAX + 1, 2.0, True, "2"])
+@pytest.mark.parametrize("given", [None, 0])
+def test_no_cpus_is_no_need(given: int | None) -> None:
+    assert task_options(cpus=given).resources == {}
+
+
+@pytest.mark.parametrize("given", [-1, CPUS_MAX + 1, 2.0, True, "2"])
 def test_cpus_out_of_range_or_not_an_integer_is_refused(given: Any) -> None:
     with pytest.raises(InvalidArgument, match="cpus"):
         task_options(cpus=given)
 
 
 def test_defaults_are_the_plain_options() -> None:
-    assert task_options() == TaskOptions(priority=0, retries=0, timeout_s=0.0, cpus=1)
+    assert task_options() == TaskOptions(priority=0, retries=0, timeout_s=0.0)
+    assert task_options().resources == {} and task_options().labels == {}
 
 
 def test_retry_on_becomes_names() -> None:
@@ -117,8 +123,9 @@ def test_bad_retry_on_is_refused(given: Any) -> None:
 
 def test_one_error_type_for_every_bound() -> None:
     assert issubclass(InvalidArgument, HeapdError) and issubclass(InvalidArgument, ValueError)
-    wire = convert.options(priority="low", retries=2, timeout_s=1.5, cpus=3)
-    assert (wire.priority, wire.retries, wire.timeout_s, wire.cpus) == (-100, 2, 1.5, 3)
+    wire = convert.options(priority="low", retries=2, timeout_s=1.5, cpus=3, labels={"z": "a"})
+    assert (wire.priority, wire.retries, wire.timeout_s) == (-100, 2, 1.5)
+    assert (dict(wire.resources), dict(wire.labels)) == ({"cpus": 3.0}, {"z": "a"})
     with pytest.raises(InvalidArgument, match="priority"):
         convert.options(priority=PRIORITY_MAX + 1)
 
@@ -130,7 +137,9 @@ BAD: list[dict[str, Any]] = [
     {"retries": -1},
     {"timeout": math.nan},
     {"timeout": -1},
-    {"cpus": 0},
+    {"cpus": -1},
+    {"resources": {"gpu": -1}},
+    {"labels": {"zone": ""}},
 ]
 
 SYNC: list[Callable[[Client, dict[str, Any]], object]] = [

@@ -237,6 +237,53 @@ def test_a_job_cancelled_after_hand_over_is_skipped_by_the_child(
     run_pool(body, slots=1, max_batch=8)
 
 
+def test_the_local_queue_runs_higher_priorities_first_then_in_task_order(
+    run_pool: Callable[..., list[int]], tmp_path: Path
+) -> None:
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    wait_for_release = client_convert.command_spec(["sh", "-c", f"read line < {fifo}"])
+
+    def job(task_id: int, priority: int) -> Job:
+        spec = client_convert.python_spec(t.add, (task_id,)).SerializeToString()
+        return Job(task_id, 1, spec, priority=priority)
+
+    async def body(h: Harness) -> None:
+        h.pool.submit([Job(1, 1, wait_for_release.SerializeToString())])
+        await h.started_for(1)
+        h.pool.submit([job(10, 0), job(11, 0), job(12, -5)])
+        h.pool.submit([job(20, 7), job(13, 0), job(21, 7)])
+        await eventually(lambda: release_gate(fifo))
+        await h.pool.wait_idle()
+        assert [key[0] for key in h.started] == [1, 20, 21, 10, 11, 13, 12]
+
+    run_pool(body, slots=1, max_batch=1)
+
+
+def test_revoke_gives_back_queued_and_handed_over_jobs_that_have_not_started(
+    run_pool: Callable[..., list[int]], tmp_path: Path
+) -> None:
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    wait_for_release = client_convert.command_spec(["sh", "-c", f"read line < {fifo}"])
+
+    async def body(h: Harness) -> None:
+        # max_batch=2: the child holds [1, 2] (1 running), the local queue [3, 4].
+        first = Job(1, 1, wait_for_release.SerializeToString())
+        h.pool.submit([first] + [python_job(i, t.add, i) for i in (2, 3, 4)])
+        await h.started_for(1)
+        assert (h.pool.running, h.pool.queued) == (2, 2)
+        given = h.pool.revoke([(1, 1), (2, 1), (3, 1), (3, 2), (99, 1)])
+        assert sorted(given) == [(2, 1), (3, 1)], "the running job and unknown ones stay"
+        await eventually(lambda: release_gate(fifo))
+        await h.results_for(1, 4)
+        await h.pool.wait_idle()
+        assert sorted(r.task_id for r in h.results) == [1, 4]
+        assert {key[0] for key in h.started} == {1, 4}
+
+    run_pool(body, slots=1, max_batch=2)
+
+
 def test_close_leaves_no_process_behind(run_pool: Callable[..., list[int]], tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
     grandchild: list[int] = []

@@ -118,6 +118,17 @@ def test_both_clients_have_the_same_surface() -> None:
         assert isinstance(getattr(heapd.AsyncClient, prop), property)
 
 
+def test_every_submit_takes_resources_and_labels() -> None:
+    """`cpus` (None: no need), `resources` and `labels` are keyword-only options of every way
+    to submit, on both clients."""
+    for cls in (heapd.Client, heapd.AsyncClient):
+        for name in ("submit", "submit_command", "submit_builtin", "map"):
+            params = {p.name: p for p in inspect.signature(getattr(cls, name)).parameters.values()}
+            for option in ("cpus", "resources", "labels"):
+                assert params[option].kind is inspect.Parameter.KEYWORD_ONLY, (cls, name, option)
+                assert params[option].default is None, (cls, name, option)
+
+
 def test_future_is_a_concurrent_future() -> None:
     assert issubclass(heapd.TaskFuture, concurrent.futures.Future)
     assert issubclass(heapd.TaskCancelled, concurrent.futures.CancelledError)

@@ -17,7 +17,7 @@ def journal_of(cell: Cell, path: Path, payloads: list[bytes]) -> tuple[Journal, 
     journal.write(
         Batch(
             submitted=[
-                Submitted(tid, "s", 1.0, i % 2, 0, 0, 1, p)
+                Submitted(tid, "s", 1.0, i % 2, 0, 0, p)
                 for i, (tid, p) in enumerate(zip(ids, payloads, strict=True))
             ]
         )

@@ -11,14 +11,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
 
 from heapd import shm
 from heapd.scheduler.daemon import Scheduler
-from heapd.scheduler.dispatcher import Dispatcher
+from heapd.scheduler.dispatcher import Answer, Dispatcher, Request, Revoke
 from tests.shm_helpers import SMALL, scratch_cell_name
 
 Ref = tuple[int, int]
@@ -31,25 +31,31 @@ class FakeStream:
         self.address = address
         self.send_error = send_error
         self.sent: list[list[Ref]] = []
-        self.answers: asyncio.Queue[str | Exception] = asyncio.Queue()
+        self.answers_in: asyncio.Queue[str | Answer | Exception] = asyncio.Queue()
         self.closing = asyncio.Event()  # close() was called
         self.release = asyncio.Event()  # close() may return
         self.release.set()
         self.closed = False
         self._sent_changed = asyncio.Event()
 
-    async def send(self, group: Sequence[shm.Dispatch]) -> None:
+    async def send(self, request: Request) -> None:
         if self.send_error is not None:
             raise self.send_error
-        self.sent.append([(d.task_id, d.attempt) for d in group])
+        if isinstance(request, Revoke):
+            self.sent.append(list(request.refs))
+        else:
+            self.sent.append([(d.task_id, d.attempt) for d in request])
         self._sent_changed.set()
 
-    async def refusals(self) -> AsyncIterator[str]:
+    async def answers(self) -> AsyncIterator[Answer]:
         while True:
-            answer = await self.answers.get()
+            answer = await self.answers_in.get()
             if isinstance(answer, Exception):
                 raise answer
-            yield answer
+            if isinstance(answer, Answer):
+                yield answer
+            else:
+                yield Answer(refused=answer, revoked=[])
 
     async def close(self) -> None:
         self.closing.set()
@@ -118,7 +124,7 @@ def test_a_broken_stream_closes_its_feed_and_close_waits_for_that() -> None:
         [stream] = streams.opened
         await stream.until_sent(1)
         stream.release.clear()
-        stream.answers.put_nowait(broken())
+        stream.answers_in.put_nowait(broken())
         await stream.closing.wait()  # the feed closes itself, and is stuck in close()
 
         closer = asyncio.create_task(dispatcher.close())
@@ -143,7 +149,7 @@ def test_tasks_sent_to_a_closing_feed_go_back_to_the_queue() -> None:
         [stream] = streams.opened
         await stream.until_sent(1)
         stream.release.clear()
-        stream.answers.put_nowait(broken())
+        stream.answers_in.put_nowait(broken())
         await stream.closing.wait()
 
         dispatcher.send([dispatch(3)])  # the next round, before the feed is forgotten
@@ -165,8 +171,8 @@ def test_a_refused_group_goes_back_after_a_short_delay() -> None:
         dispatcher.send([dispatch(2)])
         [stream] = streams.opened
         await stream.until_sent(2)
-        stream.answers.put_nowait("worker is draining")
-        stream.answers.put_nowait("")
+        stream.answers_in.put_nowait("worker is draining")
+        stream.answers_in.put_nowait("")
         await cell.some.wait()  # both answers were read before the first requeue ran
         await dispatcher.close()
 

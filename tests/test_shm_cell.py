@@ -347,7 +347,7 @@ def test_bad_task_settings(cell: Cell) -> None:
     text: bytes = "text"  # type: ignore[assignment]
     for bad in (
         NewTask(b"", priority=40000),
-        NewTask(b"", cpus=0),
+        NewTask(b"", resources={"gpu": -1}),
         NewTask(b"", max_retries=-1),
         NewTask(text),
     ):

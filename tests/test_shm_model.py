@@ -24,7 +24,7 @@ from heapd.shm import (
     TaskState,
     WorkerState,
 )
-from heapd.shm.layout import task_key, worker_key
+from heapd.shm.layout import H, task_key, worker_key
 from heapd.shm.types import MAX_WORKER_LOSSES
 from heapd.shm.workers import retry_delay_s
 from tests import shm_helpers
@@ -167,14 +167,17 @@ class CellMachine(RuleBasedStateMachine):
     )
     @rule(limit=st.integers(0, 6), per_slot=st.integers(1, 2))
     def dispatch(self, limit: int, per_slot: int) -> None:
+        # The cell's lower bound of the queued priorities (exact or below: check() says so).
+        floor = int(self.cell._m.hdr[H.MIN_QUEUED_PRIORITY])
         got = self.cell.dispatch(limit, self._tick(), per_slot)
         for d in got:
             alive = [w for w in self.workers.values() if w.state == WorkerState.ALIVE]
             best = min(w.key for w in alive)
             worker = self.workers[d.worker_id]
-            assert worker.key == best and worker.in_flight < worker.slots * per_slot
             queued = [t for t in self.tasks.values() if t.state == TaskState.QUEUED]
             task = min(queued, key=lambda t: t.key)
+            cap = self._cap(task, floor, per_slot)
+            assert worker.key == best and worker.in_flight < worker.slots * cap
             assert (d.task_id, d.payload, d.worker_epoch) == (task.id, task.payload, worker.epoch)
             task.state, task.attempt = TaskState.DISPATCHED, task.attempt + 1
             task.worker = (worker.id, worker.epoch)
@@ -185,7 +188,14 @@ class CellMachine(RuleBasedStateMachine):
         alive = [w for w in self.workers.values() if w.state == WorkerState.ALIVE]
         if len(got) < limit and queued and alive:
             least = min(alive, key=lambda w: w.key)
-            assert least.in_flight >= least.slots * per_slot
+            top = min(queued, key=lambda t: t.key)
+            assert least.in_flight >= least.slots * self._cap(top, floor, per_slot)
+
+    @staticmethod
+    def _cap(task: MTask, floor: int, per_slot: int) -> int:
+        """Tasks per slot the dispatch may fill for `task`: prefetch only when nothing of lower
+        priority may be queued (it would take a freed slot first and invert the order)."""
+        return per_slot if task.priority <= floor else 1
 
     @precondition(lambda self: self._active())
     @rule(data=st.data())

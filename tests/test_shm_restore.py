@@ -41,7 +41,6 @@ def journaled(cell: Cell, task_id: int, payload: bytes) -> RestoredTask:
         priority=info.priority,
         max_retries=info.max_retries,
         timeout_ms=info.timeout_ms,
-        cpus=1,
         submitted_at=info.submitted_at,
     )
 
@@ -60,7 +59,6 @@ def test_restored_tasks_keep_their_ids_order_and_outcomes(pair: tuple[Cell, Cell
         priority=0,
         max_retries=0,
         timeout_ms=0,
-        cpus=1,
         submitted_at=1.0,
         state=TaskState.SUCCEEDED,
         outcome=b"result",

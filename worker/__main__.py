@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from heapd.errors import InvalidArgument
+from heapd.options import label_pairs, pairs_from_text, resource_amounts, resources_from_text
 from heapd.runtime import channels, config, logs, server, signals
 from heapd.worker import convert, service
 from heapd.worker.daemon import Worker
@@ -31,6 +33,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-host", dest="advertise_host", help="host the scheduler should dial")
     p.add_argument("--slots", type=int, help="task processes (default 2)")
     p.add_argument(
+        "--resources",
+        metavar="NAME=AMOUNT,...",
+        help="what it offers, e.g. cpus=4,gpu=1,mem_gb=16 (HEAPD_WORKER_RESOURCES; cpus"
+        " defaults to --slots); tasks asking resources= hold them while they run",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="KEY=VALUE,...",
+        help="labels tasks may ask for, e.g. zone=a,arch=x86_64 (HEAPD_WORKER_LABELS)",
+    )
+    p.add_argument(
         "--register-timeout-s",
         dest="register_timeout_s",
         type=float,
@@ -41,11 +54,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(cfg: config.WorkerConfig, pool: Pool) -> int:
+def offers(cfg: config.WorkerConfig) -> tuple[dict[str, float], dict[str, str]]:
+    """The worker's resources and labels from their "a=1,b=2" form; InvalidArgument names the
+    bad one."""
+    resources = resource_amounts(resources_from_text(cfg.resources))
+    return resources, label_pairs(pairs_from_text(cfg.labels, "labels"))
+
+
+async def serve(
+    cfg: config.WorkerConfig,
+    pool: Pool,
+    resources: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
+) -> int:
     """Serve WorkerService and stay in the cell until drained (SIGTERM) or cut off from the
     register; returns the exit code."""
     async with channels.channel(cfg.register) as channel:
-        register = convert.RegisterCalls(channel, cfg.register)
+        register = convert.RegisterCalls(channel, cfg.register, resources, labels)
         worker = Worker(pool, register, cfg.slots, cfg.register_timeout_s)
         signals.install(asyncio.get_running_loop(), worker.shutdown)
         grpc_server, port = await server.start(
@@ -63,11 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.slots < 1:
         print("heapd worker: --slots must be at least 1", file=sys.stderr)
         return 2
+    try:
+        resources, labels = offers(cfg)
+    except InvalidArgument as exc:
+        print(f"heapd worker: {exc}", file=sys.stderr)
+        return 2
     logs.setup("worker", cfg.log_level)
     pool = Pool(cfg.slots)
     pool.start()
     try:
-        return asyncio.run(serve(cfg, pool))
+        return asyncio.run(serve(cfg, pool, resources, labels))
     finally:
         pool.close()
 

@@ -12,7 +12,7 @@ messages built here, handing the daemon plain values only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -96,13 +96,22 @@ def _failure_to_proto(failure: FailureInfo) -> task_pb2.Failure:
 
 def assignment_from_proto(request: worker_service_pb2.AssignTasksRequest) -> Assignment:
     """The tasks of one AssignTasks request, as pool jobs (spec bytes untouched)."""
-    jobs = [Job(a.task_id, a.attempt, a.spec, a.timeout_s) for a in request.tasks]
-    return Assignment(request.worker_id, request.epoch, jobs)
+    jobs = [Job(a.task_id, a.attempt, a.spec, a.timeout_s, a.priority) for a in request.tasks]
+    revoke = [(ref.task_id, ref.attempt) for ref in request.revoke]
+    return Assignment(request.worker_id, request.epoch, jobs, revoke)
 
 
-def assigned_reply(accepted: int) -> worker_service_pb2.AssignTasksResponse:
-    """How many tasks the worker took."""
-    return worker_service_pb2.AssignTasksResponse(accepted=accepted)
+def assigned_reply(
+    accepted: int, revoked: list[tuple[int, int]] | None = None
+) -> worker_service_pb2.AssignTasksResponse:
+    """How many tasks the worker took, and which of the revoked ones it gave back."""
+    return worker_service_pb2.AssignTasksResponse(
+        accepted=accepted,
+        revoked=[
+            worker_service_pb2.AssignmentRef(task_id=task_id, attempt=attempt)
+            for task_id, attempt in revoked or ()
+        ],
+    )
 
 
 def refused_reply(reason: str) -> worker_service_pb2.AssignTasksResponse:
@@ -129,11 +138,21 @@ def drain_reply(running: int) -> worker_service_pb2.DrainResponse:
 
 
 def register_request(
-    address: str, slots: int, pid: int, hostname: str
+    address: str,
+    slots: int,
+    pid: int,
+    hostname: str,
+    resources: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> register_service_pb2.RegisterWorkerRequest:
-    """Ask the register for an id and epoch."""
+    """Ask the register for an id and epoch, offering `resources` and carrying `labels`."""
     return register_service_pb2.RegisterWorkerRequest(
-        address=address, slots=slots, pid=pid, hostname=hostname
+        address=address,
+        slots=slots,
+        pid=pid,
+        hostname=hostname,
+        resources=resources or {},
+        labels=labels or {},
     )
 
 
@@ -207,11 +226,20 @@ class HeartbeatStream:
 
 
 class RegisterCalls:
-    """The worker's calls to the register (`heapd.worker.membership.Register`) over `channel`."""
+    """The worker's calls to the register (`heapd.worker.membership.Register`) over `channel`;
+    every registration offers `resources` and carries `labels` (checked by the caller)."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        address: str,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self._stub = register_service_pb2_grpc.RegisterServiceStub(channel)
         self._address = address
+        self._resources = dict(resources or {})
+        self._labels = dict(labels or {})
 
     @property
     def address(self) -> str:
@@ -222,7 +250,7 @@ class RegisterCalls:
         self, address: str, slots: int, pid: int, hostname: str, timeout_s: float
     ) -> Membership:
         """RegisterWorker; raises grpc.aio.AioRpcError."""
-        request = register_request(address, slots, pid, hostname)
+        request = register_request(address, slots, pid, hostname, self._resources, self._labels)
         reply = await self._stub.RegisterWorker(request, timeout=timeout_s)
         return membership_from_proto(reply)
 

@@ -97,6 +97,10 @@ class Worker:
         self._pool.submit(jobs)
         return len(jobs)
 
+    def revoke(self, refs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Give back these (task_id, attempt) if not started; returns those given back."""
+        return self._pool.revoke(refs)
+
     def cancel(self, task_id: int, attempt: int) -> bool:
         """Kill a running attempt (or drop a queued one)."""
         return self._pool.cancel(task_id, attempt or None)

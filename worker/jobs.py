@@ -13,6 +13,7 @@ class Job:
     attempt: int
     spec: bytes  # serialized heapd.v1.TaskSpec
     timeout_s: float = 0.0
+    priority: int = 0  # higher first; the pool starts what it holds in (priority, task id) order
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +34,4 @@ class Assignment:
     worker_id: int
     epoch: int
     jobs: list[Job]
+    revoke: list[tuple[int, int]]  # (task_id, attempt) to give back if not started

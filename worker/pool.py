@@ -1,10 +1,11 @@
 """The worker's pool of child processes, driven by the worker daemon's asyncio loop.
 
 One child per slot, spawned (never forked) and each leading its own process group. The pool keeps
-a local FIFO and hands jobs only to idle children: one job each while the queue is shallow, small
-batches (up to `max_batch`) once it is deeper than the idle children, which saves pipe hand-offs
-on many short tasks. Everything happens on the loop thread: each child's pipe and exit watcher are
-registered with `loop.add_reader`, timeouts are `loop.call_later` handles, nothing polls.
+a local queue in (priority, task id) order and hands jobs only to idle children: one job each
+while the queue is shallow, small batches (up to `max_batch`) once it is deeper than the idle
+children, which saves pipe hand-offs on many short tasks. Everything happens on the loop thread:
+each child's pipe and exit watcher are registered with `loop.add_reader`, timeouts are
+`loop.call_later` handles, nothing polls.
 
 What the pool reports, through the two callbacks given to `bind`:
 
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import heapq
 import logging
 import math
 import multiprocessing
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -97,7 +98,7 @@ class Pool:
         self._max_batch = max_batch
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[_Child | None] = [None] * slots
-        self._queue: deque[Job] = deque()
+        self._queue: list[tuple[int, int, int, Job]] = []  # heap of (-priority, id, attempt, job)
         self._keys: set[Key] = set()  # queued or assigned: a duplicate submission is dropped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_started: Callable[[list[Key]], None] = _ignore
@@ -164,9 +165,35 @@ class Pool:
             key = (job.task_id, job.attempt)
             if key not in self._keys:
                 self._keys.add(key)
-                self._queue.append(job)
+                heapq.heappush(self._queue, _entry(job))
         self._dispatch()
         self._update_idle()
+
+    def revoke(self, keys: Sequence[Key]) -> list[Key]:
+        """Give back the jobs among `keys` that have not started: dropped from the local queue,
+        or skipped by the child they were handed to (if that child takes one anyway, it is
+        killed before it can run on). Returns the keys given back; the rest are running, done
+        or unknown here, and are reported as usual."""
+        self._require_bound()
+        wanted = set(keys)
+        given: list[Key] = []
+        kept = []
+        for entry in self._queue:
+            key = (entry[1], entry[2])
+            if key in wanted:
+                self._keys.discard(key)
+                given.append(key)
+            else:
+                kept.append(entry)
+        if given:
+            heapq.heapify(kept)
+            self._queue = kept
+        for child in self._live():
+            for key in [k for k in child.assigned if k in wanted and k != child.running]:
+                self._skip(child, key)
+                given.append(key)
+        self._update_idle()
+        return given
 
     def cancel(self, task_id: int, attempt: int | None = None) -> bool:
         """Drop or kill the job(s) of `task_id` (every attempt when `attempt` is None).
@@ -308,7 +335,8 @@ class Pool:
         Jobs handed to it but not started go back to the front of the queue, in order.
         """
         running = child.assigned.pop(child.running, None) if child.running else None
-        self._queue.extendleft(reversed(list(child.assigned.values())))
+        for job in child.assigned.values():
+            heapq.heappush(self._queue, _entry(job))
         child.assigned.clear()
         self._children[child.index] = None
         if respawn_delay_s > 0:
@@ -416,12 +444,22 @@ class Pool:
         child.started_at = time.time()
         job = child.assigned.get(key)
         if job is None:
-            return  # cancelled (skipped) before it started: not reported
+            # Skipped (cancelled or revoked) but the child had already taken it: it must not
+            # run on (a revoked attempt runs elsewhere). Killed once this read is over.
+            self._require_bound().call_soon(self._kill_skipped, child, key)
+            return
         events.started.append(key)
         if job.timeout_s > 0:
             loop = self._require_bound()
             timeout_s = job.timeout_s
             child.timer = loop.call_later(timeout_s, self._on_timeout, child, key, timeout_s)
+
+    def _kill_skipped(self, child: _Child, key: Key) -> None:
+        if child.running == key and not child.retired and key not in child.assigned:
+            self._stop(child)
+            self._replace(child, None)
+            self._dispatch()
+            self._update_idle()
 
     def _mark_eof(self, child: _Child) -> None:
         """The pipe closed: stop reading it and let the exit watcher retire the child."""
@@ -438,7 +476,7 @@ class Pool:
         idle = [child for child in self._live() if child.idle]
         while self._queue and idle:
             size = _batch_size(len(self._queue), len(idle), self._max_batch)
-            batch = [self._queue.popleft() for _ in range(size)]
+            batch = [heapq.heappop(self._queue)[3] for _ in range(size)]
             self._hand(idle.pop(), batch)
 
     def _hand(self, child: _Child, batch: list[Job]) -> None:
@@ -459,17 +497,15 @@ class Pool:
             self._mark_eof(child)
 
     def _drop_queued(self, wanted: Callable[[Key], bool]) -> bool:
-        kept: deque[Job] = deque()
-        dropped = 0
-        for job in self._queue:
-            key = (job.task_id, job.attempt)
-            if wanted(key):
-                self._keys.discard(key)
-                dropped += 1
-            else:
-                kept.append(job)
+        kept = [entry for entry in self._queue if not wanted((entry[1], entry[2]))]
+        if len(kept) == len(self._queue):
+            return False
+        for entry in self._queue:
+            if wanted((entry[1], entry[2])):
+                self._keys.discard((entry[1], entry[2]))
+        heapq.heapify(kept)
         self._queue = kept
-        return dropped > 0
+        return True
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -492,6 +528,11 @@ class Pool:
         if self._loop is None:
             raise RuntimeError("pool is not bound to an event loop; call bind() first")
         return self._loop
+
+
+def _entry(job: Job) -> tuple[int, int, int, Job]:
+    """A job's place in the local queue: higher priority first, then task id (= submission)."""
+    return (-job.priority, job.task_id, job.attempt, job)
 
 
 def _batch_size(depth: int, idle: int, max_batch: int) -> int:

@@ -18,6 +18,7 @@ from heapd.v1 import worker_service_pb2 as pb
 from heapd.v1 import worker_service_pb2_grpc
 from heapd.worker import convert
 from heapd.worker.daemon import Worker
+from heapd.worker.jobs import Assignment
 
 SERVICE_NAME = "heapd.v1.WorkerService"
 
@@ -36,7 +37,13 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         refusal = await self._worker.refusal(assignment.worker_id, assignment.epoch)
         if refusal is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
-        return convert.assigned_reply(self._worker.assign(assignment.jobs))
+        return self._apply(assignment)
+
+    def _apply(self, assignment: Assignment) -> pb.AssignTasksResponse:
+        """Take the assignment's tasks, then give back what it revokes (if not started)."""
+        accepted = self._worker.assign(assignment.jobs) if assignment.jobs else 0
+        revoked = self._worker.revoke(assignment.revoke) if assignment.revoke else []
+        return convert.assigned_reply(accepted, revoked)
 
     @status.streaming
     async def AssignStream(
@@ -52,7 +59,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
                 if refusal is not None:
                     yield convert.refused_reply(refusal)
                 else:
-                    yield convert.assigned_reply(self._worker.assign(assignment.jobs))
+                    yield self._apply(assignment)
         except asyncio.CancelledError:
             return  # the worker is stopping, or the scheduler went away: end the stream
         finally:

@@ -90,6 +90,14 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--workers", type=int, help=f"local workers (default {d.workers})")
     up.add_argument("--slots", type=int, help=f"task processes per worker (default {d.slots})")
+    up.add_argument(
+        "--resources",
+        metavar="NAME=AMOUNT,...",
+        help="what each local worker offers, e.g. gpu=1,mem_gb=16 (default: cpus = --slots)",
+    )
+    up.add_argument(
+        "--labels", metavar="KEY=VALUE,...", help="labels of each local worker, e.g. zone=a"
+    )
     up.add_argument("--tasks", type=int, help=f"task table capacity (default {d.tasks})")
     up.add_argument("--arena-mb", type=int, help=f"payload/result arena (default {d.arena_mb})")
     up.add_argument(
@@ -107,6 +115,16 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--prefetch-per-slot",
         type=int,
         help=f"scheduler prefetch when the queue is deep (default {scheduler.prefetch_per_slot})",
+    )
+    up.add_argument(
+        "--policy",
+        choices=["least-loaded", "round-robin", "random", "power-of-two"],
+        help=f"scheduler placement policy (default {scheduler.policy})",
+    )
+    up.add_argument(
+        "--aging-s",
+        type=float,
+        help="a queued task's priority grows by 1 per this many seconds waited (default 0: off)",
     )
     up.add_argument(
         "--heartbeat-interval-s",
@@ -143,6 +161,18 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("--timeout", type=float, help="seconds")
     submit.add_argument("--retries", type=int, default=0)
     submit.add_argument(
+        "--resources",
+        default="",
+        metavar="NAME=AMOUNT,...",
+        help="needs held on the worker while it runs, e.g. gpu=1,cpus=2",
+    )
+    submit.add_argument(
+        "--labels",
+        default="",
+        metavar="KEY=VALUE,...",
+        help="labels the worker must carry, e.g. zone=a",
+    )
+    submit.add_argument(
         "--key",
         help="idempotency key: a resubmission with a key the cell knows runs nothing new and"
         " waits for the first task",
@@ -174,6 +204,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         register_port=cfg.register_port,
         workers=cfg.workers,
         slots=cfg.slots,
+        worker_resources=cfg.resources,
+        worker_labels=cfg.labels,
         capacities=shm.Capacities(
             tasks=cfg.tasks, arena_bytes=cfg.arena_mb << 20, max_blob_bytes=cfg.max_blob_kb << 10
         ),
@@ -184,6 +216,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         log_level=logs.LogLevel(args.log_level) if args.log_level else None,
         config=config.config_path(args, os.environ),
         prefetch_per_slot=args.prefetch_per_slot,
+        policy=args.policy,
+        aging_s=args.aging_s,
         heartbeat_interval_s=args.heartbeat_interval_s,
         missed_heartbeats=args.missed_heartbeats,
         result_ttl_s=args.result_ttl_s,
@@ -202,7 +236,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             "heapd submit: give the command after --, e.g. heapd submit -- echo hi", file=sys.stderr
         )
         return 2
-    return run.submit(args.address, argv, args.priority, args.timeout, args.retries, args.key)
+    return run.submit(
+        args.address,
+        argv,
+        args.priority,
+        args.timeout,
+        args.retries,
+        args.key,
+        args.resources,
+        args.labels,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from heapd import errors
 from heapd.client import Client
+from heapd.options import pairs_from_text, resources_from_text
 
 
 def submit(
@@ -18,14 +19,23 @@ def submit(
     timeout: float | None,
     retries: int,
     key: str | None = None,
+    resources: str = "",
+    labels: str = "",
 ) -> int:
     """Run a command task, wait with a spinner, print its output, exit with its code. With a
-    key the cell already knows, it waits for that first task instead (a safe retry)."""
+    key the cell already knows, it waits for that first task instead (a safe retry).
+    `resources` and `labels` are as typed: "gpu=1,cpus=2", "zone=a"."""
     console = Console(stderr=True)
     try:
         with Client(address) as client:
             future = client.submit_command(
-                argv, priority=priority, timeout=timeout, retries=retries, key=key
+                argv,
+                priority=priority,
+                timeout=timeout,
+                retries=retries,
+                key=key,
+                resources=resources_from_text(resources),
+                labels=pairs_from_text(labels, "labels"),
             )
             with console.status(f"task {future.task_id}: {' '.join(argv)}"):
                 result = future.result()

@@ -16,9 +16,11 @@ from heapd import errors, shm
 from heapd.client import Client
 from heapd.plm import recovery
 from heapd.plm.journal import Journal, JournalError
-from heapd.status import ClusterStatus
+from heapd.status import ClusterStatus, TaskStatus
 
 RECHECK_S = 0.5  # fsck looks again at a journal disagreement after this long
+UNSCHEDULABLE_SHOWN = 3  # unschedulable tasks named by `heapd status`
+UNSCHEDULABLE_SCAN = 1000  # queued tasks looked at to find them (oldest first)
 
 
 def status(address: str, as_json: bool) -> int:
@@ -26,11 +28,15 @@ def status(address: str, as_json: bool) -> int:
     try:
         with Client(address) as client:
             cluster = client.cluster_status()
+            stuck = _unschedulable(client) if cluster.unschedulable else []
     except errors.HeapdError as exc:
         print(f"heapd status: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(dataclasses.asdict(cluster), indent=2))
+        shown = [{"task_id": t.task_id, "reason": t.unschedulable} for t in stuck]
+        print(
+            json.dumps({**dataclasses.asdict(cluster), "unschedulable_examples": shown}, indent=2)
+        )
         return 0
     console = Console()
     console.print(_workers_table(cluster))
@@ -40,7 +46,32 @@ def status(address: str, as_json: bool) -> int:
         f"{cluster.failed_total} failed, {cluster.cancelled_total} cancelled "
         f"of {cluster.submitted_total} submitted"
     )
+    aging = f", aging 1 priority level per {cluster.aging_s:g} s" if cluster.aging_s else ""
+    console.print(f"scheduling: {cluster.policy or 'least-loaded'}{aging}")
+    if cluster.unschedulable:
+        console.print(
+            f"[yellow]{cluster.unschedulable} queued task(s) no live worker can run[/yellow]"
+            + ("; for example:" if stuck else "")
+        )
+        for t in stuck:
+            console.print(f"  task {t.task_id}: {t.unschedulable}", markup=False)
     return 0
+
+
+def _unschedulable(client: Client) -> list[TaskStatus]:
+    """A few of the oldest queued tasks that no live worker could run, with the reason."""
+    queued = client.list_tasks(["QUEUED"], UNSCHEDULABLE_SCAN)
+    return [t for t in queued if t.unschedulable][:UNSCHEDULABLE_SHOWN]
+
+
+def _amounts(values: dict[str, float]) -> str:
+    return ",".join(f"{name}={amount:g}" for name, amount in sorted(values.items())) or "-"
+
+
+def _free_of(offered: dict[str, float], free: dict[str, float]) -> str:
+    """ "gpu 1/2, cpus 0/4": free of offered, per resource."""
+    parts = [f"{n} {free.get(n, 0.0):g}/{a:g}" for n, a in sorted(offered.items())]
+    return ", ".join(parts) or "-"
 
 
 def _workers_table(cluster: ClusterStatus) -> Table:
@@ -55,6 +86,8 @@ def _workers_table(cluster: ClusterStatus) -> Table:
         "state",
         "done",
         "last beat",
+        "resources free/offered",
+        "labels",
     ):
         table.add_column(column)
     now = time.time()
@@ -69,6 +102,8 @@ def _workers_table(cluster: ClusterStatus) -> Table:
             w.state,
             str(w.tasks_done),
             f"{now - w.last_heartbeat:.1f}s ago" if w.last_heartbeat else "-",
+            _free_of(w.resources, w.resources_free),
+            ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "-",
         )
     return table
 

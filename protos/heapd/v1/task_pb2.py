@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13heapd/v1/task.proto\x12\x08heapd.v1\"W\n\nPythonCall\x12\r\n\x03ref\x18\x01 \x01(\tH\x00\x12\x1a\n\x10pickled_callable\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0cpickled_args\x18\x03 \x01(\x0c\x42\x08\n\x06target\"\x90\x01\n\x0b\x43ommandCall\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.heapd.v1.CommandCall.EnvEntry\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x0b\x42uiltinCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06params\x18\x02 \x03(\x0b\x32!.heapd.v1.BuiltinCall.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa0\x01\n\x08TaskSpec\x12&\n\x06python\x18\x01 \x01(\x0b\x32\x14.heapd.v1.PythonCallH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.heapd.v1.CommandCallH\x00\x12(\n\x07\x62uiltin\x18\x03 \x01(\x0b\x32\x15.heapd.v1.BuiltinCallH\x00\x12\x10\n\x08retry_on\x18\x04 \x03(\tB\x06\n\x04kind\"^\n\x0bTaskOptions\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x0f\n\x07retries\x18\x02 \x01(\r\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\x12\x0c\n\x04\x63pus\x18\x04 \x01(\r\x12\x0b\n\x03key\x18\x05 \x01(\t\"{\n\x07\x46\x61ilure\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.heapd.v1.FailureKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x19\n\x11pickled_exception\x18\x05 \x01(\x0c\"C\n\rCommandResult\x12\x12\n\nreturncode\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\"\xd8\x01\n\x0bTaskOutcome\x12\x17\n\rpickled_value\x18\x01 \x01(\x0cH\x00\x12*\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x17.heapd.v1.CommandResultH\x00\x12$\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x11.heapd.v1.FailureH\x00\x12\x12\n\nstarted_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12+\n\x10\x65\x61rlier_failures\x18\x06 \x03(\x0b\x32\x11.heapd.v1.FailureB\x08\n\x06result*\x87\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\n\n\x06QUEUED\x10\x02\x12\x0e\n\nDISPATCHED\x10\x03\x12\x0b\n\x07RUNNING\x10\x04\x12\r\n\tSUCCEEDED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\r\n\tCANCELLED\x10\x07*\x9a\x01\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\r\n\tEXCEPTION\x10\x01\x12\x0b\n\x07TIMEOUT\x10\x02\x12\x0b\n\x07\x43RASHED\x10\x03\x12\x0c\n\x08\x42\x41\x44_TASK\x10\x04\x12\x0e\n\nBAD_RESULT\x10\x05\x12\x15\n\x11\x43\x41NCELLED_BY_USER\x10\x06\x12\x0f\n\x0bWORKER_LOST\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13heapd/v1/task.proto\x12\x08heapd.v1\"W\n\nPythonCall\x12\r\n\x03ref\x18\x01 \x01(\tH\x00\x12\x1a\n\x10pickled_callable\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0cpickled_args\x18\x03 \x01(\x0c\x42\x08\n\x06target\"\x90\x01\n\x0b\x43ommandCall\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.heapd.v1.CommandCall.EnvEntry\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x0b\x42uiltinCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06params\x18\x02 \x03(\x0b\x32!.heapd.v1.BuiltinCall.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa0\x01\n\x08TaskSpec\x12&\n\x06python\x18\x01 \x01(\x0b\x32\x14.heapd.v1.PythonCallH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.heapd.v1.CommandCallH\x00\x12(\n\x07\x62uiltin\x18\x03 \x01(\x0b\x32\x15.heapd.v1.BuiltinCallH\x00\x12\x10\n\x08retry_on\x18\x04 \x03(\tB\x06\n\x04kind\"\xab\x02\n\x0bTaskOptions\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x0f\n\x07retries\x18\x02 \x01(\r\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\x12\x0c\n\x04\x63pus\x18\x04 \x01(\r\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x37\n\tresources\x18\x06 \x03(\x0b\x32$.heapd.v1.TaskOptions.ResourcesEntry\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.heapd.v1.TaskOptions.LabelsEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x07\x46\x61ilure\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.heapd.v1.FailureKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x19\n\x11pickled_exception\x18\x05 \x01(\x0c\"C\n\rCommandResult\x12\x12\n\nreturncode\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\"\xd8\x01\n\x0bTaskOutcome\x12\x17\n\rpickled_value\x18\x01 \x01(\x0cH\x00\x12*\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x17.heapd.v1.CommandResultH\x00\x12$\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x11.heapd.v1.FailureH\x00\x12\x12\n\nstarted_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12+\n\x10\x65\x61rlier_failures\x18\x06 \x03(\x0b\x32\x11.heapd.v1.FailureB\x08\n\x06result*\x87\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\n\n\x06QUEUED\x10\x02\x12\x0e\n\nDISPATCHED\x10\x03\x12\x0b\n\x07RUNNING\x10\x04\x12\r\n\tSUCCEEDED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\r\n\tCANCELLED\x10\x07*\x9a\x01\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\r\n\tEXCEPTION\x10\x01\x12\x0b\n\x07TIMEOUT\x10\x02\x12\x0b\n\x07\x43RASHED\x10\x03\x12\x0c\n\x08\x42\x41\x44_TASK\x10\x04\x12\x0e\n\nBAD_RESULT\x10\x05\x12\x15\n\x11\x43\x41NCELLED_BY_USER\x10\x06\x12\x0f\n\x0bWORKER_LOST\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDCALL_ENVENTRY']._serialized_options = b'8\001'
   _globals['_BUILTINCALL_PARAMSENTRY']._loaded_options = None
   _globals['_BUILTINCALL_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=1069
-  _globals['_TASKSTATE']._serialized_end=1204
-  _globals['_FAILUREKIND']._serialized_start=1207
-  _globals['_FAILUREKIND']._serialized_end=1361
+  _globals['_TASKOPTIONS_RESOURCESENTRY']._loaded_options = None
+  _globals['_TASKOPTIONS_RESOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_TASKOPTIONS_LABELSENTRY']._loaded_options = None
+  _globals['_TASKOPTIONS_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_TASKSTATE']._serialized_start=1275
+  _globals['_TASKSTATE']._serialized_end=1410
+  _globals['_FAILUREKIND']._serialized_start=1413
+  _globals['_FAILUREKIND']._serialized_end=1567
   _globals['_PYTHONCALL']._serialized_start=33
   _globals['_PYTHONCALL']._serialized_end=120
   _globals['_COMMANDCALL']._serialized_start=123
@@ -51,12 +55,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUILTINCALL_PARAMSENTRY']._serialized_end=394
   _globals['_TASKSPEC']._serialized_start=397
   _globals['_TASKSPEC']._serialized_end=557
-  _globals['_TASKOPTIONS']._serialized_start=559
-  _globals['_TASKOPTIONS']._serialized_end=653
-  _globals['_FAILURE']._serialized_start=655
-  _globals['_FAILURE']._serialized_end=778
-  _globals['_COMMANDRESULT']._serialized_start=780
-  _globals['_COMMANDRESULT']._serialized_end=847
-  _globals['_TASKOUTCOME']._serialized_start=850
-  _globals['_TASKOUTCOME']._serialized_end=1066
+  _globals['_TASKOPTIONS']._serialized_start=560
+  _globals['_TASKOPTIONS']._serialized_end=859
+  _globals['_TASKOPTIONS_RESOURCESENTRY']._serialized_start=764
+  _globals['_TASKOPTIONS_RESOURCESENTRY']._serialized_end=812
+  _globals['_TASKOPTIONS_LABELSENTRY']._serialized_start=814
+  _globals['_TASKOPTIONS_LABELSENTRY']._serialized_end=859
+  _globals['_FAILURE']._serialized_start=861
+  _globals['_FAILURE']._serialized_end=984
+  _globals['_COMMANDRESULT']._serialized_start=986
+  _globals['_COMMANDRESULT']._serialized_end=1053
+  _globals['_TASKOUTCOME']._serialized_start=1056
+  _globals['_TASKOUTCOME']._serialized_end=1272
 # @@protoc_insertion_point(module_scope)

@@ -102,18 +102,36 @@ class TaskSpec(_message.Message):
     def __init__(self, python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., builtin: _Optional[_Union[BuiltinCall, _Mapping]] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key")
+    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key", "resources", "labels")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     priority: int
     retries: int
     timeout_s: float
     cpus: int
     key: str
-    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
+    resources: _containers.ScalarMap[str, float]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "type", "message", "traceback", "pickled_exception")

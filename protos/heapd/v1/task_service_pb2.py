@@ -25,13 +25,23 @@ _sym_db = _symbol_database.Default()
 from heapd.v1 import task_pb2 as heapd_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bheapd/v1/task_service.proto\x12\x08heapd.v1\x1a\x13heapd/v1/task.proto\"Z\n\x0eTaskSubmission\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.heapd.v1.TaskSpec\x12&\n\x07options\x18\x02 \x01(\x0b\x32\x15.heapd.v1.TaskOptions\"n\n\x11SubmitTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.heapd.v1.TaskSpec\x12&\n\x07options\x18\x02 \x01(\x0b\x32\x15.heapd.v1.TaskOptions\x12\x0f\n\x07session\x18\x03 \x01(\t\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"k\n\x12SubmitTasksRequest\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.heapd.v1.TaskSubmission\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x63ks\x18\x03 \x03(\x04\x12\r\n\x05\x61\x64opt\x18\x04 \x03(\x04\"\'\n\x13SubmitTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\x04\"S\n\x14SubmitStreamResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\x04\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"\xca\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.heapd.v1.TaskState\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\x04\x12\x14\n\x0csubmitted_at\x18\x06 \x01(\x01\x12\x15\n\rdispatched_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x0f\n\x07outcome\x18\t \x01(\x0c\"6\n\x11WatchTasksRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\x04\"c\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.heapd.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0f\n\x07outcome\x18\x04 \x01(\x0c\";\n\x12WatchTasksResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.heapd.v1.TaskResult\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.heapd.v1.TaskState\"F\n\x10ListTasksRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.heapd.v1.TaskState\x12\r\n\x05limit\x18\x02 \x01(\r\"8\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.heapd.v1.TaskStatus\"\x19\n\x17GetClusterStatusRequest\"\xbd\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x11\n\tin_flight\x18\x07 \x01(\r\x12\r\n\x05state\x18\x08 \x01(\t\x12\x16\n\x0elast_heartbeat\x18\t \x01(\x01\x12\x12\n\ntasks_done\x18\n \x01(\x04\"\x86\x02\n\rClusterStatus\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\'\n\x07workers\x18\x02 \x03(\x0b\x32\x16.heapd.v1.WorkerStatus\x12\x0e\n\x06queued\x18\x03 \x01(\x04\x12\x0f\n\x07running\x18\x04 \x01(\x04\x12\x0f\n\x07pending\x18\x05 \x01(\x04\x12\x17\n\x0fsubmitted_total\x18\x06 \x01(\x04\x12\x17\n\x0fsucceeded_total\x18\x07 \x01(\x04\x12\x14\n\x0c\x66\x61iled_total\x18\x08 \x01(\x04\x12\x17\n\x0f\x63\x61ncelled_total\x18\t \x01(\x04\x12\x14\n\x0cheld_results\x18\n \x01(\x04\x12\x15\n\rtask_capacity\x18\x0b \x01(\x04\x32\xd9\x04\n\x0bTaskService\x12G\n\nSubmitTask\x12\x1b.heapd.v1.SubmitTaskRequest\x1a\x1c.heapd.v1.SubmitTaskResponse\x12J\n\x0bSubmitTasks\x12\x1c.heapd.v1.SubmitTasksRequest\x1a\x1d.heapd.v1.SubmitTasksResponse\x12P\n\x0cSubmitStream\x12\x1c.heapd.v1.SubmitTasksRequest\x1a\x1e.heapd.v1.SubmitStreamResponse(\x01\x30\x01\x12\x39\n\x07GetTask\x12\x18.heapd.v1.GetTaskRequest\x1a\x14.heapd.v1.TaskStatus\x12I\n\nWatchTasks\x12\x1b.heapd.v1.WatchTasksRequest\x1a\x1c.heapd.v1.WatchTasksResponse0\x01\x12G\n\nCancelTask\x12\x1b.heapd.v1.CancelTaskRequest\x1a\x1c.heapd.v1.CancelTaskResponse\x12\x44\n\tListTasks\x12\x1a.heapd.v1.ListTasksRequest\x1a\x1b.heapd.v1.ListTasksResponse\x12N\n\x10GetClusterStatus\x12!.heapd.v1.GetClusterStatusRequest\x1a\x17.heapd.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bheapd/v1/task_service.proto\x12\x08heapd.v1\x1a\x13heapd/v1/task.proto\"Z\n\x0eTaskSubmission\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.heapd.v1.TaskSpec\x12&\n\x07options\x18\x02 \x01(\x0b\x32\x15.heapd.v1.TaskOptions\"n\n\x11SubmitTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.heapd.v1.TaskSpec\x12&\n\x07options\x18\x02 \x01(\x0b\x32\x15.heapd.v1.TaskOptions\x12\x0f\n\x07session\x18\x03 \x01(\t\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"k\n\x12SubmitTasksRequest\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.heapd.v1.TaskSubmission\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x63ks\x18\x03 \x03(\x04\x12\r\n\x05\x61\x64opt\x18\x04 \x03(\x04\"\'\n\x13SubmitTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\x04\"S\n\x14SubmitStreamResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\x04\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"\xac\x03\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.heapd.v1.TaskState\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\x04\x12\x14\n\x0csubmitted_at\x18\x06 \x01(\x01\x12\x15\n\rdispatched_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x0f\n\x07outcome\x18\t \x01(\x0c\x12\x15\n\runschedulable\x18\n \x01(\t\x12\x36\n\tresources\x18\x0b \x03(\x0b\x32#.heapd.v1.TaskStatus.ResourcesEntry\x12\x30\n\x06labels\x18\x0c \x03(\x0b\x32 .heapd.v1.TaskStatus.LabelsEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x11WatchTasksRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\x04\"c\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.heapd.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0f\n\x07outcome\x18\x04 \x01(\x0c\";\n\x12WatchTasksResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.heapd.v1.TaskResult\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.heapd.v1.TaskState\"F\n\x10ListTasksRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.heapd.v1.TaskState\x12\r\n\x05limit\x18\x02 \x01(\r\"8\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.heapd.v1.TaskStatus\"\x19\n\x17GetClusterStatusRequest\"\x85\x04\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x11\n\tin_flight\x18\x07 \x01(\r\x12\r\n\x05state\x18\x08 \x01(\t\x12\x16\n\x0elast_heartbeat\x18\t \x01(\x01\x12\x12\n\ntasks_done\x18\n \x01(\x04\x12\x38\n\tresources\x18\x0b \x03(\x0b\x32%.heapd.v1.WorkerStatus.ResourcesEntry\x12\x41\n\x0eresources_free\x18\x0c \x03(\x0b\x32).heapd.v1.WorkerStatus.ResourcesFreeEntry\x12\x32\n\x06labels\x18\r \x03(\x0b\x32\".heapd.v1.WorkerStatus.LabelsEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12ResourcesFreeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x02\n\rClusterStatus\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\'\n\x07workers\x18\x02 \x03(\x0b\x32\x16.heapd.v1.WorkerStatus\x12\x0e\n\x06queued\x18\x03 \x01(\x04\x12\x0f\n\x07running\x18\x04 \x01(\x04\x12\x0f\n\x07pending\x18\x05 \x01(\x04\x12\x17\n\x0fsubmitted_total\x18\x06 \x01(\x04\x12\x17\n\x0fsucceeded_total\x18\x07 \x01(\x04\x12\x14\n\x0c\x66\x61iled_total\x18\x08 \x01(\x04\x12\x17\n\x0f\x63\x61ncelled_total\x18\t \x01(\x04\x12\x14\n\x0cheld_results\x18\n \x01(\x04\x12\x15\n\rtask_capacity\x18\x0b \x01(\x04\x12\x0e\n\x06policy\x18\x0c \x01(\t\x12\x0f\n\x07\x61ging_s\x18\r \x01(\x01\x12\x15\n\runschedulable\x18\x0e \x01(\x04\x32\xd9\x04\n\x0bTaskService\x12G\n\nSubmitTask\x12\x1b.heapd.v1.SubmitTaskRequest\x1a\x1c.heapd.v1.SubmitTaskResponse\x12J\n\x0bSubmitTasks\x12\x1c.heapd.v1.SubmitTasksRequest\x1a\x1d.heapd.v1.SubmitTasksResponse\x12P\n\x0cSubmitStream\x12\x1c.heapd.v1.SubmitTasksRequest\x1a\x1e.heapd.v1.SubmitStreamResponse(\x01\x30\x01\x12\x39\n\x07GetTask\x12\x18.heapd.v1.GetTaskRequest\x1a\x14.heapd.v1.TaskStatus\x12I\n\nWatchTasks\x12\x1b.heapd.v1.WatchTasksRequest\x1a\x1c.heapd.v1.WatchTasksResponse0\x01\x12G\n\nCancelTask\x12\x1b.heapd.v1.CancelTaskRequest\x1a\x1c.heapd.v1.CancelTaskResponse\x12\x44\n\tListTasks\x12\x1a.heapd.v1.ListTasksRequest\x1a\x1b.heapd.v1.ListTasksResponse\x12N\n\x10GetClusterStatus\x12!.heapd.v1.GetClusterStatusRequest\x1a\x17.heapd.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heapd.v1.task_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TASKSTATUS_RESOURCESENTRY']._loaded_options = None
+  _globals['_TASKSTATUS_RESOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_TASKSTATUS_LABELSENTRY']._loaded_options = None
+  _globals['_TASKSTATUS_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_WORKERSTATUS_RESOURCESENTRY']._loaded_options = None
+  _globals['_WORKERSTATUS_RESOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_WORKERSTATUS_RESOURCESFREEENTRY']._loaded_options = None
+  _globals['_WORKERSTATUS_RESOURCESFREEENTRY']._serialized_options = b'8\001'
+  _globals['_WORKERSTATUS_LABELSENTRY']._loaded_options = None
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASKSUBMISSION']._serialized_start=62
   _globals['_TASKSUBMISSION']._serialized_end=152
   _globals['_SUBMITTASKREQUEST']._serialized_start=154
@@ -47,27 +57,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKREQUEST']._serialized_start=540
   _globals['_GETTASKREQUEST']._serialized_end=573
   _globals['_TASKSTATUS']._serialized_start=576
-  _globals['_TASKSTATUS']._serialized_end=778
-  _globals['_WATCHTASKSREQUEST']._serialized_start=780
-  _globals['_WATCHTASKSREQUEST']._serialized_end=834
-  _globals['_TASKRESULT']._serialized_start=836
-  _globals['_TASKRESULT']._serialized_end=935
-  _globals['_WATCHTASKSRESPONSE']._serialized_start=937
-  _globals['_WATCHTASKSRESPONSE']._serialized_end=996
-  _globals['_CANCELTASKREQUEST']._serialized_start=998
-  _globals['_CANCELTASKREQUEST']._serialized_end=1034
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1036
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1092
-  _globals['_LISTTASKSREQUEST']._serialized_start=1094
-  _globals['_LISTTASKSREQUEST']._serialized_end=1164
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1166
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1222
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1224
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1249
-  _globals['_WORKERSTATUS']._serialized_start=1252
-  _globals['_WORKERSTATUS']._serialized_end=1441
-  _globals['_CLUSTERSTATUS']._serialized_start=1444
-  _globals['_CLUSTERSTATUS']._serialized_end=1706
-  _globals['_TASKSERVICE']._serialized_start=1709
-  _globals['_TASKSERVICE']._serialized_end=2310
+  _globals['_TASKSTATUS']._serialized_end=1004
+  _globals['_TASKSTATUS_RESOURCESENTRY']._serialized_start=909
+  _globals['_TASKSTATUS_RESOURCESENTRY']._serialized_end=957
+  _globals['_TASKSTATUS_LABELSENTRY']._serialized_start=959
+  _globals['_TASKSTATUS_LABELSENTRY']._serialized_end=1004
+  _globals['_WATCHTASKSREQUEST']._serialized_start=1006
+  _globals['_WATCHTASKSREQUEST']._serialized_end=1060
+  _globals['_TASKRESULT']._serialized_start=1062
+  _globals['_TASKRESULT']._serialized_end=1161
+  _globals['_WATCHTASKSRESPONSE']._serialized_start=1163
+  _globals['_WATCHTASKSRESPONSE']._serialized_end=1222
+  _globals['_CANCELTASKREQUEST']._serialized_start=1224
+  _globals['_CANCELTASKREQUEST']._serialized_end=1260
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1262
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1318
+  _globals['_LISTTASKSREQUEST']._serialized_start=1320
+  _globals['_LISTTASKSREQUEST']._serialized_end=1390
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1392
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1448
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1450
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1475
+  _globals['_WORKERSTATUS']._serialized_start=1478
+  _globals['_WORKERSTATUS']._serialized_end=1995
+  _globals['_WORKERSTATUS_RESOURCESENTRY']._serialized_start=909
+  _globals['_WORKERSTATUS_RESOURCESENTRY']._serialized_end=957
+  _globals['_WORKERSTATUS_RESOURCESFREEENTRY']._serialized_start=1896
+  _globals['_WORKERSTATUS_RESOURCESFREEENTRY']._serialized_end=1948
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_start=959
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_end=1004
+  _globals['_CLUSTERSTATUS']._serialized_start=1998
+  _globals['_CLUSTERSTATUS']._serialized_end=2316
+  _globals['_TASKSERVICE']._serialized_start=2319
+  _globals['_TASKSERVICE']._serialized_end=2920
 # @@protoc_insertion_point(module_scope)

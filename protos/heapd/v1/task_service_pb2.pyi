@@ -66,7 +66,21 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("task_id", "state", "priority", "attempt", "worker_id", "submitted_at", "dispatched_at", "finished_at", "outcome")
+    __slots__ = ("task_id", "state", "priority", "attempt", "worker_id", "submitted_at", "dispatched_at", "finished_at", "outcome", "unschedulable", "resources", "labels")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +90,9 @@ class TaskStatus(_message.Message):
     DISPATCHED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     state: _task_pb2.TaskState
     priority: int
@@ -85,7 +102,10 @@ class TaskStatus(_message.Message):
     dispatched_at: float
     finished_at: float
     outcome: bytes
-    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., priority: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[int] = ..., submitted_at: _Optional[float] = ..., dispatched_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., outcome: _Optional[bytes] = ...) -> None: ...
+    unschedulable: str
+    resources: _containers.ScalarMap[str, float]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., priority: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[int] = ..., submitted_at: _Optional[float] = ..., dispatched_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., outcome: _Optional[bytes] = ..., unschedulable: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
     __slots__ = ("session", "task_ids")
@@ -144,7 +164,28 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "epoch", "address", "hostname", "pid", "slots", "in_flight", "state", "last_heartbeat", "tasks_done")
+    __slots__ = ("worker_id", "epoch", "address", "hostname", "pid", "slots", "in_flight", "state", "last_heartbeat", "tasks_done", "resources", "resources_free", "labels")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ResourcesFreeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +196,9 @@ class WorkerStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FREE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     epoch: int
     address: str
@@ -165,10 +209,13 @@ class WorkerStatus(_message.Message):
     state: str
     last_heartbeat: float
     tasks_done: int
-    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., slots: _Optional[int] = ..., in_flight: _Optional[int] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[float] = ..., tasks_done: _Optional[int] = ...) -> None: ...
+    resources: _containers.ScalarMap[str, float]
+    resources_free: _containers.ScalarMap[str, float]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., slots: _Optional[int] = ..., in_flight: _Optional[int] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[float] = ..., tasks_done: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., resources_free: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("cell", "workers", "queued", "running", "pending", "submitted_total", "succeeded_total", "failed_total", "cancelled_total", "held_results", "task_capacity")
+    __slots__ = ("cell", "workers", "queued", "running", "pending", "submitted_total", "succeeded_total", "failed_total", "cancelled_total", "held_results", "task_capacity", "policy", "aging_s", "unschedulable")
     CELL_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +227,9 @@ class ClusterStatus(_message.Message):
     CANCELLED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     HELD_RESULTS_FIELD_NUMBER: _ClassVar[int]
     TASK_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    AGING_S_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_FIELD_NUMBER: _ClassVar[int]
     cell: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queued: int
@@ -191,4 +241,7 @@ class ClusterStatus(_message.Message):
     cancelled_total: int
     held_results: int
     task_capacity: int
-    def __init__(self, cell: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., pending: _Optional[int] = ..., submitted_total: _Optional[int] = ..., succeeded_total: _Optional[int] = ..., failed_total: _Optional[int] = ..., cancelled_total: _Optional[int] = ..., held_results: _Optional[int] = ..., task_capacity: _Optional[int] = ...) -> None: ...
+    policy: str
+    aging_s: float
+    unschedulable: int
+    def __init__(self, cell: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., pending: _Optional[int] = ..., submitted_total: _Optional[int] = ..., succeeded_total: _Optional[int] = ..., failed_total: _Optional[int] = ..., cancelled_total: _Optional[int] = ..., held_results: _Optional[int] = ..., task_capacity: _Optional[int] = ..., policy: _Optional[str] = ..., aging_s: _Optional[float] = ..., unschedulable: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,134 @@
+"""End to end: priorities are never inverted by prefetch, aging, and the placement policies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from heapd import Client, NotFound, TaskFuture, shm
+from tests import tasks_for_tests as t
+from tests.conftest import StartCell
+from tests.helpers import assert_eventually, release_gate
+
+WORKERS, SLOTS = 3, 2
+
+
+def gated(gate: Path) -> list[str]:
+    return ["sh", "-c", f"read line < {gate}"]
+
+
+def has_started(client: Client, future: TaskFuture) -> bool:
+    """Whether the task has started (or already ended and its result was taken)."""
+    if future.done():
+        return True
+    try:
+        return client.get_task(future.task_id).state in ("RUNNING", "SUCCEEDED", "FAILED")
+    except NotFound:
+        return True
+
+
+@pytest.mark.parametrize("prefetch", [1, 2, 8])
+def test_late_high_tasks_start_before_every_prefetched_low_one(
+    start_cell: StartCell, tmp_path: Path, prefetch: int
+) -> None:
+    """The issue's scenario: every slot of 3 workers x 2 is busy, 40 low-priority tasks are
+    queued (and, with prefetch, sent to the workers' buffers), then 5 high-priority ones. As the
+    slots free one at a time, the 5 high ones start first, before any low one, whatever the
+    prefetch depth: the scheduler takes the prefetched low tasks back."""
+    cell = start_cell(
+        workers=WORKERS, slots=SLOTS, extra_args=("--prefetch-per-slot", str(prefetch))
+    )
+    gates = [tmp_path / f"gate{i}" for i in range(WORKERS * SLOTS)]
+    for gate in gates:
+        os.mkfifo(gate)
+    with Client(cell.address) as client:
+        # A burst of no-ops first: the scheduler sizes prefetch from the observed task rate, so
+        # the low tasks below are then sent beyond the free slots (when prefetch > 1).
+        assert client.gather(client.map(t.square, range(3000)), timeout=120)[-1] == 2999**2
+        blockers = [client.submit_command(gated(gate)) for gate in gates]
+        assert_eventually(
+            lambda: all(client.get_task(b.task_id).state == "RUNNING" for b in blockers)
+        )
+        low = [client.submit(t.tagged_start, f"low{i}", 0.01, priority="low") for i in range(40)]
+        high = [client.submit(t.tagged_start, f"high{i}", 1.0, priority="high") for i in range(5)]
+        # The bound allows one dispatch round trip: a slot freed while the revocation is on its
+        # way starts what its worker holds. So the slots free only once the low tasks are back
+        # in the queue (with prefetch 1 none was ever sent).
+        assert_eventually(
+            lambda: all(client.get_task(f.task_id).state == "QUEUED" for f in low + high)
+        )
+        for released, gate in enumerate(gates[:5], start=1):
+            assert_eventually(lambda gate=gate: release_gate(gate))
+            assert_eventually(
+                lambda released=released: sum(has_started(client, h) for h in high) == released
+            )
+        assert_eventually(lambda: release_gate(gates[5]))
+        started = dict(client.gather(high + low, timeout=120))
+        client.gather(blockers, timeout=30)
+    last_high = max(started[f"high{i}"] for i in range(5))
+    first_low = min(started[f"low{i}"] for i in range(40))
+    assert last_high < first_low, "a low-priority task started before a high one"
+    with shm.Cell.attach(cell.name) as handle:
+        stats = handle.stats()
+    if prefetch > 1:
+        assert stats.revoked_total > 0, "the low tasks were prefetched and taken back"
+    else:
+        assert stats.revoked_total == 0, "nothing is prefetched, so nothing is taken back"
+
+
+def test_aging_lets_a_low_task_through_a_steady_flow_of_high_ones(start_cell: StartCell) -> None:
+    """One slot, a flow of high-priority tasks arriving faster than they run, one low task in
+    the middle. With `--aging-s A`, the low task's priority grows by 1 per A seconds waited,
+    so every high task (one level above) submitted more than A after it starts after it, and
+    the low task does not wait for the flow to end."""
+    aging_s = 0.2
+    cell = start_cell(workers=1, slots=1, extra_args=("--aging-s", str(aging_s)))
+    high: list[tuple[TaskFuture, float]] = []  # (future, wall clock just before its submit)
+    with Client(cell.address) as client:
+        for i in range(150):
+            if i == 30:
+                low_submitted = time.time()
+                low = client.submit(t.tagged_start, "low", 0.0, priority=0)
+                low_after = time.time()
+            before = time.time()
+            high.append((client.submit(t.tagged_start, f"high{i}", 0.02, priority=1), before))
+            time.sleep(0.01)  # two arrive per task run: the queue keeps growing
+        low_started = low.result(timeout=60)[1]
+        starts = {tag: at for tag, at in client.gather([f for f, _ in high], timeout=120)}
+    assert low_submitted < low_after
+    # A high task whose key is surely worse: submitted more than A (plus one aging tick) after
+    # the low one (the cell stamps submissions between these client-side clocks).
+    later = [
+        f"high{i}" for i, (_, before) in enumerate(high) if before - low_after > aging_s * 1.01
+    ]
+    assert len(later) > 50, "the flow went on long after the low task's bound"
+    overtook = [tag for tag in later if starts[tag] < low_started]
+    assert overtook == [], "a high task submitted after the low one's bound started first"
+    assert max(starts.values()) > low_started, "the low task did not wait for the flow to end"
+
+
+@pytest.mark.parametrize("policy", [p.label for p in shm.Policy])
+def test_each_policy_places_every_task_within_slots(start_cell: StartCell, policy: str) -> None:
+    """Every policy runs a mixed load to completion on 3 workers, spreading it over all of
+    them, and the cell records which policy its scheduler uses."""
+    cell = start_cell(workers=3, slots=2, extra_args=("--policy", policy))
+    with Client(cell.address) as client:
+        squares = client.map(t.square, range(300))
+        pids = [client.submit(t.whoami) for _ in range(60)]
+        assert client.gather(squares, timeout=60) == [i * i for i in range(300)]
+        assert len(set(client.gather(pids, timeout=60))) == 3, "every worker took work"
+        status = client.cluster_status()
+    assert sum(w.tasks_done for w in status.workers) == 360
+    assert (status.policy, status.aging_s) == (policy, 0.0)
+    shown = subprocess.run(
+        [sys.executable, "-m", "heapd", "status", "--address", cell.address],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"scheduling: {policy}" in shown.stdout
