@@ -52,6 +52,7 @@ class LocalCell:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
+        self.extra_workers: list[subprocess.Popen[bytes]] = []  # started by add_worker
 
     @property
     def address(self) -> str:
@@ -97,8 +98,51 @@ class LocalCell:
             self.stop()
             raise
 
+    def add_worker(self, slots: int) -> int:
+        """Start one more `heapd worker` of `slots` slots on this cell's register (`heapd up`
+        starts equal workers; cells of unequal ones add theirs here); returns its pid once it
+        has joined. `stop` drains it before the cell, `crash` kills it with the cell."""
+        argv = [
+            sys.executable, "-m", "heapd.worker", "--register", self.register,
+            "--slots", str(slots), "--port", "0",
+        ]  # fmt: skip
+        with contextlib.ExitStack() as files:
+            log = None  # None: its log goes where ours does
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                name = f"worker-extra-{len(self.extra_workers)}.log"
+                log = files.enter_context(open(self.log_dir / name, "ab"))
+            process = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                env=self.env,
+                start_new_session=True,
+            )
+        self.extra_workers.append(process)
+        self._read_ready(process, "worker")
+        return process.pid
+
+    def _stop_extra_workers(self) -> None:
+        """SIGTERM (drain and leave the cell) each added worker, wait, then kill its session
+        (leftover task children)."""
+        for process in self.extra_workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.extra_workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STOP_TIMEOUT_S)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self.extra_workers = []
+
     def stop(self) -> int | None:
         """SIGTERM the supervisor, wait, and make sure nothing of the cell is left."""
+        self._stop_extra_workers()
         process = self.process
         if process is None:
             return None
@@ -123,19 +167,22 @@ class LocalCell:
         if process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-        for pid in self.info.get("pids", {}).values():
+        for pid in [*self.info.get("pids", {}).values(), *(p.pid for p in self.extra_workers)]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         if process is not None:
             process.wait()
             if process.stdout is not None:
                 process.stdout.close()
+        self._stop_extra_workers()  # already killed: this reaps them
         self.process = None
         shm.Cell.unlink(self.name)
 
     @staticmethod
-    def _read_ready(process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    def _read_ready(process: subprocess.Popen[bytes], role: str = "cell") -> dict[str, Any]:
+        """The {"ready": role, ...} line of `heapd up` (role "cell") or of a role."""
         assert process.stdout is not None
+        command = "up" if role == "cell" else role
         deadline = time.monotonic() + READY_TIMEOUT_S
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
@@ -145,10 +192,10 @@ class LocalCell:
                 line = process.stdout.readline()
                 if not line:
                     raise CellStartError(
-                        f"heapd up exited with {process.wait()} before the cell was ready"
+                        f"heapd {command} exited with {process.wait()} before it was ready"
                     )
                 with contextlib.suppress(ValueError):
                     message = json.loads(line)
-                    if isinstance(message, dict) and message.get("ready") == "cell":
+                    if isinstance(message, dict) and message.get("ready") == role:
                         return message
-        raise CellStartError(f"heapd up did not announce the cell within {READY_TIMEOUT_S}s")
+        raise CellStartError(f"heapd {command} did not announce itself within {READY_TIMEOUT_S}s")

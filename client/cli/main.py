@@ -53,8 +53,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--workload",
         default="W1,W2",
-        help="comma-separated: W1, W2, W4 (worker SIGKILL), W4H (hang), RECOVER (rebuild a cell"
-        " of --recover-tasks queued tasks from its journal)",
+        help="comma-separated: W1, W2, W3 (makespan per placement policy, 4x1 and 1+2+3"
+        " slots), W4 (worker SIGKILL), W4H (hang), W7 (high priority behind 2,000 low),"
+        " RECOVER (rebuild a cell of --recover-tasks queued tasks from its journal)",
     )
     bench.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the median is reported"

@@ -6,19 +6,16 @@ Every target is a ratio to a floor measured in the same run (the machines are sh
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from heapd.client import Client
-from heapd.runtime.bench import fault, floors, recover
+from heapd.runtime.bench import cells, fault, floors, makespan, priority, recover
 from heapd.runtime.bench.workloads import noop
 from heapd.runtime.config import Durability
 from heapd.runtime.launch import LocalCell
@@ -64,8 +61,22 @@ WORKLOADS: dict[str, tuple[Callable[[LocalCell], Figures], int, int]] = {
     "W2": (run_w2, 1, W1_SLOTS),
     "W4": (fault.run_w4, fault.WORKERS, 1),
     "W4H": (fault.run_w4_hang, fault.WORKERS, 1),  # W4 with SIGSTOP instead of SIGKILL
+    "W7": (priority.run_w7, priority.WORKERS, priority.SLOTS),
 }
-SUMMED = ("lost", "duplicates")  # counts: summed over runs, not medians
+# Workloads that start their own cells (W3: one per placement policy); each reports a dict of
+# figures per setting.
+MULTI_CELL: dict[str, Callable[[int, Callable[[str], None], cells.OpenCell], dict[str, Any]]] = {
+    "W3": makespan.measure,
+}
+# counts: summed over runs, not medians
+SUMMED = (
+    "lost",
+    "duplicates",
+    "inversions",
+    "inversions_within_rtt",
+    "inversions_beyond_rtt",
+    "low_started_during_submit",
+)
 
 
 def median_of(runs: Sequence[Figures]) -> Figures:
@@ -90,9 +101,11 @@ def measure(
 ) -> dict[str, Any]:
     """Floors, then each workload against its own fresh cell (journal as `durability` says);
     medians of `repeat` runs."""
-    unknown = [w for w in workloads if w not in WORKLOADS and w != "RECOVER"]
+    unknown = [
+        w for w in workloads if w not in WORKLOADS and w not in MULTI_CELL and w != "RECOVER"
+    ]
     if unknown:
-        known = sorted([*WORKLOADS, "RECOVER"])
+        known = sorted([*WORKLOADS, *MULTI_CELL, "RECOVER"])
         raise ValueError(f"unknown workload(s) {unknown}; available: {known}")
     log("F2: process pool floor")
     f2 = statistics.median(floors.pool_tasks_per_s(W1_SLOTS, W1_TASKS) for _ in range(repeat))
@@ -108,19 +121,12 @@ def measure(
             runs = [recover.run_recover(recover_tasks, log) for _ in range(repeat)]
             report[name] = median_of(runs)
             continue
+        if name in MULTI_CELL:
+            report[name] = MULTI_CELL[name](repeat, log, cells.opener(durability))
+            continue
         run, workers, slots = WORKLOADS[name]
         log(f"{name}: starting a cell ({workers} worker x {slots} slots, {durability})")
-        with (
-            tempfile.TemporaryDirectory() as scratch,
-            LocalCell(
-                f"bench-{os.getpid()}-{name.lower()}",
-                workers=workers,
-                slots=slots,
-                log_dir=Path(scratch) / "logs",
-                state_dir=Path(scratch) / "state",
-                extra_args=["--durability", str(durability)],
-            ) as cell,
-        ):
+        with cells.bench_cell(name, workers, slots, durability=durability) as cell:
             runs = []
             for i in range(repeat):
                 log(f"{name}: run {i + 1}/{repeat}")
@@ -138,18 +144,31 @@ def _add_ratios(report: dict[str, Any]) -> None:
 
 
 def render(report: dict[str, Any]) -> Table:
-    """The report as a table: one row per figure."""
-    table = Table(title="heapd bench (medians)")
+    """The report as a table: one row per figure; a workload with settings (W3's policies)
+    gets one id per setting ("W3 hetero random")."""
+    table = Table(title="heapd bench (medians; counts summed over runs)")
     table.add_column("id")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for name, figures in report.items():
-        if not isinstance(figures, dict):
-            table.add_row(name, "", str(figures))
-            continue
-        for key, value in figures.items():
-            table.add_row(name, key, f"{value:,.3f}" if value < 100 else f"{value:,.0f}")
+    _add_rows(table, "", report)
     return table
+
+
+def _add_rows(table: Table, prefix: str, figures: dict[str, Any]) -> None:
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            if any(isinstance(v, dict) for v in value.values()):
+                _add_rows(table, f"{prefix}{key} ", value)
+            else:
+                for figure, number in value.items():
+                    table.add_row(f"{prefix}{key}", figure, _number(number))
+        else:
+            text = _number(value) if isinstance(value, float) and prefix else str(value)
+            table.add_row(prefix.strip() or key, key if prefix else "", text)
+
+
+def _number(value: float) -> str:
+    return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
 
 
 def main(

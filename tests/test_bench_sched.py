@@ -1,0 +1,84 @@
+"""`heapd bench` W3 (makespan per policy) and W7 (priority) at small sizes, through the same
+functions the bench runs: the report's shape, and every task completed. No time is asserted."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console
+
+from heapd.runtime.bench import makespan, priority, runner
+from heapd.runtime.launch import LocalCell
+from tests.conftest import StartCell
+
+FIGURES = {
+    "ratio",
+    "ratio_max",
+    "makespan_s",
+    "bound_s",
+    "greedy_s",
+    "ratio_to_greedy",
+    "completed",
+}
+
+
+def test_w3_reports_every_policy_on_both_cells(start_cell: StartCell) -> None:
+    @contextlib.contextmanager
+    def open_cell(
+        label: str, workers: int, slots: int, extra_args: Sequence[str]
+    ) -> Iterator[LocalCell]:
+        cell = start_cell(workers=workers, slots=slots, extra_args=tuple(extra_args))
+        try:
+            yield cell
+        finally:
+            cell.stop()  # one cell at a time, as the bench runs them
+
+    policies = ("least-loaded", "power-of-two")
+    report = makespan.measure(1, lambda _: None, open_cell, tasks=20, policies=policies)
+    assert set(report) == {*policies, "hetero"}
+    assert set(report["hetero"]) == set(policies)
+    for figures in [*(report[p] for p in policies), *report["hetero"].values()]:
+        assert set(figures) == FIGURES
+        assert figures["completed"] == 20
+    # The table shows one id per setting.
+    out = io.StringIO()
+    Console(file=out, width=200).print(runner.render({"W3": report}))
+    text = out.getvalue()
+    assert "W3 least-loaded" in text and "W3 hetero power-of-two" in text
+
+
+def test_w3_durations_are_the_workloads() -> None:
+    seconds = makespan.durations()
+    assert len(seconds) == 200
+    assert all(0.01 <= s <= 1.0 for s in seconds)
+    assert seconds == makespan.durations()  # seeded: the same on every run and system
+
+
+def test_w7_reports_waits_and_inversions(start_cell: StartCell) -> None:
+    cell = start_cell(workers=priority.WORKERS, slots=priority.SLOTS)
+    figures = priority.run_w7(cell, low=40, high=6)
+    assert figures["completed"] == 46
+    assert {
+        "high_wait_p50_ms",
+        "high_wait_p99_ms",
+        "high_wait_max_ms",
+        "high_wait_p99_units",
+        "floor_p99_units",
+        "inversions",
+        "inversions_within_rtt",
+        "inversions_beyond_rtt",
+        "low_started_during_submit",
+        "high_submit_ms",
+    } <= set(figures)
+    assert (
+        figures["inversions"] == figures["inversions_within_rtt"] + figures["inversions_beyond_rtt"]
+    )
+
+
+def test_inversions_count_low_starts_while_a_high_task_waits() -> None:
+    highs = [(10.0, 10.5), (10.0, 11.0)]  # (submitted, started)
+    lows = [9.0, 10.001, 10.2, 10.7, 11.5]
+    # 10.001: within RTT of the submission; 10.2 and 10.7: a high one was still waiting.
+    assert priority.inversions(lows, highs) == (1, 2)
