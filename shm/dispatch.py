@@ -28,6 +28,7 @@ from heapd.shm.placement import Cursor, Placement
 from heapd.shm.types import ACTIVE, Dispatch, DispatchRound, TaskState
 
 DISPATCHED = int(TaskState.DISPATCHED)
+_LEAST_LOADED = Cursor()  # the default: least-loaded keeps no state between rounds
 SCAN_FACTOR = 4  # tasks looked at per round, set aside or parked included: SCAN_FACTOR x limit
 
 
@@ -55,7 +56,7 @@ def dispatch(
         room = workers.slots[w] * max_per_slot - workers.in_flight[w]
         if room < max(1, workers.slots[w] * min_room_per_slot):
             return DispatchRound(out, _top_key(mem), parked)
-    place = Placement(mem, cursor or Cursor())
+    place = Placement(mem, cursor or _LEAST_LOADED)
     addresses: dict[int, str] = {}
     aside: list[int] = []
     aside_priority = NO_PRIORITY - 1 - (1 << 16)  # below every priority: nothing set aside yet
