@@ -115,9 +115,15 @@ class AsyncClient:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: Iterable[AsyncTaskFuture | int] | None = None,
         **kwargs: Any,
     ) -> AsyncTaskFuture:
-        """Run fn(*args, **kwargs) in the cell; await the returned future for its result."""
+        """Run fn(*args, **kwargs) in the cell; await the returned future for its result.
+
+        It runs once the tasks of `after` (futures or task ids) have succeeded; a future among
+        the arguments (also inside lists, tuples and dict values) is replaced by its task's
+        value, and waited on too. A dependency that does not succeed fails this task with
+        `DependencyFailed`; a future already failed raises it here."""
         request = self._core.python_request(
             fn,
             args,
@@ -130,6 +136,7 @@ class AsyncClient:
             resources=resources,
             labels=labels,
             key=key,
+            after=after,
         )
         return (await self._submit(request))[0]
 
@@ -147,8 +154,10 @@ class AsyncClient:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: Iterable[AsyncTaskFuture | int] | None = None,
     ) -> AsyncTaskFuture:
-        """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
+        """Run a command (once the tasks of `after` have succeeded); the result is a
+        `CommandResult` (returncode, stdout, stderr)."""
         request = self._core.command_request(
             argv,
             env=env,
@@ -161,6 +170,7 @@ class AsyncClient:
             resources=resources,
             labels=labels,
             key=key,
+            after=after,
         )
         return (await self._submit(request))[0]
 
@@ -175,9 +185,11 @@ class AsyncClient:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: Iterable[AsyncTaskFuture | int] | None = None,
         **params: float,
     ) -> AsyncTaskFuture:
-        """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
+        """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=); once the tasks of
+        `after` have succeeded."""
         request = self._core.builtin_request(
             name,
             params,
@@ -188,6 +200,7 @@ class AsyncClient:
             resources=resources,
             labels=labels,
             key=key,
+            after=after,
         )
         return (await self._submit(request))[0]
 
@@ -205,8 +218,10 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
         batch_size: int = MAP_BATCH,
         keys: Sequence[str] | None = None,
+        after: Iterable[AsyncTaskFuture | int] | None = None,
     ) -> list[AsyncTaskFuture]:
-        """fn(item) for every item, submitted in batches; futures in input order."""
+        """fn(item) for every item, submitted in batches; futures in input order. Every task
+        waits on the tasks of `after`, and each on the futures inside its own item."""
         requests = self._core.map_requests(
             fn,
             iterable,
@@ -219,6 +234,7 @@ class AsyncClient:
             labels=labels,
             batch_size=batch_size,
             keys=keys,
+            after=after,
         )
         futures: list[AsyncTaskFuture] = []
         for request in requests:

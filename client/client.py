@@ -111,9 +111,15 @@ class Client:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: Iterable[TaskFuture | int] | None = None,
         **kwargs: Any,
     ) -> TaskFuture:
-        """Run fn(*args, **kwargs) in the cell; fn is a callable or a "module:function" string."""
+        """Run fn(*args, **kwargs) in the cell; fn is a callable or a "module:function" string.
+
+        It runs once the tasks of `after` (futures or task ids) have succeeded; a future among
+        the arguments (also inside lists, tuples and dict values) is replaced by its task's
+        value, and waited on too. A dependency that does not succeed fails this task with
+        `DependencyFailed`; a future already failed raises it here."""
         request = self._core.python_request(
             fn,
             args,
@@ -126,6 +132,7 @@ class Client:
             resources=resources,
             labels=labels,
             key=key,
+            after=after,
         )
         return self._submit(request)[0]
 
@@ -143,8 +150,10 @@ class Client:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: Iterable[TaskFuture | int] | None = None,
     ) -> TaskFuture:
-        """Run a command; the result is a `CommandResult` (returncode, stdout, stderr)."""
+        """Run a command (once the tasks of `after` have succeeded); the result is a
+        `CommandResult` (returncode, stdout, stderr)."""
         request = self._core.command_request(
             argv,
             env=env,
@@ -157,6 +166,7 @@ class Client:
             resources=resources,
             labels=labels,
             key=key,
+            after=after,
         )
         return self._submit(request)[0]
 
@@ -171,9 +181,11 @@ class Client:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: Iterable[TaskFuture | int] | None = None,
         **params: float,
     ) -> TaskFuture:
-        """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=)."""
+        """Run a builtin task: "sleep" (seconds=) or "cpu" (steps=, size=); once the tasks of
+        `after` have succeeded."""
         request = self._core.builtin_request(
             name,
             params,
@@ -184,6 +196,7 @@ class Client:
             resources=resources,
             labels=labels,
             key=key,
+            after=after,
         )
         return self._submit(request)[0]
 
@@ -201,8 +214,10 @@ class Client:
         labels: Mapping[str, str] | None = None,
         batch_size: int = MAP_BATCH,
         keys: Sequence[str] | None = None,
+        after: Iterable[TaskFuture | int] | None = None,
     ) -> list[TaskFuture]:
-        """fn(item) for every item, submitted in batches; futures in input order."""
+        """fn(item) for every item, submitted in batches; futures in input order. Every task
+        waits on the tasks of `after`, and each on the futures inside its own item."""
         requests = self._core.map_requests(
             fn,
             iterable,
@@ -215,6 +230,7 @@ class Client:
             labels=labels,
             batch_size=batch_size,
             keys=keys,
+            after=after,
         )
         futures: list[TaskFuture] = []
         for request in requests:

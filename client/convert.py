@@ -125,9 +125,12 @@ def options(
     return options_to_proto(checked)
 
 
-def options_to_proto(checked: task_opts.TaskOptions, key: str = "") -> task_pb2.TaskOptions:
+def options_to_proto(
+    checked: task_opts.TaskOptions, key: str = "", after: Sequence[int] = ()
+) -> task_pb2.TaskOptions:
     """The wire form of options already checked by `heapd.options.task_options`, with the
-    task's idempotency key (checked by `heapd.options.idempotency_key`; "" = none)."""
+    task's idempotency key (checked by `heapd.options.idempotency_key`; "" = none) and the ids
+    of the tasks it waits on (checked by `heapd.options.dependency_ids`)."""
     return task_pb2.TaskOptions(
         priority=checked.priority,
         retries=checked.retries,
@@ -135,6 +138,7 @@ def options_to_proto(checked: task_opts.TaskOptions, key: str = "") -> task_pb2.
         key=key,
         resources=checked.resources,  # `cpus=` travels as the "cpus" entry; the field stays 0
         labels=checked.labels,
+        after=after,
     )
 
 
@@ -262,6 +266,7 @@ def status_from_proto(msg: task_service_pb2.TaskStatus) -> TaskStatus:
         unschedulable=msg.unschedulable,
         resources=dict(msg.resources),
         labels=dict(msg.labels),
+        after=list(msg.after),
     )
 
 
@@ -389,4 +394,5 @@ def _failure_from_proto(
         traceback=msg.traceback,
         pickled_exception=msg.pickled_exception,
         earlier=earlier,
+        dependency_id=msg.dependency_id,
     )

@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from heapd import convert, errors, options
+from heapd import convert, deps, errors, options
 from heapd.errors import ClientClosed, InvalidArgument, TaskCancelled
 from heapd.results import Settled
 
@@ -38,6 +38,7 @@ ACK_DELAY_S = 0.05
 ACK_CLOSE_TIMEOUT_S = 1.0
 
 RetryOn = Sequence[type[BaseException] | str]
+After = Iterable[deps.AnyFuture | int] | None  # `after=`: futures and task ids, mixed
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +188,15 @@ class ClientCore(Generic[F]):
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: After = None,
     ) -> convert.SubmitRequest:
-        """One call fn(*args, **kwargs), checked."""
+        """One call fn(*args, **kwargs), checked; the futures among its arguments become
+        dependencies (`heapd.deps.extract`), as do those of `after`."""
         checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
-        spec = convert.python_spec(fn, tuple(args), kwargs, retry_on)
-        return self._request([spec], checked, [options.idempotency_key(key)])
+        args, kwargs, found = deps.extract(tuple(args), kwargs)
+        waits_on = options.dependency_ids([*deps.after_ids(after), *found])
+        spec = convert.python_spec(fn, args, kwargs, retry_on)
+        return self._request([spec], checked, [options.idempotency_key(key)], [waits_on])
 
     def command_request(
         self,
@@ -207,11 +212,13 @@ class ClientCore(Generic[F]):
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: After = None,
     ) -> convert.SubmitRequest:
-        """One command, checked."""
+        """One command, checked, run once the tasks of `after` succeeded."""
         checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
+        waits_on = options.dependency_ids(deps.after_ids(after))
         spec = convert.command_spec(argv, env, cwd, stdin)
-        return self._request([spec], checked, [options.idempotency_key(key)])
+        return self._request([spec], checked, [options.idempotency_key(key)], [waits_on])
 
     def builtin_request(
         self,
@@ -225,11 +232,13 @@ class ClientCore(Generic[F]):
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         key: str | None = None,
+        after: After = None,
     ) -> convert.SubmitRequest:
-        """One builtin task, checked."""
+        """One builtin task, checked, run once the tasks of `after` succeeded."""
         checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
+        waits_on = options.dependency_ids(deps.after_ids(after))
         spec = convert.builtin_spec(name, params)
-        return self._request([spec], checked, [options.idempotency_key(key)])
+        return self._request([spec], checked, [options.idempotency_key(key)], [waits_on])
 
     def map_requests(
         self,
@@ -245,10 +254,12 @@ class ClientCore(Generic[F]):
         labels: Mapping[str, str] | None = None,
         batch_size: int,
         keys: Sequence[str] | None = None,
+        after: After = None,
     ) -> Iterator[convert.SubmitRequest]:
         """fn(item) for every item, `batch_size` tasks per request; `keys`, one per item, are
-        their idempotency keys. Everything is checked before this returns; each batch is built
-        when the previous one has been sent."""
+        their idempotency keys. Every task waits on the tasks of `after`, and each on the
+        futures inside its own item. Everything is checked before this returns (a failed future
+        raises here); each batch is built when the previous one has been sent."""
         checked = options.task_options(priority, retries, timeout, cpus, resources, labels)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidArgument(f"batch_size must be an integer >= 1, not {batch_size!r}")
@@ -260,7 +271,13 @@ class ClientCore(Generic[F]):
             raise InvalidArgument("keys must be a sequence with one key per item")
         else:
             checked_keys = [options.idempotency_key(k) for k in keys]
-        return self._batches(fn, items, checked, retry_on, batch_size, checked_keys)
+        common = options.dependency_ids(deps.after_ids(after))
+        arg_tuples, waits_on = [], []
+        for item in items:
+            arg_tuple, _, found = deps.extract((item,), {})
+            arg_tuples.append(arg_tuple)
+            waits_on.append(options.dependency_ids([*common, *found]) if found else common)
+        return self._batches(fn, arg_tuples, checked, retry_on, batch_size, checked_keys, waits_on)
 
     def watch_request(self) -> convert.WatchRequest:
         """The request that opens (or reopens) this session's result stream."""
@@ -316,25 +333,32 @@ class ClientCore(Generic[F]):
     def _batches(
         self,
         fn: Callable[..., Any] | str,
-        items: list[Any],
+        arg_tuples: list[tuple[Any, ...]],
         checked: options.TaskOptions,
         retry_on: RetryOn,
         size: int,
         keys: list[str],
+        waits_on: list[list[int]],
     ) -> Iterator[convert.SubmitRequest]:
-        for start in range(0, len(items), size):
-            chunk = [(item,) for item in items[start : start + size]]
-            specs = convert.python_specs(fn, chunk, retry_on)
-            yield self._request(specs, checked, keys[start : start + size])
+        for start in range(0, len(arg_tuples), size):
+            end = start + size
+            specs = convert.python_specs(fn, arg_tuples[start:end], retry_on)
+            yield self._request(specs, checked, keys[start:end], waits_on[start:end])
 
     def _request(
-        self, specs: Sequence[Any], checked: options.TaskOptions, keys: Sequence[str]
+        self,
+        specs: Sequence[Any],
+        checked: options.TaskOptions,
+        keys: Sequence[str],
+        waits_on: Sequence[Sequence[int]],
     ) -> convert.SubmitRequest:
-        """Submissions of `specs` with these options and keys; waiting acknowledgements ride
-        along (no message of their own on a busy client)."""
+        """Submissions of `specs` with these options, keys and dependencies (one each);
+        waiting acknowledgements ride along (no message of their own on a busy client)."""
         plain = convert.options_to_proto(checked)
         submissions = [
-            convert.submission(spec, convert.options_to_proto(checked, key) if key else plain)
-            for spec, key in zip(specs, keys, strict=True)
+            convert.submission(
+                spec, convert.options_to_proto(checked, key, after) if key or after else plain
+            )
+            for spec, key, after in zip(specs, keys, waits_on, strict=True)
         ]
         return convert.submit_request(self.session, submissions, self.take_acks())

@@ -18,7 +18,10 @@
         ├── TaskLost             the cell no longer knows it (result expired or not kept)
         ├── WorkerLost           its worker was lost and no retry was left
         ├── BadTask              the worker could not load it (unknown function, bad input)
-        └── BadResult            its result could not be pickled, or not unpickled here
+        ├── BadResult            its result could not be pickled, or not unpickled here
+        └── DependencyFailed     a task it depends on failed, was cancelled or was lost;
+                                 .dependency_id names it (also raised at submit for a
+                                 future passed already failed)
 
 An exception raised by the task itself comes back as its *original type* whenever it unpickles
 on the client, with the remote traceback attached as `__cause__` (a `RemoteTraceback` whose str
@@ -127,6 +130,15 @@ class BadResult(TaskFailed):
     """The task's result could not be pickled on the worker, or not unpickled here."""
 
 
+class DependencyFailed(TaskFailed):
+    """A task it depends on (`after=`, or a future among its arguments) did not succeed; the
+    task never ran. `dependency_id` is that dependency's task id."""
+
+    def __init__(self, message: str, *, dependency_id: int = 0, remote_traceback: str = "") -> None:
+        super().__init__(message, remote_traceback=remote_traceback)
+        self.dependency_id = dependency_id
+
+
 class RemoteTraceback(Exception):
     """Carries a remote traceback as its str; attached as `__cause__` of rebuilt exceptions."""
 
@@ -148,6 +160,7 @@ class FailureKind(IntEnum):
     BAD_RESULT = 5
     CANCELLED_BY_USER = 6
     WORKER_LOST = 7
+    DEPENDENCY_FAILED = 8
 
 
 class FailureLike(Protocol):
@@ -175,6 +188,7 @@ class FailureInfo:
     traceback: str = ""
     pickled_exception: bytes = b""
     earlier: tuple[FailureInfo, ...] = ()  # why earlier attempts failed, oldest first
+    dependency_id: int = 0  # DEPENDENCY_FAILED: the dependency that did not succeed
 
 
 _BY_KIND: dict[int, type[TaskFailed]] = {
@@ -200,6 +214,13 @@ def from_failure(failure: FailureLike) -> BaseException:
     Earlier attempts' reasons (a retried task) are added as a note."""
     if failure.kind == FailureKind.EXCEPTION:
         error = _rebuild(failure)
+    elif failure.kind == FailureKind.DEPENDENCY_FAILED:
+        dependency_id = int(getattr(failure, "dependency_id", 0))
+        text = failure.message or f"dependency {dependency_id} did not succeed"
+        failed = DependencyFailed(
+            text, dependency_id=dependency_id, remote_traceback=failure.traceback
+        )
+        error = _attach_traceback(failed, failure.traceback)
     else:
         cls = _BY_KIND.get(failure.kind, TaskFailed)
         text = failure.message or cls.__doc__ or cls.__name__

@@ -31,6 +31,8 @@ CPUS = "cpus"  # the `cpus=` option is this resource
 _RESOURCE_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{RESOURCE_NAME_MAX}}}")
 RETRY_ON_MAX = 64
 KEY_MAX_CHARS = 256  # an idempotency key
+DEPENDENCIES_MAX = 1000  # tasks one task waits on: after= and the futures among its arguments
+TASK_ID_MAX = (1 << 64) - 1  # task ids are uint64 on the wire; 0 is no task
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,23 @@ def idempotency_key(key: str | None) -> str:
             f"an idempotency key has at most {KEY_MAX_CHARS} characters, not {len(key)}"
         )
     return key
+
+
+def dependency_ids(after: Iterable[int]) -> list[int]:
+    """Checked ids of the tasks a task waits on, in order, duplicates dropped: integers in
+    1..TASK_ID_MAX, at most DEPENDENCIES_MAX of them. That they exist (and were submitted
+    before) is the cell's to check. Raises InvalidArgument."""
+    ids: dict[int, None] = {}
+    for task_id in after:
+        if not _is_int(task_id) or not 1 <= task_id <= TASK_ID_MAX:
+            raise InvalidArgument(f"a dependency is a task id (an integer >= 1), not {task_id!r}")
+        ids[task_id] = None
+    if len(ids) > DEPENDENCIES_MAX:
+        raise InvalidArgument(
+            f"a task waits on at most {DEPENDENCIES_MAX} dependencies (after= and the futures"
+            f" among its arguments), not {len(ids)}"
+        )
+    return list(ids)
 
 
 def _is_int(value: object) -> bool:

@@ -14,7 +14,7 @@ class TaskStatus:
     """A task as the PLM sees it; `state` is a name (QUEUED, RUNNING, SUCCEEDED, ...) and
     `outcome` the serialized TaskOutcome while the PLM holds it. `unschedulable` says why no
     live worker could run a QUEUED task ("" if one could); `resources` and `labels` are what
-    it asked for."""
+    it asked for; `after` lists the tasks a PENDING task waits on (its dependencies)."""
 
     task_id: int
     state: str
@@ -28,6 +28,7 @@ class TaskStatus:
     unschedulable: str = ""
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    after: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,9 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(cfg: config.PlmConfig, cell: shm.Cell, journal: Journal | None) -> None:
     """Run the PLM until SIGTERM/SIGINT."""
-    async with Plm(cell, cfg.result_ttl_s, convert.cancel_on_worker, journal) as plm:
+    async with Plm(
+        cell, cfg.result_ttl_s, convert.cancel_on_worker, convert.DEPENDENCY_MESSAGES, journal
+    ) as plm:
         grpc_server, port = await server.start(
             cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
         )

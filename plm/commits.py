@@ -18,7 +18,7 @@ import concurrent.futures
 import logging
 from collections.abc import Sequence
 
-from heapd.plm.journal import Batch, Journal, JournalWriteFailed, Settled, Submitted
+from heapd.plm.journal import Batch, Journal, JournalWriteFailed, Settled, Started, Submitted
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ class GroupCommit:
     async def barrier(self) -> None:
         """Returns once everything handed in so far is committed (JournalWriteFailed)."""
         await self.submitted([])
+
+    def started(self, records: Sequence[Started]) -> None:
+        """Record dependents' payloads with their inputs, with the next commit."""
+        self._pending.started += records
+        self._wake.set()
 
     def settled(self, records: Sequence[Settled]) -> None:
         """Record terminal outcomes with the next commit."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from heapd import shm
 from heapd.errors import InvalidArgument
 from heapd.options import idempotency_key, task_options
+from heapd.plm.dependents import DependencyMessages
 from heapd.plm.intake import Intake
 from heapd.v1 import task_pb2, worker_service_pb2, worker_service_pb2_grpc
 from heapd.v1 import task_service_pb2 as pb
@@ -47,6 +49,7 @@ def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) 
         timeout_ms=round(checked.timeout_s * 1000),
         resources=checked.resources,
         labels=checked.labels,
+        after=tuple(options.after),
     )
 
 
@@ -54,6 +57,8 @@ def _check_spec(spec: task_pb2.TaskSpec) -> None:
     kind = spec.WhichOneof("kind")
     if kind is None:
         raise InvalidArgument("task spec has no kind: set one of python, command, builtin")
+    if spec.inputs:
+        raise InvalidArgument("task spec inputs are the cell's to fill (dependencies' results)")
     if kind == "python":
         _check_python(spec.python)
     elif kind == "command":
@@ -147,6 +152,7 @@ def status_to_proto(
         unschedulable=unschedulable,
         resources=info.resources,
         labels=info.labels,
+        after=info.after,
     )
 
 
@@ -251,3 +257,78 @@ async def cancel_on_worker(
     request = worker_service_pb2.WorkerCancelRequest(task_id=task_id, attempt=attempt)
     reply = await stub.CancelTask(request, timeout=timeout_s)
     return bool(reply.found)
+
+
+# --- dependencies
+
+
+def inputs_suffix(results: Sequence[tuple[int, bytes]]) -> bytes:
+    """What the PLM appends to a dependent's stored TaskSpec once its dependencies succeeded:
+    a serialized TaskSpec holding only their outcomes as `inputs`. Concatenated messages merge
+    (repeated fields append), so the spec is extended without being parsed or copied twice."""
+    spec = task_pb2.TaskSpec(
+        inputs=[task_pb2.DependencyResult(task_id=tid, outcome=out) for tid, out in results]
+    )
+    data: bytes = spec.SerializeToString()
+    return data
+
+
+def dependency_failed_outcome(dep: shm.DependencyState, finished_at: float) -> bytes:
+    """The outcome of a task whose dependency `dep` did not succeed (failed, cancelled, or no
+    longer known to the cell), naming it and, for a failure, why."""
+    if dep.state is None:
+        why = f"dependency {dep.task_id} is lost: the cell no longer knows it"
+    elif dep.state == shm.TaskState.CANCELLED:
+        why = f"dependency {dep.task_id} was cancelled"
+    else:
+        why = f"dependency {dep.task_id} failed" + _failure_text(dep.result)
+    return _failed_outcome(
+        task_pb2.Failure(
+            kind=task_pb2.DEPENDENCY_FAILED,
+            type="heapd.errors.DependencyFailed",
+            message=why,
+            dependency_id=dep.task_id,
+        ),
+        finished_at,
+    )
+
+
+def too_big_outcome(task_id: int, finished_at: float) -> bytes:
+    """The outcome of a dependent whose dependencies' results do not fit in its payload."""
+    return _failed_outcome(
+        task_pb2.Failure(
+            kind=task_pb2.BAD_TASK,
+            type="heapd.errors.BadTask",
+            message=(
+                f"task {task_id}: its dependencies' results together exceed the cell's largest "
+                "blob (--max-blob-kb): return a reference (a path, a key) instead of the data"
+            ),
+        ),
+        finished_at,
+    )
+
+
+def _failed_outcome(failure: task_pb2.Failure, finished_at: float) -> bytes:
+    outcome = task_pb2.TaskOutcome(failure=failure, started_at=0.0, finished_at=finished_at)
+    data: bytes = outcome.SerializeToString()
+    return data
+
+
+def _failure_text(result: bytes | None) -> str:
+    """ ": TYPE: MESSAGE" of a failed outcome, "" when there is none to read."""
+    if not result:
+        return ""
+    outcome = task_pb2.TaskOutcome()
+    try:
+        outcome.ParseFromString(result)
+    except DecodeError:
+        return ""
+    if outcome.WhichOneof("result") != "failure":
+        return ""
+    kind = outcome.failure.type.removeprefix("builtins.")  # as the client names it
+    return f": {kind}: {outcome.failure.message}"
+
+
+DEPENDENCY_MESSAGES = DependencyMessages(
+    inputs=inputs_suffix, failed=dependency_failed_outcome, too_big=too_big_outcome
+)

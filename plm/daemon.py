@@ -23,9 +23,10 @@ from typing import Any
 from heapd import errors, shm
 from heapd.plm import recovery
 from heapd.plm.commits import GroupCommit
+from heapd.plm.dependents import DependencyMessages, Dependents
 from heapd.plm.held import HeldResults
 from heapd.plm.intake import Intake
-from heapd.plm.journal import Journal, JournalWriteFailed, Settled, Submitted
+from heapd.plm.journal import Journal, JournalWriteFailed, Settled, Started, Submitted
 from heapd.plm.sessions import Sessions
 from heapd.plm.workers import CancelCall, WorkerCanceller
 from heapd.runtime.bells import BellListener
@@ -37,13 +38,15 @@ FINISHED_BATCH = 4096
 
 class Plm:
     """Task intake and result delivery over one attached cell; `cancel_call` kills a cancelled
-    task's attempt on its worker (`heapd.plm.convert.cancel_on_worker`)."""
+    task's attempt on its worker (`heapd.plm.convert.cancel_on_worker`), `messages` builds what
+    dependencies need (`heapd.plm.convert.DEPENDENCY_MESSAGES`)."""
 
     def __init__(
         self,
         cell: shm.Cell,
         result_ttl_s: float,
         cancel_call: CancelCall,
+        messages: DependencyMessages,
         journal: Journal | None = None,
     ) -> None:
         self.cell = cell
@@ -61,6 +64,7 @@ class Plm:
         self._listener: BellListener | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._canceller = WorkerCanceller(cancel_call)
+        self._dependents = Dependents(cell, messages, self._journal_started)
 
     async def __aenter__(self) -> Plm:
         await self.start()
@@ -87,6 +91,7 @@ class Plm:
         settled = self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks)
         for info in sorted(settled, key=lambda i: i.finished_at):  # deadlines stay FIFO
             self._held.hold(info.task_id, info.finished_at)
+        self._dependents.rebuild()  # what a previous PLM (or the journal) left waiting
         self._listener = BellListener(self.cell.plm_bell, loop, "plm")
         self._listener.start()
         self._drainer = asyncio.create_task(self._drain_finished(), name="plm-finished")
@@ -173,7 +178,10 @@ class Plm:
                 fresh.append(index)
                 if key:
                     first[key] = index
-        new_ids = self.cell.submit([intake.tasks[i] for i in fresh], now)
+        try:
+            new_ids = self.cell.submit([intake.tasks[i] for i in fresh], now)
+        except ValueError as exc:  # e.g. an unknown dependency, found under the lock
+            raise errors.InvalidArgument(str(exc)) from None
         for index, task_id in zip(fresh, new_ids, strict=True):
             known[index] = task_id
             if keys[index]:
@@ -184,6 +192,9 @@ class Plm:
         reused = [tid for i, tid in enumerate(ids) if i not in queued]
         if reused:
             self._adopt(intake.session, reused, take_over=True)
+        self._dependents.submitted(
+            [(tid, intake.tasks[i].after) for i, tid in zip(fresh, new_ids, strict=True)]
+        )
         return ids, fresh
 
     async def _journal_submitted(
@@ -204,6 +215,7 @@ class Plm:
                 key=intake.key_of(i),
                 resources=intake.tasks[i].resources,
                 labels=intake.tasks[i].labels,
+                after=intake.tasks[i].after,
             )
             for i in fresh
         ]
@@ -316,6 +328,8 @@ class Plm:
         while ids := self.cell.take_finished(FINISHED_BATCH):
             if self._commits is not None:
                 self._commits.settled(_outcomes(self.cell.read_settled(ids)))
+            # Before the results are delivered: until then nothing releases them.
+            self._dependents.settled(ids)
             now = time.time()
             for task_id in ids:
                 session = self._sessions.settle(task_id)
@@ -323,6 +337,10 @@ class Plm:
                     self._held.hold(task_id, now)
             if len(ids) < FINISHED_BATCH:
                 return
+
+    def _journal_started(self, records: list[Started]) -> None:
+        if self._commits is not None:
+            self._commits.started(records)
 
     def _release(self, task_ids: Sequence[int]) -> None:
         """Free these results in the cell and delete them from the journal."""

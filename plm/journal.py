@@ -26,12 +26,13 @@ from pathlib import Path
 from heapd.errors import HeapdError
 from heapd.runtime.config import Durability
 
-SCHEMA_VERSION = 2  # 2: tasks gained `resources` and `labels` (JSON objects)
+SCHEMA_VERSION = 3  # 2: tasks gained `resources` and `labels` (JSON objects); 3: `after`
 _MIGRATIONS = {  # from version n to n + 1, applied in one transaction by a writer
     1: (
         "ALTER TABLE tasks ADD COLUMN resources TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE tasks ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
     ),
+    2: ("ALTER TABLE tasks ADD COLUMN after TEXT NOT NULL DEFAULT '[]'",),
 }
 FILE_NAME = "journal.sqlite3"
 OPEN = 0  # the state column of a task with no terminal outcome yet
@@ -55,7 +56,8 @@ CREATE TABLE tasks (
     outcome BLOB,
     finished_at REAL,
     resources TEXT NOT NULL DEFAULT '{}',
-    labels TEXT NOT NULL DEFAULT '{}'
+    labels TEXT NOT NULL DEFAULT '{}',
+    after TEXT NOT NULL DEFAULT '[]'  -- dependencies still awaited (JSON list of ids)
 );
 CREATE TABLE keys (key TEXT PRIMARY KEY, task_id INTEGER NOT NULL) WITHOUT ROWID;
 """
@@ -92,6 +94,16 @@ class Submitted:
     key: str = ""
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    after: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A dependent whose dependencies succeeded: its payload now carries their results, and it
+    waits on nothing (so a rebuilt cell queues it without them)."""
+
+    task_id: int
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +121,17 @@ class Batch:
     """Everything one transaction writes."""
 
     submitted: list[Submitted] = field(default_factory=list)
+    started: list[Started] = field(default_factory=list)
     settled: list[Settled] = field(default_factory=list)
     forgotten: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.submitted or self.settled or self.forgotten)
+        return bool(self.submitted or self.started or self.settled or self.forgotten)
 
     def extend(self, other: Batch) -> None:
         """Append another batch's records after this one's."""
         self.submitted += other.submitted
+        self.started += other.started
         self.settled += other.settled
         self.forgotten += other.forgotten
 
@@ -138,6 +152,7 @@ class JournaledTask:
     finished_at: float
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    after: tuple[int, ...] = ()
 
 
 def journal_path(state_dir: Path) -> Path:
@@ -303,8 +318,8 @@ class Journal:
         if batch.submitted:
             conn.executemany(
                 "INSERT OR IGNORE INTO tasks(id, session, submitted_at, priority, max_retries,"
-                " timeout_ms, cpus, payload, resources, labels)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                " timeout_ms, cpus, payload, resources, labels, after)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                 [
                     (
                         s.task_id,
@@ -316,6 +331,7 @@ class Journal:
                         s.payload,
                         json.dumps(s.resources) if s.resources else "{}",
                         json.dumps(s.labels) if s.labels else "{}",
+                        json.dumps(list(s.after)) if s.after else "[]",
                     )
                     for s in batch.submitted
                 ],
@@ -325,6 +341,11 @@ class Journal:
                 conn.executemany("INSERT OR IGNORE INTO keys(key, task_id) VALUES (?, ?)", keyed)
             top = max(s.task_id for s in batch.submitted) >> 24
             conn.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'task_seq'", (top,))
+        if batch.started:
+            conn.executemany(
+                "UPDATE tasks SET payload = ?, after = '[]' WHERE id = ?",
+                [(s.payload, s.task_id) for s in batch.started],
+            )
         if batch.settled:
             conn.executemany(
                 "UPDATE tasks SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
@@ -354,10 +375,10 @@ class Journal:
         """Every task still recorded, in id order."""
         rows = self._conn.execute(
             "SELECT id, session, submitted_at, priority, max_retries, timeout_ms, payload,"
-            " state, outcome, finished_at, resources, labels FROM tasks ORDER BY id"
+            " state, outcome, finished_at, resources, labels, after FROM tasks ORDER BY id"
         )
         for tid, session, submitted, prio, retries, timeout, payload, *rest in rows:
-            state, outcome, finished, resources, labels = rest
+            state, outcome, finished, resources, labels, after = rest
             yield JournaledTask(
                 tid,
                 session,
@@ -371,6 +392,7 @@ class Journal:
                 finished or 0.0,
                 json.loads(resources) if resources != "{}" else {},
                 json.loads(labels) if labels != "{}" else {},
+                tuple(json.loads(after)) if after != "[]" else (),
             )
 
     def open_ids(self) -> list[int]:

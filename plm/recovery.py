@@ -79,6 +79,7 @@ def _restored(task: JournaledTask) -> shm.RestoredTask:
         finished_at=task.finished_at,
         resources=task.resources,
         labels=task.labels,
+        after=task.after if task.state == OPEN else (),
     )
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from types import TracebackType
 
 from heapd.shm import check as check_mod
+from heapd.shm import deps as deps_mod
 from heapd.shm import dispatch as dispatch_mod
 from heapd.shm import repair as repair_mod
 from heapd.shm import resources as resources_mod
@@ -33,6 +34,7 @@ from heapd.shm.types import (
     CellStats,
     CompleteOutcome,
     Completion,
+    DependencyState,
     Dispatch,
     DispatchRound,
     LostTasks,
@@ -183,6 +185,42 @@ class Cell:
             restore_mod.restore(mem, kept, task_seq)
         self.scheduler_bell.ring()
         return len(kept)
+
+    def waiting(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(task id, dependency ids) of every task waiting on dependencies (see shm.deps)."""
+        with self._locked() as mem:
+            return deps_mod.waiting(mem)
+
+    def dependency_states(self, task_ids: Sequence[int]) -> dict[int, list[DependencyState]]:
+        """For each of `task_ids` still waiting: its dependencies' states and results."""
+        with self._locked() as mem:
+            return deps_mod.states(mem, task_ids)
+
+    def start_waiting(self, items: Sequence[tuple[int, bytes]]) -> tuple[list[int], list[int]]:
+        """Queue waiting tasks with these suffixes appended to their payloads; returns (queued,
+        too big to fit: still waiting). Rings the scheduler."""
+        if not items:
+            return [], []
+        with self._locked() as mem:
+            queued, too_big = deps_mod.start(mem, items)
+        if queued:
+            self.scheduler_bell.ring()
+        return queued, too_big
+
+    def payloads(self, task_ids: Sequence[int]) -> dict[int, bytes]:
+        """Copies of these tasks' payloads (unknown or settled ones are left out)."""
+        with self._locked() as mem:
+            return deps_mod.payloads(mem, task_ids)
+
+    def fail_waiting(self, items: Sequence[tuple[int, bytes]], now: float) -> list[int]:
+        """Settle waiting tasks FAILED with these outcomes; rings the PLM."""
+        if not items:
+            return []
+        with self._locked() as mem:
+            failed = deps_mod.fail(mem, items, now)
+        if failed:
+            self.plm_bell.ring()
+        return failed
 
     def get(self, task_id: int) -> TaskInfo:
         """A copy of one task with its needs and labels (TaskNotFound)."""

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from heapd.shm import catalog, derived
 from heapd.shm.heap import IndexedHeap
-from heapd.shm.layout import F_PARKED, F_RESULT, MAGIC, SLOT_BITS, SLOT_MASK, VERSION, H
+from heapd.shm.layout import F_PARKED, F_RESULT, F_WAITING, MAGIC, SLOT_BITS, SLOT_MASK, VERSION, H
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import TaskState, WorkerState
 
@@ -32,6 +32,7 @@ def check(mem: CellMemory) -> list[str]:
     queued = rec["state"] == TaskState.QUEUED
     problems += _membership(mem.task_heap, queued & ~parked, "task", "QUEUED")
     problems += _parked(mem, parked & ~queued)
+    problems += _waiting(mem)
     problems += _membership(
         mem.worker_heap, mem.workers.rec["state"] == WorkerState.ALIVE, "worker", "ALIVE"
     )
@@ -43,6 +44,17 @@ def check(mem: CellMemory) -> list[str]:
     problems += mem.arena.check(*derived.blob_refs(mem))
     problems += mem.ring.check()
     return problems
+
+
+def _waiting(mem: CellMemory) -> list[str]:
+    """A task waits on dependencies only while PENDING, and then has its list."""
+    rec = mem.tasks.rec
+    waits = (rec["flags"] & F_WAITING) != 0
+    odd = np.flatnonzero(waits & ((rec["state"] != TaskState.PENDING) | (rec["deps_len"] == 0)))
+    return [
+        f"task slot {int(s)}: waits on dependencies but is not PENDING with a list"
+        for s in odd[:LIMIT]
+    ]
 
 
 def _parked(mem: CellMemory, stray: npt.NDArray[np.bool_]) -> list[str]:

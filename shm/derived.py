@@ -127,10 +127,15 @@ def terminal(mem: CellMemory) -> Mask:
 
 def blob_refs(mem: CellMemory) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
     """(first chunk, length) of every live blob: payloads of live tasks, results of
-    terminal tasks flagged F_RESULT."""
+    terminal tasks flagged F_RESULT, dependency lists of waiting tasks."""
     rec = mem.tasks.rec
     live = rec["state"] != TaskState.FREE
     results = terminal(mem) & ((rec["flags"] & F_RESULT) != 0)
-    chunks = np.concatenate([rec["payload_chunk"][live], rec["result_chunk"][results]])
-    sizes = np.concatenate([rec["payload_len"][live], rec["result_len"][results]])
+    waits = live & (rec["deps_len"] > 0)
+    chunks = np.concatenate(
+        [rec["payload_chunk"][live], rec["result_chunk"][results], rec["deps_chunk"][waits]]
+    )
+    sizes = np.concatenate(
+        [rec["payload_len"][live], rec["result_len"][results], rec["deps_len"][waits]]
+    )
     return chunks, sizes

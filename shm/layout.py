@@ -20,8 +20,8 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
     arena map           C x uint8             1 = chunk in use; C = arena_bytes // 64
     arena               C x 64                blob chunks (payloads and results)
 
-Shared bytes per queued task, payload excluded: 184 (record) + 16 (heap key, item,
-position) + 4 (free stack) + 8 (ring) = 212.
+Shared bytes per queued task, payload excluded: 192 (record) + 16 (heap key, item,
+position) + 4 (free stack) + 8 (ring) = 220.
 
 Resource names (header bytes 1024..1535): RESOURCE_NAMES entries of S32, a cell-wide table
 indexed by the resource index of task needs and worker offers; "" = unused. Names are added
@@ -29,7 +29,7 @@ indexed by the resource index of task needs and worker offers; "" = unused. Name
 open-addressed table (probe from hash % LABEL_TEXTS) of the "key=value" text of each label hash
 seen, for display only; once full, further labels are shown by their hash.
 
-Task record (TASK_DTYPE, 184 bytes)::
+Task record (TASK_DTYPE, 192 bytes)::
 
     off  field          type  meaning
     0    id             u8    (seq << 24) | slot; seq from H.TASK_SEQ, never reused
@@ -49,11 +49,13 @@ Task record (TASK_DTYPE, 184 bytes)::
     74   needs          u1    resource needs in use: need_res/need_milli[:needs]
     75   nlabels        u1    labels asked: label_hash[:nlabels]
     76   state          u1    TaskState; written LAST: the commit point of a change
-    77   flags          u1    F_RESULT | F_NOTIFY
+    77   flags          u1    F_RESULT | F_NOTIFY | F_PARKED | F_WAITING
     78   losses         u1    attempts that ended with their worker lost (poison-task cap)
     80   need_res       u1[8] resource index (name table) of each need
     88   need_milli     u4[8] amount of each need, in thousandths
     120  label_hash     u8[8] blake2b-64 of each "key=value" asked (never 0)
+    184  deps_chunk     u4    while F_WAITING: arena blob of the dependency ids (u8 each)
+    188  deps_len       u4    its bytes (0 = none)
 
 Worker record (WORKER_DTYPE, 520 bytes)::
 
@@ -102,6 +104,7 @@ Field = tuple[str, str | tuple[str, tuple[int]], int]  # name, numpy format, byt
 F_RESULT = 1  # the task has a result blob (possibly empty)
 F_NOTIFY = 2  # terminal and not yet taken from the completion ring
 F_PARKED = 4  # QUEUED but off the heap: no live worker could ever run it (see shm.dispatch)
+F_WAITING = 8  # PENDING on its dependencies (shm.deps), not on a retry's backoff
 
 ADDRESS_BYTES = 127
 HOSTNAME_BYTES = 63
@@ -171,6 +174,8 @@ _TASK_FIELDS: list[Field] = [
     ("need_res", ("u1", (8,)), 80),
     ("need_milli", ("<u4", (8,)), 88),
     ("label_hash", ("<u8", (8,)), 120),
+    ("deps_chunk", "<u4", 184),
+    ("deps_len", "<u4", 188),
 ]
 
 _WORKER_FIELDS: list[Field] = [
@@ -200,7 +205,7 @@ def _record(fields: list[Field], itemsize: int) -> np.dtype[np.void]:
     return np.dtype(spec)  # type: ignore[call-overload, no-any-return]
 
 
-TASK_DTYPE = _record(_TASK_FIELDS, 184)
+TASK_DTYPE = _record(_TASK_FIELDS, 192)
 WORKER_DTYPE = _record(_WORKER_FIELDS, 520)
 
 TASK_NEEDS = 8  # resource needs per task (need_res / need_milli)

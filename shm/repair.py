@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from heapd.shm import derived
-from heapd.shm.layout import F_NOTIFY, F_RESULT, SLOT_BITS, WORKER_SLOT_BITS, H
+from heapd.shm.layout import F_NOTIFY, F_RESULT, F_WAITING, SLOT_BITS, WORKER_SLOT_BITS, H
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import TaskState, WorkerState
 
@@ -46,8 +46,12 @@ def _settle_tables(mem: CellMemory) -> None:
     rec["worker_epoch"][orphans] = 0
     mem.hdr[H.REQUEUED] += len(orphans)
     done = derived.terminal(mem)
-    rec["flags"][~done] = 0  # F_RESULT / F_NOTIFY only mean something once terminal;
-    # F_PARKED is dropped too: every QUEUED task goes back on the heap, the scheduler parks again
+    waits = (rec["state"] == TaskState.PENDING) & ((rec["flags"] & F_WAITING) != 0)
+    rec["deps_len"][~waits] = 0  # a dependency list lives only while its task waits
+    # F_RESULT / F_NOTIFY only mean something once terminal, F_WAITING only while PENDING;
+    # F_PARKED is dropped: every QUEUED task goes back on the heap, the scheduler parks again.
+    rec["flags"][done] &= np.uint8(F_RESULT | F_NOTIFY)
+    rec["flags"][~done] = np.where(waits[~done], F_WAITING, 0).astype(np.uint8)
     rec["result_len"][(rec["flags"] & F_RESULT) == 0] = 0
 
 

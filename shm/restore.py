@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from heapd.shm import catalog, resources
+from heapd.shm import catalog, deps, resources
 from heapd.shm import repair as repair_mod
 from heapd.shm.arena import chunks_for
 from heapd.shm.errors import ArenaFull, InvalidCapacity, ShmError
@@ -59,7 +59,8 @@ def _preflight(mem: CellMemory, tasks: Sequence[RestoredTask], task_seq: int) ->
             f"the journal holds task ids up to slot {need_slots - 1}, but this cell's task "
             f"table has {capacity} slots: start the cell with --tasks {need_slots} or more"
         )
-    need = sum(chunks_for(len(_blob(t))) for t in tasks) * CHUNK_BYTES
+    need = sum(chunks_for(len(_blob(t))) + chunks_for(8 * len(t.after)) for t in tasks)
+    need *= CHUNK_BYTES
     if need > mem.arena.free_bytes:
         raise ArenaFull(need, mem.arena.free_bytes)
 
@@ -88,6 +89,7 @@ def _write(mem: CellMemory, task: RestoredTask) -> None:
     t.payload_chunk[slot] = t.payload_len[slot] = 0
     t.result_chunk[slot] = t.result_len[slot] = 0
     t.flags[slot] = 0
+    t.deps_len[slot] = 0
     if task.state in TERMINAL:
         t.finished_at[slot] = task.finished_at
         if task.outcome is not None:
@@ -99,6 +101,9 @@ def _write(mem: CellMemory, task: RestoredTask) -> None:
         t.finished_at[slot] = 0.0
         t.payload_chunk[slot] = mem.arena.store(task.payload)
         t.payload_len[slot] = len(task.payload)
+        if task.after:  # it waits on its dependencies again; the PLM resolves it at start
+            deps.wait(mem, slot, deps.blob(task.after))
+            return
         t.state[slot] = int(TaskState.QUEUED)
     else:
         raise ShmError(f"task {task.task_id}: cannot restore a task as {task.state.name}")

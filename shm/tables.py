@@ -38,6 +38,8 @@ class TaskTable:
         "_views",
         "attempt",
         "capacity",
+        "deps_chunk",
+        "deps_len",
         "dispatched_at",
         "finished_at",
         "flags",
@@ -82,6 +84,8 @@ class TaskTable:
         self.state = _field(rec, "state")
         self.flags = _field(rec, "flags")
         self.losses = _field(rec, "losses")
+        self.deps_chunk = _field(rec, "deps_chunk")
+        self.deps_len = _field(rec, "deps_len")
         # The needs and labels themselves are arrays per record: read through `rec`.
         self._views: list[FloatField | memoryview] = [
             getattr(self, name) for name in TASK_DTYPE.names or () if name in self.__slots__

@@ -10,10 +10,10 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from heapd.shm import catalog, resources, transitions
+from heapd.shm import catalog, deps, resources, transitions
 from heapd.shm.arena import chunks_for
 from heapd.shm.errors import ArenaFull, ShmError, TableFull, TaskNotFound
-from heapd.shm.layout import F_NOTIFY, F_RESULT, MAX_SEQ, SLOT_BITS, H
+from heapd.shm.layout import F_NOTIFY, F_RESULT, F_WAITING, MAX_SEQ, SLOT_BITS, H
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import (
     ACTIVE,
@@ -44,6 +44,7 @@ def validate_new(task: NewTask) -> Constraints:
     _check_range("priority", task.priority, -32768, 32767)
     _check_range("max_retries", task.max_retries, 0, _U32)
     _check_range("timeout_ms", task.timeout_ms, 0, _U32)
+    deps.validate_after(task.after)
     if not task.resources and not task.labels:
         return NO_CONSTRAINTS
     return catalog.needs(task.resources), catalog.labels(task.labels)
@@ -77,7 +78,10 @@ def _preflight(mem: CellMemory, tasks: Sequence[NewTask]) -> None:
         raise ShmError("task id space exhausted (2**40 submissions): recreate the cell")
     if len(tasks) > len(mem.task_free):
         raise TableFull("tasks", mem.tasks.capacity)
-    need = sum(chunks_for(len(t.payload)) for t in tasks) * CHUNK_BYTES
+    for task in tasks:
+        deps.check_known(mem, task.after)
+    need = sum(chunks_for(len(t.payload)) + chunks_for(8 * len(t.after)) for t in tasks)
+    need *= CHUNK_BYTES
     if need > mem.arena.free_bytes:
         raise ArenaFull(need, mem.arena.free_bytes)
 
@@ -110,7 +114,11 @@ def _submit_one(mem: CellMemory, task: NewTask, now: float, asked: Constraints) 
     resources.write_task(mem, slot, *asked)
     t.flags[slot] = 0
     t.losses[slot] = 0
-    transitions.queue(mem, slot)
+    t.deps_len[slot] = 0
+    if task.after:
+        deps.wait(mem, slot, deps.blob(task.after))
+    else:
+        transitions.queue(mem, slot)
     return slot
 
 
@@ -121,6 +129,7 @@ def _undo(mem: CellMemory, slots: list[int]) -> None:
         if slot in mem.task_heap:
             mem.task_heap.remove(slot)
         t.state[slot] = transitions.FREE
+        transitions.drop_deps(mem, slot)
         mem.arena.free(t.payload_chunk[slot], t.payload_len[slot])
         t.payload_len[slot] = 0
         mem.task_free.push(slot)
@@ -224,7 +233,14 @@ def list_tasks(mem: CellMemory, states: Collection[TaskState] | None, limit: int
     if len(slots) > limit:
         keep = np.argpartition(ids, limit - 1)[:limit]
         slots, ids = slots[keep], ids[keep]
-    return [mem.tasks.info(int(s)) for s in slots[np.argsort(ids)]]
+    infos = [mem.tasks.info(int(s)) for s in slots[np.argsort(ids)]]
+    return [_with_after(mem, info) if info.state == TaskState.PENDING else info for info in infos]
+
+
+def _with_after(mem: CellMemory, info: TaskInfo) -> TaskInfo:
+    """A PENDING task's record with the dependencies it waits on."""
+    after = deps.deps_of(mem, mem.tasks.slot_of(info.task_id))
+    return dataclasses.replace(info, after=after) if after else info
 
 
 def state_counts(mem: CellMemory) -> dict[TaskState, int]:
@@ -237,7 +253,8 @@ def info(mem: CellMemory, task_id: int) -> TaskInfo:
     """A copy of one task record with its needs and labels (TaskNotFound)."""
     slot = mem.tasks.slot_of(task_id)
     needs, labels = resources.task_resources(mem, slot)
-    return dataclasses.replace(mem.tasks.info(slot), resources=needs, labels=labels)
+    after = deps.deps_of(mem, slot)
+    return dataclasses.replace(mem.tasks.info(slot), resources=needs, labels=labels, after=after)
 
 
 def unschedulable_reason(mem: CellMemory, task_id: int) -> str:
@@ -269,7 +286,8 @@ def promote_due(mem: CellMemory, now: float) -> tuple[int, float]:
     """Queue every PENDING retry whose backoff has passed (original key: it keeps its place in
     line). Returns (how many were queued, when the next one is due or 0.0)."""
     rec = mem.tasks.rec
-    pending = np.flatnonzero(rec["state"] == TaskState.PENDING)
+    retrying = (rec["state"] == TaskState.PENDING) & ((rec["flags"] & F_WAITING) == 0)
+    pending = np.flatnonzero(retrying)  # not the tasks waiting on dependencies
     if not len(pending):
         return 0, 0.0
     not_before = rec["dispatched_at"][pending]

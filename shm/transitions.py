@@ -13,6 +13,7 @@ from heapd.shm.layout import (
     F_NOTIFY,
     F_PARKED,
     F_RESULT,
+    F_WAITING,
     SLOT_BITS,
     WORKER_SLOT_MASK,
     H,
@@ -118,7 +119,18 @@ def finish(mem: CellMemory, slot: int, state: TaskState, now: float) -> None:
     chunk, size = tasks.payload_chunk[slot], tasks.payload_len[slot]
     tasks.payload_len[slot] = 0  # ref cleared before the map: a kill here only leaks
     mem.arena.free(chunk, size)
+    drop_deps(mem, slot)
     mem.bump(_STATE_TOTAL[state])
+
+
+def drop_deps(mem: CellMemory, slot: int) -> None:
+    """Drop a task's dependency list (it no longer waits: started, settled or cancelled)."""
+    tasks = mem.tasks
+    size = tasks.deps_len[slot]
+    if size:
+        tasks.deps_len[slot] = 0  # ref cleared before the map: a kill here only leaks
+        mem.arena.free(tasks.deps_chunk[slot], size)
+    tasks.flags[slot] &= ~F_WAITING
 
 
 def finish_active(mem: CellMemory, slot: int, state: TaskState, now: float) -> None:

@@ -85,6 +85,7 @@ class NewTask:
     timeout_ms: int = 0
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    after: tuple[int, ...] = ()  # run once these tasks (already in the cell) have succeeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,8 @@ class RestoredTask:
     """A task read back from the journal into an empty cell (see `shm.restore`).
 
     `state` is QUEUED for a task that had not settled (it runs again, as a new attempt) or the
-    terminal state it settled to, with `outcome` as its result blob (None: no result).
+    terminal state it settled to, with `outcome` as its result blob (None: no result). An
+    unsettled task with `after` comes back waiting on those dependencies (PENDING).
     """
 
     task_id: int
@@ -106,6 +108,7 @@ class RestoredTask:
     finished_at: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,17 @@ class TaskInfo:
     has_result: bool
     resources: dict[str, float] = field(default_factory=dict)  # filled where asked (`describe`)
     labels: dict[str, str] = field(default_factory=dict)
+    after: tuple[int, ...] = ()  # while PENDING on dependencies: them (filled by `describe`)
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyState:
+    """One dependency of a waiting task, read under the lock: its state (None: the cell no
+    longer knows it) and, once SUCCEEDED or FAILED, its result blob."""
+
+    task_id: int
+    state: TaskState | None
+    result: bytes | None
 
 
 class Policy(enum.IntEnum):

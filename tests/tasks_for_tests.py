@@ -53,3 +53,23 @@ def flaky(counter_path: str, failures: int) -> int:
     if attempt <= failures:
         raise ConnectionError(f"transient failure {attempt}")
     return attempt
+
+
+def nested_total(items: object) -> int:
+    """Sum every int in nested lists, tuples and dict values (futures arrive as their values)."""
+    if isinstance(items, int):
+        return items
+    if isinstance(items, dict):
+        return sum(nested_total(v) for v in items.values())
+    if isinstance(items, list | tuple):
+        return sum(nested_total(v) for v in items)
+    raise TypeError(f"not a number or container: {items!r}")
+
+
+def add_after_sleep(a: int, b: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return a + b
+
+
+def identity(x: object) -> object:
+    return x

@@ -19,7 +19,7 @@ import pytest
 
 from heapd import Client, shm
 from heapd.plm.__main__ import SHUTDOWN_GRACE_S
-from heapd.plm.convert import cancel_on_worker
+from heapd.plm.convert import DEPENDENCY_MESSAGES, cancel_on_worker
 from heapd.plm.daemon import Plm
 from heapd.plm.intake import Intake
 from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
@@ -65,7 +65,9 @@ def test_result_of_a_session_without_a_stream_is_released_after_the_ttl(cell: sh
     a session nobody reads, and must still be released once the TTL ends."""
 
     async def main() -> None:
-        async with Plm(cell, result_ttl_s=0.2, cancel_call=cancel_on_worker) as plm:
+        async with Plm(
+            cell, result_ttl_s=0.2, cancel_call=cancel_on_worker, messages=DEPENDENCY_MESSAGES
+        ) as plm:
             [task_id] = await plm.submit(Intake("died", [shm.NewTask(SPEC.SerializeToString())]))
             cell.cancel(task_id, time.time())  # settles it and rings the PLM
             await until(lambda: plm.stats()[1] == 1)  # held for nobody
@@ -78,7 +80,9 @@ def test_result_of_a_session_without_a_stream_is_released_after_the_ttl(cell: sh
 
 def test_shutdown_ends_open_watch_streams(cell: shm.Cell) -> None:
     async def main() -> None:
-        async with Plm(cell, result_ttl_s=60.0, cancel_call=cancel_on_worker) as plm:
+        async with Plm(
+            cell, result_ttl_s=60.0, cancel_call=cancel_on_worker, messages=DEPENDENCY_MESSAGES
+        ) as plm:
 
             async def read_all() -> list[object]:
                 return [batch async for batch in plm.watch("watching", [])]
@@ -94,7 +98,9 @@ def test_shutdown_ends_open_watch_streams(cell: shm.Cell) -> None:
 
 def test_close_awaits_the_background_tasks(cell: shm.Cell) -> None:
     async def main() -> None:
-        async with Plm(cell, result_ttl_s=60.0, cancel_call=cancel_on_worker):
+        async with Plm(
+            cell, result_ttl_s=60.0, cancel_call=cancel_on_worker, messages=DEPENDENCY_MESSAGES
+        ):
             assert [t for t in asyncio.all_tasks() if t.get_name() == "plm-finished"]
         assert not [t for t in asyncio.all_tasks() if t.get_name() == "plm-finished"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from heapd import errors, shm
-from heapd.plm.convert import cancel_on_worker
+from heapd.plm.convert import DEPENDENCY_MESSAGES, cancel_on_worker
 from heapd.plm.daemon import Plm
 from heapd.plm.intake import Intake
 from heapd.plm.journal import Durability, Journal
@@ -33,7 +33,7 @@ def test_a_full_disk_refuses_the_submission_and_keeps_what_was_accepted(
     journal = Journal.open(tmp_path, cell.name, Durability.FSYNC)
 
     async def scenario() -> tuple[list[int], list[int]]:
-        async with Plm(cell, 60.0, cancel_on_worker, journal) as plm:
+        async with Plm(cell, 60.0, cancel_on_worker, DEPENDENCY_MESSAGES, journal) as plm:
             (kept,) = await plm.submit(Intake("s", [shm.NewTask(b"small")], ["k1"]))
             (pages,) = journal._conn.execute("PRAGMA page_count").fetchone()
             journal._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full

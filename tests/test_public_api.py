@@ -20,6 +20,7 @@ EXPECTED = {
     "ClientClosed",
     "ClusterStatus",
     "CommandResult",
+    "DependencyFailed",
     "HeapdError",
     "InvalidArgument",
     "NotFound",

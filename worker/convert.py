@@ -12,7 +12,7 @@ messages built here, handing the daemon plain values only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -23,7 +23,14 @@ from heapd.worker.failure import FailureInfo
 from heapd.worker.jobs import Assignment, Job, JobResult
 from heapd.worker.membership import HeartbeatAck, Membership
 from heapd.worker.outcomes import CommandResult, Outcome
-from heapd.worker.specs import BadSpec, BuiltinSpec, CommandSpec, PythonCallSpec, TaskSpec
+from heapd.worker.specs import (
+    BadSpec,
+    BuiltinSpec,
+    CommandSpec,
+    DependencyInput,
+    PythonCallSpec,
+    TaskSpec,
+)
 
 
 def spec_from_bytes(data: bytes) -> TaskSpec:
@@ -35,7 +42,7 @@ def spec_from_bytes(data: bytes) -> TaskSpec:
         raise BadSpec(f"task spec does not decode: {exc}") from exc
     kind = msg.WhichOneof("kind")
     if kind == "python":
-        return _python_from_proto(msg.python, tuple(msg.retry_on))
+        return _python_from_proto(msg.python, tuple(msg.retry_on), _inputs_from_proto(msg.inputs))
     if kind == "command":
         return _command_from_proto(msg.command)
     if kind == "builtin":
@@ -57,7 +64,9 @@ def outcome_to_bytes(outcome: Outcome) -> bytes:
     return data
 
 
-def _python_from_proto(msg: task_pb2.PythonCall, retry_on: tuple[str, ...]) -> PythonCallSpec:
+def _python_from_proto(
+    msg: task_pb2.PythonCall, retry_on: tuple[str, ...], inputs: tuple[DependencyInput, ...]
+) -> PythonCallSpec:
     target = msg.WhichOneof("target")
     if target is None:
         raise BadSpec("python call has neither a ref nor a pickled callable")
@@ -66,7 +75,31 @@ def _python_from_proto(msg: task_pb2.PythonCall, retry_on: tuple[str, ...]) -> P
         pickled_callable=msg.pickled_callable,
         pickled_args=msg.pickled_args,
         retry_on=retry_on,
+        inputs=inputs,
     )
+
+
+def _inputs_from_proto(
+    inputs: Iterable[task_pb2.DependencyResult],
+) -> tuple[DependencyInput, ...]:
+    """The dependencies' results the PLM appended (each one's TaskOutcome)."""
+    out = []
+    for item in inputs:
+        outcome = task_pb2.TaskOutcome()
+        try:
+            outcome.ParseFromString(item.outcome)
+        except DecodeError as exc:
+            raise BadSpec(f"the result of dependency {item.task_id} does not decode") from exc
+        kind = outcome.WhichOneof("result")
+        if kind == "command":
+            c = outcome.command
+            result = CommandResult(c.returncode, c.stdout, c.stderr)
+            out.append(DependencyInput(item.task_id, command=result))
+        elif kind == "pickled_value":
+            out.append(DependencyInput(item.task_id, pickled_value=outcome.pickled_value))
+        else:
+            raise BadSpec(f"dependency {item.task_id} has no value to pass")
+    return tuple(out)
 
 
 def _command_from_proto(msg: task_pb2.CommandCall) -> CommandSpec:

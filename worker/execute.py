@@ -26,10 +26,18 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from heapd import deps, results
 from heapd.worker import builtins
 from heapd.worker.failure import FailureInfo, FailureKind, to_failure, type_name
 from heapd.worker.outcomes import CommandResult
-from heapd.worker.specs import BadSpec, BuiltinSpec, CommandSpec, PythonCallSpec, TaskSpec
+from heapd.worker.specs import (
+    BadSpec,
+    BuiltinSpec,
+    CommandSpec,
+    DependencyInput,
+    PythonCallSpec,
+    TaskSpec,
+)
 
 _Call = Callable[..., Any]
 
@@ -70,7 +78,11 @@ def _run(spec: TaskSpec) -> Verdict:
 
 def _run_python(spec: PythonCallSpec) -> Verdict:
     fn = _resolve_ref(spec.ref) if spec.ref else _load_callable(spec.pickled_callable)
-    args, kwargs = _load_args(spec.pickled_args)
+    if spec.inputs:
+        with deps.resolving({i.task_id: _input_value(i) for i in spec.inputs}):
+            args, kwargs = _load_args(spec.pickled_args)
+    else:
+        args, kwargs = _load_args(spec.pickled_args)
     try:
         value = fn(*args, **kwargs)
     except (Exception, SystemExit) as exc:  # SystemExit: a task calling sys.exit() just failed
@@ -148,6 +160,19 @@ def _load_args(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if not isinstance(args, tuple) or not isinstance(kwargs, dict):
         raise _BadTask("pickled arguments must be a (tuple, dict) pair")
     return args, kwargs
+
+
+def _input_value(item: DependencyInput) -> object:
+    """A dependency's value as the task's code sees it (what `future.result()` returns)."""
+    if item.command is not None:
+        c = item.command
+        return results.CommandResult(c.returncode, c.stdout, c.stderr)
+    try:
+        return cloudpickle.loads(item.pickled_value)
+    except Exception as exc:
+        raise _BadTask(
+            f"cannot unpickle the result of dependency {item.task_id}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _value(value: object) -> Verdict:

@@ -27,6 +27,7 @@ class FailureKind(IntEnum):
     BAD_RESULT = 5
     CANCELLED_BY_USER = 6
     WORKER_LOST = 7
+    DEPENDENCY_FAILED = 8
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from heapd.worker.outcomes import CommandResult
+
 
 class BadSpec(Exception):
     """The spec bytes are not a runnable TaskSpec (undecodable, no kind, empty argv).
@@ -18,6 +20,15 @@ class BadSpec(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class DependencyInput:
+    """The result of a dependency that succeeded: a pickled value, or a command's result."""
+
+    task_id: int
+    pickled_value: bytes = b""
+    command: CommandResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PythonCallSpec:
     """Call `ref` ("pkg.mod:qualname") or the cloudpickled callable, with pickled (args, kwargs)."""
 
@@ -25,6 +36,7 @@ class PythonCallSpec:
     pickled_callable: bytes = b""
     pickled_args: bytes = b""
     retry_on: tuple[str, ...] = ()  # exception type names worth a retry; empty = any
+    inputs: tuple[DependencyInput, ...] = ()  # what stands where the arguments name a task
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,15 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="idempotency key: a resubmission with a key the cell knows runs nothing new and"
         " waits for the first task",
     )
+    submit.add_argument(
+        "--after",
+        action="append",
+        type=int,
+        default=[],
+        metavar="TASK_ID",
+        help="run only once this task has succeeded (repeatable); if it fails, is cancelled or"
+        " is lost, this one fails with DependencyFailed",
+    )
     submit.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
 
@@ -246,6 +255,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         args.key,
         args.resources,
         args.labels,
+        args.after,
     )
 
 

@@ -21,10 +21,12 @@ def submit(
     key: str | None = None,
     resources: str = "",
     labels: str = "",
+    after: Sequence[int] = (),
 ) -> int:
     """Run a command task, wait with a spinner, print its output, exit with its code. With a
     key the cell already knows, it waits for that first task instead (a safe retry).
-    `resources` and `labels` are as typed: "gpu=1,cpus=2", "zone=a"."""
+    `resources` and `labels` are as typed: "gpu=1,cpus=2", "zone=a"; `after` are the ids of
+    the tasks it waits on."""
     console = Console(stderr=True)
     try:
         with Client(address) as client:
@@ -36,6 +38,7 @@ def submit(
                 key=key,
                 resources=resources_from_text(resources),
                 labels=pairs_from_text(labels, "labels"),
+                after=after,
             )
             with console.status(f"task {future.task_id}: {' '.join(argv)}"):
                 result = future.result()

@@ -21,6 +21,7 @@ from heapd.status import ClusterStatus, TaskStatus
 RECHECK_S = 0.5  # fsck looks again at a journal disagreement after this long
 UNSCHEDULABLE_SHOWN = 3  # unschedulable tasks named by `heapd status`
 UNSCHEDULABLE_SCAN = 1000  # queued tasks looked at to find them (oldest first)
+DEPENDENCIES_SHOWN = 5  # dependencies of a PENDING task named in `heapd tasks` (--json: all)
 
 
 def status(address: str, as_json: bool) -> int:
@@ -121,14 +122,28 @@ def tasks(address: str, states: Sequence[str], limit: int, as_json: bool) -> int
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title=f"tasks ({len(found)})")
-    for column in ("id", "state", "priority", "attempt", "worker"):
+    for column in ("id", "state", "priority", "attempt", "worker", "waits on"):
         table.add_column(column)
     for t in found:
         table.add_row(
-            str(t.task_id), t.state, str(t.priority), str(t.attempt), str(t.worker_id or "-")
+            str(t.task_id),
+            t.state,
+            str(t.priority),
+            str(t.attempt),
+            str(t.worker_id or "-"),
+            _waits_on(t.after),
         )
     Console().print(table)
     return 0
+
+
+def _waits_on(after: Sequence[int]) -> str:
+    """A PENDING task's dependencies: "3,4,9" (the first few, and how many more)."""
+    if not after:
+        return "-"
+    shown = ",".join(str(task_id) for task_id in after[:DEPENDENCIES_SHOWN])
+    more = len(after) - DEPENDENCIES_SHOWN
+    return f"{shown} (+{more} more)" if more > 0 else shown
 
 
 def fsck(cell: str, repair: bool, state_dir: Path | None = None) -> int:

@@ -28,6 +28,7 @@ class FailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAD_RESULT: _ClassVar[FailureKind]
     CANCELLED_BY_USER: _ClassVar[FailureKind]
     WORKER_LOST: _ClassVar[FailureKind]
+    DEPENDENCY_FAILED: _ClassVar[FailureKind]
 TASK_STATE_UNSPECIFIED: TaskState
 PENDING: TaskState
 QUEUED: TaskState
@@ -44,6 +45,7 @@ BAD_TASK: FailureKind
 BAD_RESULT: FailureKind
 CANCELLED_BY_USER: FailureKind
 WORKER_LOST: FailureKind
+DEPENDENCY_FAILED: FailureKind
 
 class PythonCall(_message.Message):
     __slots__ = ("ref", "pickled_callable", "pickled_args")
@@ -90,19 +92,29 @@ class BuiltinCall(_message.Message):
     def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("python", "command", "builtin", "retry_on")
+    __slots__ = ("python", "command", "builtin", "retry_on", "inputs")
     PYTHON_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
     RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     python: PythonCall
     command: CommandCall
     builtin: BuiltinCall
     retry_on: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., builtin: _Optional[_Union[BuiltinCall, _Mapping]] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[DependencyResult]
+    def __init__(self, python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., builtin: _Optional[_Union[BuiltinCall, _Mapping]] = ..., retry_on: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[DependencyResult, _Mapping]]] = ...) -> None: ...
+
+class DependencyResult(_message.Message):
+    __slots__ = ("task_id", "outcome")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    outcome: bytes
+    def __init__(self, task_id: _Optional[int] = ..., outcome: _Optional[bytes] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key", "resources", "labels")
+    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key", "resources", "labels", "after")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +136,7 @@ class TaskOptions(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     priority: int
     retries: int
     timeout_s: float
@@ -131,21 +144,24 @@ class TaskOptions(_message.Message):
     key: str
     resources: _containers.ScalarMap[str, float]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    after: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., after: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Failure(_message.Message):
-    __slots__ = ("kind", "type", "message", "traceback", "pickled_exception")
+    __slots__ = ("kind", "type", "message", "traceback", "pickled_exception", "dependency_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     PICKLED_EXCEPTION_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_ID_FIELD_NUMBER: _ClassVar[int]
     kind: FailureKind
     type: str
     message: str
     traceback: str
     pickled_exception: bytes
-    def __init__(self, kind: _Optional[_Union[FailureKind, str]] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., pickled_exception: _Optional[bytes] = ...) -> None: ...
+    dependency_id: int
+    def __init__(self, kind: _Optional[_Union[FailureKind, str]] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., pickled_exception: _Optional[bytes] = ..., dependency_id: _Optional[int] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("returncode", "stdout", "stderr")

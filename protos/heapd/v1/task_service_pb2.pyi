@@ -66,7 +66,7 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("task_id", "state", "priority", "attempt", "worker_id", "submitted_at", "dispatched_at", "finished_at", "outcome", "unschedulable", "resources", "labels")
+    __slots__ = ("task_id", "state", "priority", "attempt", "worker_id", "submitted_at", "dispatched_at", "finished_at", "outcome", "unschedulable", "resources", "labels", "after")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class TaskStatus(_message.Message):
     UNSCHEDULABLE_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     state: _task_pb2.TaskState
     priority: int
@@ -105,7 +106,8 @@ class TaskStatus(_message.Message):
     unschedulable: str
     resources: _containers.ScalarMap[str, float]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., priority: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[int] = ..., submitted_at: _Optional[float] = ..., dispatched_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., outcome: _Optional[bytes] = ..., unschedulable: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    after: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., priority: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[int] = ..., submitted_at: _Optional[float] = ..., dispatched_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., outcome: _Optional[bytes] = ..., unschedulable: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., after: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
     __slots__ = ("session", "task_ids")
