@@ -19,7 +19,7 @@ from types import TracebackType
 from heapd import shm
 from heapd.runtime.bells import BellListener
 from heapd.scheduler.dispatcher import Dispatcher, OpenStream, Revoke
-from heapd.scheduler.prefetched import Prefetched
+from heapd.scheduler.prefetched import Overtaken, Prefetched
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Scheduler:
         self._cursor = shm.Cursor(policy)
         self._prefetched = Prefetched(cell.still_dispatched)
         self._worker_seq = -1
+        self._maybe_surplus = False  # a worker may hold more tasks than slots (see _idle_slot_work)
         self._dispatcher = Dispatcher(cell, open_stream)
         self._rate = TaskRate()
         self._stop = asyncio.Event()
@@ -170,14 +171,37 @@ class Scheduler:
                 self._dispatcher.send(done.dispatches)
                 self._prefetched.sent(done.dispatches)
                 total += len(done.dispatches)
+                # Only a round that may fill beyond free slots can leave a worker holding more
+                # than it runs: until none does, an empty queue looks for idle slots.
+                self._maybe_surplus |= per_slot > 1
             if len(done.dispatches) < self._batch:
                 self._revoke_overtaken(done.top_key)
                 return total
 
     def _revoke_overtaken(self, top_key: int) -> None:
-        """Ask workers to give back unstarted tasks worse than the best one still queued."""
-        for lot in self._prefetched.overtaken(top_key):
+        """Ask workers to give back unstarted tasks worse than the best one still queued; with
+        nothing queued, tasks held beyond their slots by some workers while others idle."""
+        lots = self._prefetched.overtaken(top_key) if top_key >= 0 else self._idle_slot_work()
+        for lot in lots:
             self._dispatcher.revoke(lot.address, Revoke(lot.worker_id, lot.epoch, lot.refs))
+
+    def _idle_slot_work(self) -> list[Overtaken]:
+        """The queue is empty: unstarted tasks to move from workers holding more than they can
+        run to idle slots elsewhere (the end of a drain on unequal workers), at most as many
+        as there are idle slots."""
+        if not self._maybe_surplus:
+            return []
+        free, owners = self.cell.loads()
+        self._maybe_surplus = bool(owners)
+        if free == 0 or not owners:
+            return []
+        budget: dict[tuple[int, int], int] = {}
+        for owner, extra in sorted(owners.items(), key=lambda item: -item[1]):
+            take = min(extra, free)
+            if take > 0:
+                budget[owner] = take
+                free -= take
+        return self._prefetched.surplus(budget)
 
     def _unpark_if_workers_changed(self) -> None:
         """A worker joined: tasks parked as unschedulable get another look."""

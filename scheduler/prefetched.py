@@ -5,7 +5,10 @@ after its buffer was filled. So the scheduler remembers, per worker registration
 task it sent (a max-heap: the worst first), and after each round compares them with the best key
 still queued: whatever is worse and not yet started is revoked, so the queued task takes the first
 slot that frees. The worker gives back only what it has not started; the cell requeues exactly
-those (fenced by attempt), so a revocation never runs a task twice.
+those (fenced by attempt), so a revocation never runs a task twice. The same revocation moves
+work at the end of a drain: when the queue is empty and some slots idle while another worker
+holds more than it can run, its worst-keyed unstarted tasks come back (`surplus`) and go to the
+idle slots.
 
 Entries of tasks that already started or ended are dropped lazily: when they surface at the top,
 and a prune (one vectorised read of their states under the lock) every `PRUNE_AT`
@@ -94,6 +97,24 @@ class Prefetched:
             live = [ref for ref, ok in zip(worse, self._still(worse), strict=True) if ok]
             if live:
                 out.append(Overtaken(sent.address, worker_id, epoch, live))
+        return out
+
+    def surplus(self, owners: dict[tuple[int, int], int]) -> list[Overtaken]:
+        """For worker registrations holding more than they can run (owner -> how many beyond
+        their slots), their worst-keyed unstarted tasks, at most that many each: work to move
+        to idle slots elsewhere once the queue is empty. Forgotten here, as `overtaken`."""
+        out = []
+        for owner, count in owners.items():
+            sent = self._sent.get(owner)
+            if sent is None or count <= 0:
+                continue
+            picked = [heapq.heappop(sent.heap) for _ in range(min(count, len(sent.heap)))]
+            if not sent.heap:
+                del self._sent[owner]
+            refs = [(task_id, attempt) for _, task_id, attempt in picked]
+            live = [ref for ref, ok in zip(refs, self._still(refs), strict=True) if ok]
+            if live:
+                out.append(Overtaken(sent.address, owner[0], owner[1], live))
         return out
 
     def _prune(self, sent: _Sent) -> None:

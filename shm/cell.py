@@ -14,6 +14,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
+import numpy as np
+
 from heapd.shm import check as check_mod
 from heapd.shm import deps as deps_mod
 from heapd.shm import dispatch as dispatch_mod
@@ -329,6 +331,22 @@ class Cell:
         torn read only skews one round's prefetch)."""
         rec = self._m.workers.rec
         return int(rec["slots"][rec["state"] == WorkerState.ALIVE].sum())
+
+    def loads(self) -> tuple[int, dict[tuple[int, int], int]]:
+        """(free slots summed over ALIVE workers, {(worker id, epoch): tasks held beyond its
+        slots} for those holding more), read by numpy without the lock: a heuristic's input,
+        a torn read only delays or wastes one revocation."""
+        rec = self._m.workers.rec
+        alive = np.flatnonzero(rec["state"] == WorkerState.ALIVE)
+        slots = rec["slots"][alive].astype(np.int64)
+        held = rec["in_flight"][alive].astype(np.int64)
+        free = int(np.maximum(slots - held, 0).sum())
+        over = np.flatnonzero(held > slots)
+        owners = {
+            (int(rec["id"][alive[i]]), int(rec["epoch"][alive[i]])): int(held[i] - slots[i])
+            for i in over
+        }
+        return free, owners
 
     # ---- scheduler side
 

@@ -241,3 +241,20 @@ def test_prefetched_forgets_started_tasks_as_it_goes() -> None:
     for start in range(0, 10_000, 500):
         prefetched.sent([_sent(i, i) for i in range(start, start + 500)])
     assert len(prefetched) < 5000 and calls, "pruned on the way"
+
+
+def test_prefetched_surplus_names_the_worst_unstarted_of_overloaded_workers() -> None:
+    unstarted = {3, 4, 12}
+    prefetched = Prefetched(lambda refs: [ref[0] in unstarted for ref in refs])
+    prefetched.sent([_sent(i, i) for i in (1, 2, 3, 4)] + [_sent(12, 12, worker=2)])
+    lots = prefetched.surplus({(1, 1): 2, (2, 1): 0, (9, 9): 5})
+    assert [(lot.address, lot.refs) for lot in lots] == [("w1", [(4, 1), (3, 1)])]
+    assert prefetched.surplus({(1, 1): 2}) == [], "1 and 2 have started: nothing to move"
+
+
+def test_loads_counts_idle_slots_and_tasks_held_beyond_slots(cell: Cell) -> None:
+    a, b = workers(cell, 1, 2)
+    submit(cell, 4)
+    assert cell.loads() == (3, {})
+    cell.dispatch(4, 2.0, max_per_slot=4)  # least-loaded: a 2 (1 slot), b 2 (2 slots)
+    assert cell.loads() == (0, {(a.worker_id, a.epoch): 1})
