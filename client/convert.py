@@ -131,15 +131,17 @@ def options_to_proto(
     """The wire form of options already checked by `heapd.options.task_options`, with the
     task's idempotency key (checked by `heapd.options.idempotency_key`; "" = none) and the ids
     of the tasks it waits on (checked by `heapd.options.dependency_ids`)."""
-    return task_pb2.TaskOptions(
-        priority=checked.priority,
-        retries=checked.retries,
-        timeout_s=checked.timeout_s,
-        key=key,
-        resources=checked.resources,  # `cpus=` travels as the "cpus" entry; the field stays 0
-        labels=checked.labels,
-        after=after,
+    msg = task_pb2.TaskOptions(
+        priority=checked.priority, retries=checked.retries, timeout_s=checked.timeout_s, key=key
     )
+    # Set only when given: even an empty map or list costs a conversion per task.
+    if checked.resources:
+        msg.resources.update(checked.resources)  # `cpus=` is the "cpus" entry; the field stays 0
+    if checked.labels:
+        msg.labels.update(checked.labels)
+    if after:
+        msg.after.extend(after)
+    return msg
 
 
 def submission(

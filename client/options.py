@@ -89,6 +89,8 @@ def task_options(
             f"timeout must be finite and in 0..{TIMEOUT_MAX_S:.0f} seconds (0 = none),"
             f" not {timeout_s!r}"
         )
+    if not resources and not labels and not cpus:  # the common case, on the per-task path
+        return TaskOptions(priority=level, retries=retries, timeout_s=float(timeout))
     needs = resource_amounts(resources, RESOURCES_PER_TASK, "a task")
     if cpus is not None and cpus != 0:
         if not _is_int(cpus) or not CPUS_MIN <= cpus <= CPUS_MAX:

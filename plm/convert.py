@@ -39,8 +39,9 @@ def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) 
         retries=options.retries,
         timeout_s=options.timeout_s,
         cpus=options.cpus or None,  # 0 (unset) = no need; else the "cpus" entry
-        resources=dict(options.resources),
-        labels=dict(options.labels),
+        # Empty maps skip the dict copies: a proto map copies through Python-level Mapping code.
+        resources=dict(options.resources) if options.resources else None,
+        labels=dict(options.labels) if options.labels else None,
     )
     return shm.NewTask(
         payload=spec.SerializeToString(),
@@ -49,7 +50,7 @@ def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) 
         timeout_ms=round(checked.timeout_s * 1000),
         resources=checked.resources,
         labels=checked.labels,
-        after=tuple(options.after),
+        after=tuple(options.after) if options.after else (),
     )
 
 

@@ -27,6 +27,7 @@ DEEP_FACTOR = 4
 # The dispatch round trip (refill decision -> task in a child) that prefetch must hide.
 HIDE_S = 0.01
 RATE_WINDOW_S = 0.1
+_LIVE = frozenset(shm.LIVE_WORKER_STATES)
 
 
 class TaskRate:
@@ -69,7 +70,7 @@ class Scheduler:
         self._policy = policy
         self._aging_s = aging_s
         self._cursor = shm.Cursor(policy)
-        self._prefetched = Prefetched(cell.still_dispatched)
+        self._prefetched = Prefetched(cell.unstarted)
         self._worker_seq = -1
         self._maybe_surplus = False  # a worker may hold more tasks than slots (see _idle_slot_work)
         self._dispatcher = Dispatcher(cell, open_stream)
@@ -208,6 +209,8 @@ class Scheduler:
         seq = self.cell.worker_seq()
         if seq != self._worker_seq:
             self._worker_seq = seq
+            live = {(w.worker_id, w.epoch) for w in self.cell.workers() if w.state in _LIVE}
+            self._prefetched.forget(live)
             count = self.cell.unpark_all()
             if count:
                 log.info("workers changed: unparked tasks", extra={"fields": {"tasks": count}})

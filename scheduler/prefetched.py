@@ -1,46 +1,33 @@
-"""What the scheduler sent to each worker and may still take back, by heap key.
+"""What the scheduler may take back from workers: unstarted tasks a queued one must overtake,
+and, at the end of a drain, unstarted tasks held beyond a worker's slots while others idle.
 
 A worker runs what it holds in (priority, task id) order, but it cannot know about a task queued
-after its buffer was filled. So the scheduler remembers, per worker registration, the key of every
-task it sent (a max-heap: the worst first), and after each round compares them with the best key
-still queued: whatever is worse and not yet started is revoked, so the queued task takes the first
-slot that frees. The worker gives back only what it has not started; the cell requeues exactly
-those (fenced by attempt), so a revocation never runs a task twice. The same revocation moves
-work at the end of a drain: when the queue is empty and some slots idle while another worker
-holds more than it can run, its worst-keyed unstarted tasks come back (`surplus`) and go to the
-idle slots.
-
-Entries of tasks that already started or ended are dropped lazily: when they surface at the top,
-and a prune (one vectorised read of their states under the lock) every `PRUNE_AT`
-dispatches, which keeps the bookkeeping O(1) amortised per dispatch.
+after its buffer was filled. So the scheduler keeps, per worker registration, the worst heap key
+it has sent there (a watermark: one comparison per dispatch, nothing per task to clean up), and
+after each round compares it with the best key still queued. Only when a queued task beats it
+does it read, from the task table, which of that worker's tasks are still DISPATCHED (sent, not
+started) with a worse key, and asks for them back. The worker gives back only what it has not
+started; the cell requeues exactly those (fenced by attempt), so a revocation never runs a task
+twice. The same revocation moves work at the end of a drain (`surplus`).
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from heapd import shm
 
 Ref = tuple[int, int]  # (task_id, attempt)
-StillDispatched = Callable[[Sequence[Ref]], list[bool]]
-
-PRUNE_AT = 4096
-
-
-@dataclass
-class _Sent:
-    """One worker registration's sent tasks: (-key, task_id, attempt), a max-heap by key."""
-
-    address: str
-    heap: list[tuple[int, int, int]] = field(default_factory=list)
-    prune_at: int = PRUNE_AT
+Owner = tuple[int, int]  # (worker_id, epoch)
+# (worker_id, epoch) -> that registration's DISPATCHED tasks as (key, task_id, attempt), worst
+# key first (`shm.Cell.unstarted`).
+Unstarted = Callable[[int, int], list[tuple[int, int, int]]]
 
 
 @dataclass(frozen=True, slots=True)
 class Overtaken:
-    """Sent tasks of one worker registration that a queued task must overtake."""
+    """Sent tasks of one worker registration to ask back."""
 
     address: str
     worker_id: int
@@ -49,77 +36,57 @@ class Overtaken:
 
 
 class Prefetched:
-    """The tasks sent per worker registration, worst key first."""
+    """The worst key sent to each worker registration since it was last asked back."""
 
-    def __init__(self, still_dispatched: StillDispatched) -> None:
-        self._still = still_dispatched
-        self._sent: dict[tuple[int, int], _Sent] = {}
-        self._since_prune = 0
+    def __init__(self, unstarted: Unstarted) -> None:
+        self._unstarted = unstarted
+        self._worst: dict[Owner, int] = {}
+        self._address: dict[Owner, str] = {}
 
     def __len__(self) -> int:
-        return sum(len(sent.heap) for sent in self._sent.values())
+        """Worker registrations that may hold tasks sent by this scheduler."""
+        return len(self._worst)
 
     def sent(self, dispatches: Sequence[shm.Dispatch]) -> None:
-        """Remember a round's dispatches; every PRUNE_AT of them, forget what has started
-        everywhere (a worker that left is forgotten entirely then)."""
+        """Raise the watermarks by a round's dispatches."""
+        worst = self._worst
         for d in dispatches:
             owner = (d.worker_id, d.worker_epoch)
-            sent = self._sent.get(owner)
-            if sent is None:
-                sent = self._sent[owner] = _Sent(d.address)
-            heapq.heappush(sent.heap, (-d.key, d.task_id, d.attempt))
-            if len(sent.heap) > sent.prune_at:
-                self._prune(sent)
-        self._since_prune += len(dispatches)
-        if self._since_prune >= PRUNE_AT:
-            self._since_prune = 0
-            for owner, sent in list(self._sent.items()):
-                self._prune(sent)
-                if not sent.heap:
-                    del self._sent[owner]
+            if d.key > worst.get(owner, -1):
+                if owner not in worst:
+                    self._address[owner] = d.address
+                worst[owner] = d.key
 
     def overtaken(self, top_key: int) -> list[Overtaken]:
-        """Sent tasks, still unstarted, whose key is worse than `top_key` (the best queued);
-        they are forgotten here (a revocation is asked once)."""
+        """Unstarted tasks whose key is worse than `top_key` (the best queued), per worker;
+        the watermarks drop to `top_key` (a revocation is asked once)."""
         if top_key < 0:
             return []
         out = []
-        for (worker_id, epoch), sent in list(self._sent.items()):
-            heap = sent.heap
-            worse: list[Ref] = []
-            while heap and -heap[0][0] > top_key:
-                _, task_id, attempt = heapq.heappop(heap)
-                worse.append((task_id, attempt))
-            if not heap:
-                del self._sent[(worker_id, epoch)]
-            if not worse:
+        for owner, worst in list(self._worst.items()):
+            if worst <= top_key:
                 continue
-            live = [ref for ref, ok in zip(worse, self._still(worse), strict=True) if ok]
-            if live:
-                out.append(Overtaken(sent.address, worker_id, epoch, live))
+            self._worst[owner] = top_key
+            worse = [(tid, att) for key, tid, att in self._unstarted(*owner) if key > top_key]
+            if worse:
+                out.append(Overtaken(self._address[owner], owner[0], owner[1], worse))
         return out
 
-    def surplus(self, owners: dict[tuple[int, int], int]) -> list[Overtaken]:
+    def surplus(self, owners: dict[Owner, int]) -> list[Overtaken]:
         """For worker registrations holding more than they can run (owner -> how many beyond
-        their slots), their worst-keyed unstarted tasks, at most that many each: work to move
-        to idle slots elsewhere once the queue is empty. Forgotten here, as `overtaken`."""
+        their slots), their worst-keyed unstarted tasks, at most that many each."""
         out = []
         for owner, count in owners.items():
-            sent = self._sent.get(owner)
-            if sent is None or count <= 0:
+            address = self._address.get(owner)
+            if address is None or count <= 0:
                 continue
-            picked = [heapq.heappop(sent.heap) for _ in range(min(count, len(sent.heap)))]
-            if not sent.heap:
-                del self._sent[owner]
-            refs = [(task_id, attempt) for _, task_id, attempt in picked]
-            live = [ref for ref, ok in zip(refs, self._still(refs), strict=True) if ok]
-            if live:
-                out.append(Overtaken(sent.address, owner[0], owner[1], live))
+            picked = [(tid, att) for _, tid, att in self._unstarted(*owner)[:count]]
+            if picked:
+                out.append(Overtaken(address, owner[0], owner[1], picked))
         return out
 
-    def _prune(self, sent: _Sent) -> None:
-        """Keep only the entries still unstarted; let the bound grow if most of them are."""
-        refs = [(task_id, attempt) for _, task_id, attempt in sent.heap]
-        sent.heap = [e for e, ok in zip(sent.heap, self._still(refs), strict=True) if ok]
-        heapq.heapify(sent.heap)
-        sent.prune_at = max(PRUNE_AT, 2 * len(sent.heap))
+    def forget(self, live: set[Owner]) -> None:
+        """Drop the registrations not in `live` (workers that left or were re-registered)."""
+        for owner in [o for o in self._worst if o not in live]:
+            del self._worst[owner]
+            del self._address[owner]

@@ -385,10 +385,12 @@ class Cell:
             self.scheduler_bell.ring()
         return count
 
-    def still_dispatched(self, refs: Sequence[tuple[int, int]]) -> list[bool]:
-        """For each (task_id, attempt): whether it is sent but not started at that attempt."""
-        with self._locked() as mem:
-            return dispatch_mod.still_dispatched(mem, refs)
+    def unstarted(self, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
+        """(heap key, task id, attempt) of that worker registration's tasks sent but not
+        started, worst key first (see shm.dispatch.unstarted). Read without the lock (a pass
+        over the whole table must not stall the cell): a revocation is fenced by attempt, so a
+        torn read at worst asks for a task the worker no longer holds."""
+        return dispatch_mod.unstarted(self._m, worker_id, epoch)
 
     def unpark_all(self) -> int:
         """Put the tasks parked as unschedulable back on the heap; returns how many."""

@@ -21,13 +21,14 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from heapd.shm import resources, transitions
-from heapd.shm.layout import F_PARKED, NO_PRIORITY, SLOT_MASK, H, worker_key
+from heapd.shm import derived, resources, transitions
+from heapd.shm.layout import F_PARKED, NO_PRIORITY, H, worker_key
 from heapd.shm.memory import CellMemory
 from heapd.shm.placement import Cursor, Placement
-from heapd.shm.types import ACTIVE, Dispatch, DispatchRound, TaskState
+from heapd.shm.types import ACTIVE, Dispatch, DispatchRound, Policy, TaskState
 
 DISPATCHED = int(TaskState.DISPATCHED)
+_MIN_QUEUED = int(H.MIN_QUEUED_PRIORITY)
 _LEAST_LOADED = Cursor()  # the default: least-loaded keeps no state between rounds
 SCAN_FACTOR = 4  # tasks looked at per round, set aside or parked included: SCAN_FACTOR x limit
 
@@ -56,26 +57,38 @@ def dispatch(
         room = workers.slots[w] * max_per_slot - workers.in_flight[w]
         if room < max(1, workers.slots[w] * min_room_per_slot):
             return DispatchRound(out, _top_key(mem), parked)
-    place = Placement(mem, cursor or _LEAST_LOADED)
+    cursor = cursor or _LEAST_LOADED
+    place = Placement(mem, cursor)
+    least_loaded = cursor.policy is Policy.LEAST_LOADED
     addresses: dict[int, str] = {}
     aside: list[int] = []
     aside_priority = NO_PRIORITY - 1 - (1 << 16)  # below every priority: nothing set aside yet
     budget = SCAN_FACTOR * limit
+    # Hot loop (W1): memoryviews and header words read directly, one heap call per step.
+    priorities, needs, nlabels = tasks.priority, tasks.needs, tasks.nlabels
+    slots_of, in_flight_of = workers.slots, workers.in_flight
     while len(out) < limit and len(task_heap) and len(worker_heap) and budget > 0:
         budget -= 1
-        slot = task_heap.peek()
-        priority = tasks.priority[slot]
-        deep = priority <= hdr[H.MIN_QUEUED_PRIORITY] and priority >= aside_priority
+        slot, key = task_heap.top()
+        priority = priorities[slot]
+        deep = priority <= hdr[_MIN_QUEUED] and priority >= aside_priority
         cap = max_per_slot if deep else 1
-        if not resources.constrained(mem, slot):
-            w = place.pick(cap)
-            if w < 0:
-                break  # no room for it, so none for anything behind it either
-            out.append(_assign(mem, slot, w, now, addresses))
+        if not (needs[slot] or nlabels[slot]):
+            if least_loaded:
+                w = worker_heap.peek()
+                if in_flight_of[w] >= slots_of[w] * cap:
+                    break  # the least loaded is full, so is every worker: nothing behind it goes
+            else:
+                w = place.pick(cap)
+                if w < 0:
+                    break
+            task_heap.pop()
+            out.append(_assign(mem, slot, key, w, now, addresses))
             continue
         fit = resources.fitting(mem, slot, place.with_room(cap))
         if len(fit):
-            out.append(_assign(mem, slot, place.choose(fit), now, addresses))
+            task_heap.remove(slot)
+            out.append(_assign(mem, slot, key, place.choose(fit), now, addresses))
             continue
         task_heap.remove(slot)
         why = resources.unschedulable_reason(mem, slot)
@@ -97,10 +110,11 @@ def _top_key(mem: CellMemory) -> int:
     return heap.key_of(heap.peek()) if len(heap) else -1
 
 
-def _assign(mem: CellMemory, slot: int, w: int, now: float, addresses: dict[int, str]) -> Dispatch:
+def _assign(
+    mem: CellMemory, slot: int, key: int, w: int, now: float, addresses: dict[int, str]
+) -> Dispatch:
+    """Commit the task (off the heap already, its heap key `key`) as dispatched to worker `w`."""
     tasks, workers = mem.tasks, mem.workers
-    key = mem.task_heap.key_of(slot)
-    mem.task_heap.remove(slot)
     worker_id, epoch = workers.id[w], workers.epoch[w]
     attempt = tasks.attempt[slot] + 1
     tasks.attempt[slot] = attempt
@@ -108,7 +122,8 @@ def _assign(mem: CellMemory, slot: int, w: int, now: float, addresses: dict[int,
     tasks.worker_epoch[slot] = epoch
     tasks.dispatched_at[slot] = now
     tasks.state[slot] = DISPATCHED
-    resources.hold(mem, slot, w)
+    if tasks.needs[slot]:
+        resources.hold(mem, slot, w)
     in_flight = workers.in_flight[w] + 1
     workers.in_flight[w] = in_flight
     pick = mem.bump(H.PICK)
@@ -165,24 +180,20 @@ def _requeue_at_attempt(
     return count
 
 
-def still_dispatched(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> list[bool]:
-    """For each (task_id, attempt): whether it is DISPATCHED (sent, not started) at that
-    attempt. Vectorised: the scheduler prunes thousands at a time under the lock."""
-    if not refs:
-        return []
-    ids = np.fromiter((r[0] for r in refs), dtype=np.uint64, count=len(refs))
-    attempts = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
-    slots = (ids & np.uint64(SLOT_MASK)).astype(np.int64)
-    inside = slots < mem.tasks.capacity
-    slots = np.where(inside, slots, 0)
+def unstarted(mem: CellMemory, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
+    """(heap key, task id, attempt) of the DISPATCHED (sent, not started) tasks of one worker
+    registration, worst key first. One numpy pass over the task table: called only when a
+    revocation is due, never per task."""
     rec = mem.tasks.rec
-    ok = (
-        inside
-        & (rec["id"][slots] == ids)
-        & (rec["state"][slots] == DISPATCHED)
-        & (rec["attempt"][slots].astype(np.int64) == attempts)
+    mine = np.flatnonzero(
+        (rec["state"] == DISPATCHED)
+        & (rec["worker_id"] == worker_id)
+        & (rec["worker_epoch"] == epoch)
     )
-    return [bool(x) for x in ok]
+    keys = derived.task_keys(mem, mine)
+    order = np.argsort(-keys, kind="stable")
+    ids, attempts = rec["id"][mine][order], rec["attempt"][mine][order]
+    return [(int(k), int(i), int(a)) for k, i, a in zip(keys[order], ids, attempts, strict=True)]
 
 
 def requeue(mem: CellMemory, refs: Sequence[tuple[int, int]]) -> int:

@@ -139,6 +139,12 @@ class IndexedHeap:
             raise IndexError(f"{self.name} is empty")
         return int(self._items[0])
 
+    def top(self) -> tuple[int, int]:
+        """(item, key) with the smallest key (IndexError if empty): one call on a hot path."""
+        if self._hdr[self._size_word] == 0:
+            raise IndexError(f"{self.name} is empty")
+        return self._items[0], self._keys[0]
+
     def key_of(self, item: int) -> int:
         """The key of an item in the heap (KeyError if absent)."""
         at = self._pos[item]

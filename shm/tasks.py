@@ -44,7 +44,8 @@ def validate_new(task: NewTask) -> Constraints:
     _check_range("priority", task.priority, -32768, 32767)
     _check_range("max_retries", task.max_retries, 0, _U32)
     _check_range("timeout_ms", task.timeout_ms, 0, _U32)
-    deps.validate_after(task.after)
+    if task.after:
+        deps.validate_after(task.after)
     if not task.resources and not task.labels:
         return NO_CONSTRAINTS
     return catalog.needs(task.resources), catalog.labels(task.labels)
@@ -78,10 +79,11 @@ def _preflight(mem: CellMemory, tasks: Sequence[NewTask]) -> None:
         raise ShmError("task id space exhausted (2**40 submissions): recreate the cell")
     if len(tasks) > len(mem.task_free):
         raise TableFull("tasks", mem.tasks.capacity)
-    for task in tasks:
-        deps.check_known(mem, task.after)
-    need = sum(chunks_for(len(t.payload)) + chunks_for(8 * len(t.after)) for t in tasks)
-    need *= CHUNK_BYTES
+    waits = [t.after for t in tasks if t.after]
+    for after in waits:
+        deps.check_known(mem, after)
+    chunks = sum(chunks_for(len(t.payload)) for t in tasks)
+    need = (chunks + sum(chunks_for(8 * len(after)) for after in waits)) * CHUNK_BYTES
     if need > mem.arena.free_bytes:
         raise ArenaFull(need, mem.arena.free_bytes)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
@@ -146,7 +146,6 @@ def test_take_back_requeues_unstarted_attempts_with_their_keys(cell: Cell) -> No
     cell.mark_running(w.worker_id, w.epoch, [(sent[0].task_id, sent[0].attempt)], 2.0)
     high = submit(cell, 1, priority=9)
     refs = [(d.task_id, d.attempt) for d in sent]
-    assert cell.still_dispatched(refs) == [False, True, True]
     # A stale attempt and the started task are ignored; the other two go back to the queue.
     assert cell.take_back([*refs, (low[1], 99)]) == 2
     assert cell.stats().revoked_total == 2
@@ -218,42 +217,53 @@ def _sent(task_id: int, key: int, worker: int = 1, attempt: int = 1) -> Dispatch
     return Dispatch(task_id, attempt, worker, 1, f"w{worker}", b"", 0, key=key)
 
 
-def test_prefetched_names_what_a_better_queued_key_overtakes() -> None:
-    unstarted = {11, 12, 21}
-    prefetched = Prefetched(lambda refs: [ref[0] in unstarted for ref in refs])
+class _Table:
+    """Stands in for `Cell.unstarted`: the unstarted tasks per worker, worst key first."""
+
+    def __init__(self, unstarted: dict[int, list[tuple[int, int, int]]]) -> None:
+        self.unstarted = unstarted
+        self.reads = 0
+
+    def __call__(self, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
+        self.reads += 1
+        return sorted(self.unstarted.get(worker_id, []), reverse=True)
+
+
+def test_prefetched_asks_back_what_a_better_queued_key_overtakes() -> None:
+    table = _Table({1: [(50, 11, 1), (60, 12, 1), (5, 10, 1)], 2: [(70, 21, 1)]})
+    prefetched = Prefetched(table)
     prefetched.sent([_sent(10, 5), _sent(11, 50), _sent(12, 60), _sent(21, 70, worker=2)])
+    assert prefetched.overtaken(80) == [] and table.reads == 0, "nothing sent is worse"
     lots = {lot.address: lot.refs for lot in prefetched.overtaken(40)}
     assert lots == {"w1": [(12, 1), (11, 1)], "w2": [(21, 1)]}
-    assert prefetched.overtaken(40) == []  # asked once
-    assert len(prefetched) == 1  # task 10 (key 5) stays: nothing better is queued
+    assert prefetched.overtaken(40) == [], "asked once: the watermark dropped to 40"
+    assert table.reads == 2
     assert prefetched.overtaken(-1) == []
-
-
-def test_prefetched_forgets_started_tasks_as_it_goes() -> None:
-    unstarted: set[int] = set()
-    calls: list[Sequence[tuple[int, int]]] = []
-
-    def still(refs: Sequence[tuple[int, int]]) -> list[bool]:
-        calls.append(refs)
-        return [ref[0] in unstarted for ref in refs]
-
-    prefetched = Prefetched(still)
-    for start in range(0, 10_000, 500):
-        prefetched.sent([_sent(i, i) for i in range(start, start + 500)])
-    assert len(prefetched) < 5000 and calls, "pruned on the way"
+    prefetched.forget({(2, 1)})
+    assert len(prefetched) == 1
 
 
 def test_prefetched_surplus_names_the_worst_unstarted_of_overloaded_workers() -> None:
-    unstarted = {3, 4, 12}
-    prefetched = Prefetched(lambda refs: [ref[0] in unstarted for ref in refs])
+    table = _Table({1: [(3, 3, 1), (4, 4, 1)], 2: [(12, 12, 1)]})
+    prefetched = Prefetched(table)
     prefetched.sent([_sent(i, i) for i in (1, 2, 3, 4)] + [_sent(12, 12, worker=2)])
-    lots = prefetched.surplus({(1, 1): 2, (2, 1): 0, (9, 9): 5})
-    assert [(lot.address, lot.refs) for lot in lots] == [("w1", [(4, 1), (3, 1)])]
-    assert prefetched.surplus({(1, 1): 2}) == [], "1 and 2 have started: nothing to move"
+    lots = prefetched.surplus({(1, 1): 1, (2, 1): 0, (9, 9): 5})
+    assert [(lot.address, lot.refs) for lot in lots] == [("w1", [(4, 1)])]
+
+
+def test_unstarted_lists_a_workers_sent_tasks_worst_first(cell: Cell) -> None:
+    [w] = workers(cell, 1)
+    low = submit(cell, 3, priority=0)
+    sent = cell.dispatch(3, 2.0, max_per_slot=4)
+    cell.mark_running(w.worker_id, w.epoch, [(sent[0].task_id, sent[0].attempt)], 2.0)
+    got = cell.unstarted(w.worker_id, w.epoch)
+    assert [(tid, att) for _, tid, att in got] == [(low[2], 1), (low[1], 1)]
+    assert got[0][0] == sent[2].key
+    assert cell.unstarted(w.worker_id, w.epoch + 1) == []
 
 
 def test_loads_counts_idle_slots_and_tasks_held_beyond_slots(cell: Cell) -> None:
-    a, b = workers(cell, 1, 2)
+    a, _ = workers(cell, 1, 2)
     submit(cell, 4)
     assert cell.loads() == (3, {})
     cell.dispatch(4, 2.0, max_per_slot=4)  # least-loaded: a 2 (1 slot), b 2 (2 slots)
