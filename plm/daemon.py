@@ -192,9 +192,10 @@ class Plm:
         reused = [tid for i, tid in enumerate(ids) if i not in queued]
         if reused:
             self._adopt(intake.session, reused, take_over=True)
-        self._dependents.submitted(
-            [(tid, intake.tasks[i].after) for i, tid in zip(fresh, new_ids, strict=True)]
-        )
+        if any(intake.tasks[i].after for i in fresh):
+            self._dependents.submitted(
+                [(tid, intake.tasks[i].after) for i, tid in zip(fresh, new_ids, strict=True)]
+            )
         return ids, fresh
 
     async def _journal_submitted(

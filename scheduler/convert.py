@@ -45,9 +45,8 @@ def assign_request(request: Request) -> worker_service_pb2.AssignTasksRequest:
 
 def answer_from_proto(reply: worker_service_pb2.AssignTasksResponse) -> Answer:
     """Why the worker refused a request (empty: taken) and which attempts it gave back."""
-    return Answer(
-        refused=reply.refused, revoked=[(ref.task_id, ref.attempt) for ref in reply.revoked]
-    )
+    revoked = [(ref.task_id, ref.attempt) for ref in reply.revoked] if reply.revoked else []
+    return Answer(refused=reply.refused, revoked=revoked)
 
 
 class AssignCall:

@@ -25,6 +25,8 @@ from heapd.shm.memory import CellMemory
 from heapd.shm.types import TaskState
 
 QUEUED = int(TaskState.QUEUED)
+_AGING_NS = int(H.AGING_NS)  # header words as ints: an IntEnum index costs a call
+_MIN_QUEUED = int(H.MIN_QUEUED_PRIORITY)
 PENDING = int(TaskState.PENDING)
 FREE = int(TaskState.FREE)
 _STATE_TOTAL = {
@@ -37,7 +39,7 @@ _STATE_TOTAL = {
 def key_of(mem: CellMemory, slot: int) -> int:
     """The task's heap key: (priority, submission order), or its aged key when aging is on."""
     tasks, hdr = mem.tasks, mem.hdr
-    aging_ns = hdr[H.AGING_NS]
+    aging_ns = hdr[_AGING_NS]
     if aging_ns <= 0:
         return task_key(tasks.priority[slot], tasks.id[slot] >> SLOT_BITS)
     waited = tasks.submitted_at[slot] - hdr[H.GENERATION] / 1e9
@@ -49,8 +51,8 @@ def queue(mem: CellMemory, slot: int) -> None:
     tasks = mem.tasks
     tasks.state[slot] = QUEUED
     priority = tasks.priority[slot]
-    if priority < mem.hdr[H.MIN_QUEUED_PRIORITY]:
-        mem.hdr[H.MIN_QUEUED_PRIORITY] = priority
+    if priority < mem.hdr[_MIN_QUEUED]:
+        mem.hdr[_MIN_QUEUED] = priority
     mem.task_heap.push(slot, key_of(mem, slot))
 
 
@@ -119,7 +121,8 @@ def finish(mem: CellMemory, slot: int, state: TaskState, now: float) -> None:
     chunk, size = tasks.payload_chunk[slot], tasks.payload_len[slot]
     tasks.payload_len[slot] = 0  # ref cleared before the map: a kill here only leaks
     mem.arena.free(chunk, size)
-    drop_deps(mem, slot)
+    if tasks.deps_len[slot]:  # only a waiting task has a list (and F_WAITING)
+        drop_deps(mem, slot)
     mem.bump(_STATE_TOTAL[state])
 
 
@@ -147,7 +150,8 @@ def unload(mem: CellMemory, slot: int, worker_id: int, epoch: int) -> None:
     w = worker_id & WORKER_SLOT_MASK
     if w >= workers.capacity or workers.id[w] != worker_id or workers.epoch[w] != epoch:
         return
-    resources.free(mem, slot, w)
+    if mem.tasks.needs[slot]:
+        resources.free(mem, slot, w)
     in_flight = workers.in_flight[w]
     if in_flight > 0:
         workers.in_flight[w] = in_flight - 1

@@ -42,7 +42,8 @@ def spec_from_bytes(data: bytes) -> TaskSpec:
         raise BadSpec(f"task spec does not decode: {exc}") from exc
     kind = msg.WhichOneof("kind")
     if kind == "python":
-        return _python_from_proto(msg.python, tuple(msg.retry_on), _inputs_from_proto(msg.inputs))
+        inputs = _inputs_from_proto(msg.inputs) if msg.inputs else ()
+        return _python_from_proto(msg.python, tuple(msg.retry_on), inputs)
     if kind == "command":
         return _command_from_proto(msg.command)
     if kind == "builtin":
@@ -130,7 +131,7 @@ def _failure_to_proto(failure: FailureInfo) -> task_pb2.Failure:
 def assignment_from_proto(request: worker_service_pb2.AssignTasksRequest) -> Assignment:
     """The tasks of one AssignTasks request, as pool jobs (spec bytes untouched)."""
     jobs = [Job(a.task_id, a.attempt, a.spec, a.timeout_s, a.priority) for a in request.tasks]
-    revoke = [(ref.task_id, ref.attempt) for ref in request.revoke]
+    revoke = [(ref.task_id, ref.attempt) for ref in request.revoke] if request.revoke else []
     return Assignment(request.worker_id, request.epoch, jobs, revoke)
 
 
