@@ -70,7 +70,7 @@ class Scheduler:
         self._policy = policy
         self._aging_s = aging_s
         self._cursor = shm.Cursor(policy)
-        self._prefetched = Prefetched(cell.unstarted)
+        self._prefetched = Prefetched(cell.unstarted, cell.still_dispatched, self._room_of)
         self._worker_seq = -1
         self._maybe_surplus = False  # a worker may hold more tasks than slots (see _idle_slot_work)
         self._dispatcher = Dispatcher(cell, open_stream)
@@ -203,6 +203,13 @@ class Scheduler:
                 budget[owner] = take
                 free -= take
         return self._prefetched.surplus(budget)
+
+    def _room_of(self, worker_id: int) -> int:
+        """The most tasks a worker may hold: its slots x the deepest prefetch."""
+        try:
+            return self.cell.worker(worker_id).slots * self._prefetch
+        except shm.WorkerNotFound:
+            return 0
 
     def _unpark_if_workers_changed(self) -> None:
         """A worker joined: tasks parked as unschedulable get another look."""

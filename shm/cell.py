@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from types import TracebackType
 
 import numpy as np
+import numpy.typing as npt
 
 from heapd.shm import check as check_mod
 from heapd.shm import deps as deps_mod
@@ -384,6 +385,13 @@ class Cell:
         if count:
             self.scheduler_bell.ring()
         return count
+
+    def still_dispatched(
+        self, ids: npt.NDArray[np.uint64], attempts: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """Whether each (task id, attempt) is sent but not started; read without the lock, as
+        `unstarted`."""
+        return dispatch_mod.still_dispatched(self._m, ids, attempts)
 
     def unstarted(self, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
         """(heap key, task id, attempt) of that worker registration's tasks sent but not

@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from heapd.shm import derived, resources, transitions
-from heapd.shm.layout import F_PARKED, NO_PRIORITY, H, worker_key
+from heapd.shm.layout import F_PARKED, NO_PRIORITY, SLOT_MASK, H, worker_key
 from heapd.shm.memory import CellMemory
 from heapd.shm.placement import Cursor, Placement
 from heapd.shm.types import ACTIVE, Dispatch, DispatchRound, Policy, TaskState
@@ -180,16 +181,32 @@ def _requeue_at_attempt(
     return count
 
 
+def still_dispatched(
+    mem: CellMemory, ids: npt.NDArray[np.uint64], attempts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """For each (task id, attempt): whether it is DISPATCHED (sent, not started) at that
+    attempt. Vectorised: the scheduler checks its recent dispatches to a worker at once."""
+    slots = (ids & np.uint64(SLOT_MASK)).astype(np.int64)
+    inside = slots < mem.tasks.capacity
+    slots = np.where(inside, slots, 0)
+    rec = mem.tasks.rec
+    ok: npt.NDArray[np.bool_] = (
+        inside
+        & (rec["id"][slots] == ids)
+        & (rec["state"][slots] == DISPATCHED)
+        & (rec["attempt"][slots].astype(np.int64) == attempts)
+    )
+    return ok
+
+
 def unstarted(mem: CellMemory, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
     """(heap key, task id, attempt) of the DISPATCHED (sent, not started) tasks of one worker
-    registration, worst key first. One numpy pass over the task table: called only when a
-    revocation is due, never per task."""
+    registration, worst key first. A pass over the task table (the state column first, then
+    the few DISPATCHED): the fallback when the scheduler's record of recent dispatches to that
+    worker does not reach back far enough."""
     rec = mem.tasks.rec
-    mine = np.flatnonzero(
-        (rec["state"] == DISPATCHED)
-        & (rec["worker_id"] == worker_id)
-        & (rec["worker_epoch"] == epoch)
-    )
+    sent = np.flatnonzero(rec["state"] == DISPATCHED)
+    mine = sent[(rec["worker_id"][sent] == worker_id) & (rec["worker_epoch"][sent] == epoch)]
     keys = derived.task_keys(mem, mine)
     order = np.argsort(-keys, kind="stable")
     ids, attempts = rec["id"][mine][order], rec["attempt"][mine][order]

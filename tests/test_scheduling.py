@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from heapd.scheduler.prefetched import Prefetched
@@ -218,34 +219,48 @@ def _sent(task_id: int, key: int, worker: int = 1, attempt: int = 1) -> Dispatch
 
 
 class _Table:
-    """Stands in for `Cell.unstarted`: the unstarted tasks per worker, worst key first."""
+    """Stands in for the cell: which (task id, attempt) are still unstarted, and the table scan."""
 
-    def __init__(self, unstarted: dict[int, list[tuple[int, int, int]]]) -> None:
+    def __init__(self, unstarted: set[tuple[int, int]], keys: dict[int, int]) -> None:
         self.unstarted = unstarted
-        self.reads = 0
+        self.keys = keys
+        self.scans = 0
 
-    def __call__(self, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
-        self.reads += 1
-        return sorted(self.unstarted.get(worker_id, []), reverse=True)
+    def still(self, ids: np.ndarray, attempts: np.ndarray) -> np.ndarray:
+        pairs = zip(ids.tolist(), attempts.tolist(), strict=True)
+        return np.array([p in self.unstarted for p in pairs], dtype=bool)
+
+    def scan(self, worker_id: int, epoch: int) -> list[tuple[int, int, int]]:
+        self.scans += 1
+        found = [(self.keys[t], t, a) for t, a in self.unstarted if t // 10 == worker_id]
+        return sorted(found, reverse=True)
 
 
 def test_prefetched_asks_back_what_a_better_queued_key_overtakes() -> None:
-    table = _Table({1: [(50, 11, 1), (60, 12, 1), (5, 10, 1)], 2: [(70, 21, 1)]})
-    prefetched = Prefetched(table)
+    table = _Table({(11, 1), (12, 1), (21, 1)}, {10: 5, 11: 50, 12: 60, 21: 70})
+    prefetched = Prefetched(table.scan, table.still, lambda worker: 16)
     prefetched.sent([_sent(10, 5), _sent(11, 50), _sent(12, 60), _sent(21, 70, worker=2)])
-    assert prefetched.overtaken(80) == [] and table.reads == 0, "nothing sent is worse"
+    assert prefetched.overtaken(80) == [], "nothing sent is worse"
     lots = {lot.address: lot.refs for lot in prefetched.overtaken(40)}
     assert lots == {"w1": [(12, 1), (11, 1)], "w2": [(21, 1)]}
     assert prefetched.overtaken(40) == [], "asked once: the watermark dropped to 40"
-    assert table.reads == 2
+    assert table.scans == 0, "the ring of recent dispatches was enough"
     assert prefetched.overtaken(-1) == []
     prefetched.forget({(2, 1)})
     assert len(prefetched) == 1
 
 
+def test_prefetched_reads_the_table_for_a_worker_bigger_than_its_ring() -> None:
+    table = _Table({(11, 1)}, {11: 50})
+    prefetched = Prefetched(table.scan, table.still, lambda worker: 1 << 20)
+    prefetched.sent([_sent(11, 50)])
+    assert [lot.refs for lot in prefetched.overtaken(40)] == [[(11, 1)]]
+    assert table.scans == 1
+
+
 def test_prefetched_surplus_names_the_worst_unstarted_of_overloaded_workers() -> None:
-    table = _Table({1: [(3, 3, 1), (4, 4, 1)], 2: [(12, 12, 1)]})
-    prefetched = Prefetched(table)
+    table = _Table({(3, 1), (4, 1), (12, 1)}, {3: 3, 4: 4, 12: 12})
+    prefetched = Prefetched(table.scan, table.still, lambda worker: 16)
     prefetched.sent([_sent(i, i) for i in (1, 2, 3, 4)] + [_sent(12, 12, worker=2)])
     lots = prefetched.surplus({(1, 1): 1, (2, 1): 0, (9, 9): 5})
     assert [(lot.address, lot.refs) for lot in lots] == [("w1", [(4, 1)])]
