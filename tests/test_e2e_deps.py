@@ -22,7 +22,7 @@ def gated(gate: Path) -> list[str]:
 def test_a_diamond_runs_in_order_with_values_passed(start_cell: StartCell) -> None:
     cell = start_cell(workers=2, slots=2)
     with Client(cell.address) as client:
-        a = client.submit(t.add_after_sleep, 3, 0, 0.2)
+        a = client.submit(t.add_after_sleep, 3, 0, 1.0)  # d is surely still PENDING below
         b = client.submit(t.add, a, 1)  # a future as an argument: its value, once done
         c = client.submit(t.add, a, b=2)
         d = client.submit(t.add, b, c)
