@@ -112,7 +112,7 @@ class GroupCommit:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(exc)
-        kept = Batch(settled=batch.settled, forgotten=batch.forgotten)
+        kept = Batch(started=batch.started, settled=batch.settled, forgotten=batch.forgotten)
         kept.extend(self._pending)
         self._pending = kept
 

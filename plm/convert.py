@@ -103,6 +103,7 @@ def submissions_from_proto(request: pb.SubmitTasksRequest) -> Intake:
         raise InvalidArgument("SubmitTasks needs at least one task (or acks or adopt)")
     if (request.acks or request.adopt) and not request.session:
         raise InvalidArgument("acks and adopt need the session they are for")
+    keys = keys if any(keys) else []  # Intake: empty = no task has a key (the fast path)
     return Intake(request.session, tasks, keys, list(request.acks), list(request.adopt))
 
 

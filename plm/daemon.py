@@ -170,6 +170,11 @@ class Plm:
 
     def _queue(self, intake: Intake, now: float) -> tuple[list[int], list[int]]:
         """Queue the tasks with no known key; (the id of every task, the indexes queued)."""
+        if not intake.keys:  # no task has a key: every one is new
+            ids = self._submit(intake.tasks, now)
+            self._sessions.own(intake.session, ids)
+            self._resolve_new(intake, list(range(len(ids))), ids)
+            return ids, list(range(len(ids)))
         keys = [intake.key_of(i) for i in range(len(intake.tasks))]
         known: list[int | None] = [self._keys.get(k) if k else None for k in keys]
         fresh, first = [], {}
@@ -178,10 +183,7 @@ class Plm:
                 fresh.append(index)
                 if key:
                     first[key] = index
-        try:
-            new_ids = self.cell.submit([intake.tasks[i] for i in fresh], now)
-        except ValueError as exc:  # e.g. an unknown dependency, found under the lock
-            raise errors.InvalidArgument(str(exc)) from None
+        new_ids = self._submit([intake.tasks[i] for i in fresh], now)
         for index, task_id in zip(fresh, new_ids, strict=True):
             known[index] = task_id
             if keys[index]:
@@ -192,11 +194,23 @@ class Plm:
         reused = [tid for i, tid in enumerate(ids) if i not in queued]
         if reused:
             self._adopt(intake.session, reused, take_over=True)
-        if any(intake.tasks[i].after for i in fresh):
-            self._dependents.submitted(
-                [(tid, intake.tasks[i].after) for i, tid in zip(fresh, new_ids, strict=True)]
-            )
+        self._resolve_new(intake, fresh, new_ids)
         return ids, fresh
+
+    def _submit(self, tasks: list[shm.NewTask], now: float) -> list[int]:
+        """Put tasks in the cell; a bad one (an unknown dependency, found under the lock) is the
+        submitter's error."""
+        try:
+            return self.cell.submit(tasks, now)
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+
+    def _resolve_new(self, intake: Intake, indexes: list[int], ids: list[int]) -> None:
+        """New tasks that wait on dependencies: remember them, start those already resolved."""
+        if any(intake.tasks[i].after for i in indexes):
+            self._dependents.submitted(
+                [(tid, intake.tasks[i].after) for i, tid in zip(indexes, ids, strict=True)]
+            )
 
     async def _journal_submitted(
         self, intake: Intake, ids: list[int], fresh: list[int], now: float

@@ -62,10 +62,6 @@ class Dependents:
         self._waiting_on: dict[int, set[int]] = defaultdict(set)  # dependency -> tasks
         self._after: dict[int, tuple[int, ...]] = {}  # waiting task -> its dependencies
 
-    def __len__(self) -> int:
-        """Dependencies some task waits on."""
-        return len(self._waiting_on)
-
     def rebuild(self) -> None:
         """Learn what waits in the cell (a PLM starting) and resolve it all."""
         waiting = self._cell.waiting()
@@ -81,8 +77,10 @@ class Dependents:
         self.resolve([task_id for task_id, _ in waiting])
 
     def settled(self, task_ids: Sequence[int]) -> None:
-        """These tasks became terminal: resolve what waits on them."""
+        """These tasks became terminal: resolve what waits on them; a settled task itself (e.g.
+        cancelled while waiting) waits on nothing any more."""
         if self._waiting_on:
+            self._forget(task_ids)
             self.resolve([w for tid in task_ids for w in self._waiting_on.pop(tid, ())])
 
     def resolve(self, task_ids: Sequence[int]) -> None:
@@ -105,8 +103,7 @@ class Dependents:
         self._cell.fail_waiting(fail, now)  # on the ring: their own dependents follow
         self._forget([task_id for task_id, _ in start + fail])
         if queued:
-            payloads = self._cell.payloads(queued)
-            self._on_started([Started(task_id, data) for task_id, data in payloads.items()])
+            self._on_started([Started(task_id, data) for task_id, data in queued.items()])
 
     def _remember(self, task_id: int, after: Sequence[int]) -> None:
         self._after[task_id] = tuple(after)

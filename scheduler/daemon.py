@@ -151,8 +151,8 @@ class Scheduler:
     def dispatch_round(self) -> int:
         """Dispatch until the heap is empty or no worker has room, then take back prefetched
         tasks that a queued one must overtake; returns tasks dispatched."""
-        self._unpark_if_workers_changed()
         total = 0
+        self._forget_gone_workers()
         per_slot = self._per_slot()
         # Deep queue: refill a worker only once half its prefetch room is free, so tasks go out
         # in batches rather than one AssignTasks per finished task.
@@ -211,16 +211,14 @@ class Scheduler:
         except shm.WorkerNotFound:
             return 0
 
-    def _unpark_if_workers_changed(self) -> None:
-        """A worker joined: tasks parked as unschedulable get another look."""
+    def _forget_gone_workers(self) -> None:
+        """When a worker joins (one header word read per round), forget what was sent to
+        registrations that are no longer live."""
         seq = self.cell.worker_seq()
         if seq != self._worker_seq:
             self._worker_seq = seq
             live = {(w.worker_id, w.epoch) for w in self.cell.workers() if w.state in _LIVE}
             self._prefetched.forget(live)
-            count = self.cell.unpark_all()
-            if count:
-                log.info("workers changed: unparked tasks", extra={"fields": {"tasks": count}})
 
     def _per_slot(self) -> int:
         """Tasks per slot for this round: 1 on a shallow queue; on a deep one, enough to cover

@@ -114,8 +114,10 @@ class WorkerFeed:
             self._wake.set()
 
     async def close(self) -> None:
-        """End the stream; whatever was not answered is requeued. Every caller waits until the
-        feed is closed (the first call, or a broken stream, starts the closing)."""
+        """End the stream; what was not sent is requeued after REQUEUE_DELAY_S, what was not
+        answered after RECLAIM_AFTER_S (or at once when the scheduler stops: `Dispatcher.close`).
+        Every caller waits until the feed is closed (the first call, or a broken stream, starts
+        the closing)."""
         await asyncio.shield(self._start_closing())
 
     def _start_closing(self) -> asyncio.Task[None]:
@@ -203,7 +205,10 @@ class Dispatcher:
             self._feed(address).send(group)
 
     async def close(self) -> None:
-        """Close every stream; delayed requeues run now instead of waiting out their delay."""
+        """Close every stream; delayed requeues run now instead of waiting out their delay. The
+        one exception to leaving unanswered tasks to the register first (module docstring): a
+        stopping scheduler cannot wait, and a task a live worker got runs again at most once
+        more, its late result dropped as stale."""
         await asyncio.gather(*(feed.close() for feed in list(self._feeds.values())))
         pending = list(self._pending_requeues)
         for task in pending:

@@ -19,14 +19,14 @@ import numpy.typing as npt
 
 from heapd.shm import check as check_mod
 from heapd.shm import deps as deps_mod
+from heapd.shm import derived, segment, tasks, workers
 from heapd.shm import dispatch as dispatch_mod
 from heapd.shm import repair as repair_mod
 from heapd.shm import resources as resources_mod
 from heapd.shm import restore as restore_mod
-from heapd.shm import segment, tasks, workers
 from heapd.shm.doorbell import Doorbell
 from heapd.shm.errors import CellExists, CellNotFound, ShmError
-from heapd.shm.layout import H, Layout
+from heapd.shm.layout import F_PARKED, H, Layout
 from heapd.shm.lock import CellLock
 from heapd.shm.memory import CellMemory
 from heapd.shm.names import CellNames
@@ -199,21 +199,18 @@ class Cell:
         with self._locked() as mem:
             return deps_mod.states(mem, task_ids)
 
-    def start_waiting(self, items: Sequence[tuple[int, bytes]]) -> tuple[list[int], list[int]]:
-        """Queue waiting tasks with these suffixes appended to their payloads; returns (queued,
-        too big to fit: still waiting). Rings the scheduler."""
+    def start_waiting(
+        self, items: Sequence[tuple[int, bytes]]
+    ) -> tuple[dict[int, bytes], list[int]]:
+        """Queue waiting tasks with these suffixes appended to their payloads; returns ({queued:
+        its new payload}, too big to fit: still waiting). Rings the scheduler."""
         if not items:
-            return [], []
+            return {}, []
         with self._locked() as mem:
             queued, too_big = deps_mod.start(mem, items)
         if queued:
             self.scheduler_bell.ring()
         return queued, too_big
-
-    def payloads(self, task_ids: Sequence[int]) -> dict[int, bytes]:
-        """Copies of these tasks' payloads (unknown or settled ones are left out)."""
-        with self._locked() as mem:
-            return deps_mod.payloads(mem, task_ids)
 
     def fail_waiting(self, items: Sequence[tuple[int, bytes]], now: float) -> list[int]:
         """Settle waiting tasks FAILED with these outcomes; rings the PLM."""
@@ -400,10 +397,9 @@ class Cell:
         torn read at worst asks for a task the worker no longer holds."""
         return dispatch_mod.unstarted(self._m, worker_id, epoch)
 
-    def unpark_all(self) -> int:
-        """Put the tasks parked as unschedulable back on the heap; returns how many."""
-        with self._locked() as mem:
-            return dispatch_mod.unpark_all(mem)
+    def worker_seq(self) -> int:
+        """Registrations so far (one word, no lock): changes when a worker joins."""
+        return int(self._m.hdr[H.WORKER_SEQ])
 
     def configure_scheduling(self, policy: Policy, aging_s: float) -> None:
         """Record the scheduler's policy and aging period (0 = off) in the header; a changed
@@ -415,16 +411,10 @@ class Cell:
             mem.hdr[H.POLICY] = int(policy)
             if mem.hdr[H.AGING_NS] != aging_ns:
                 mem.hdr[H.AGING_NS] = aging_ns
-                repair_mod.repair(mem)
-
-    def scheduling(self) -> tuple[Policy, float]:
-        """(policy, aging period in seconds) as the scheduler last recorded them."""
-        hdr = self._m.hdr
-        return Policy(int(hdr[H.POLICY])), int(hdr[H.AGING_NS]) / 1e9
-
-    def worker_seq(self) -> int:
-        """Registrations so far (one word, no lock): changes when a worker joins."""
-        return int(self._m.hdr[H.WORKER_SEQ])
+                rec = mem.tasks.rec
+                heaped = (rec["state"] == TaskState.QUEUED) & ((rec["flags"] & F_PARKED) == 0)
+                queued = np.flatnonzero(heaped)
+                mem.task_heap.rebuild(queued, derived.task_keys(mem, queued))
 
     def requeue(self, refs: Sequence[tuple[int, int]], now: float) -> int:
         """Requeue (task_id, attempt) pairs still running at that attempt (no loss counted)."""
@@ -448,12 +438,13 @@ class Cell:
         labels: Mapping[str, str] | None = None,
     ) -> WorkerInfo:
         """A new ALIVE worker (new id and epoch) offering `resources` (cpus = slots unless
-        given) and carrying `labels`; rings the scheduler. TableFull, ResourceNamesFull,
-        ValueError."""
+        given) and carrying `labels`; tasks parked as unschedulable go back on the heap (it may
+        fit them); rings the scheduler. TableFull, ResourceNamesFull, ValueError."""
         addr, host = workers.validate_registration(address, slots, pid, hostname)
         offers = workers.validate_offers(resources, labels, slots)
         with self._locked() as mem:
             info = workers.register(mem, addr, host, slots, pid, now, deadline, offers)
+            dispatch_mod.unpark_all(mem)
         self.scheduler_bell.ring()
         return info
 

@@ -119,12 +119,15 @@ def _state_of(mem: CellMemory, dep: int) -> DependencyState:
     return DependencyState(dep, state, result)
 
 
-def start(mem: CellMemory, items: Sequence[tuple[int, bytes]]) -> tuple[list[int], list[int]]:
-    """Queue waiting tasks, each with `suffix` appended to its payload. Returns (the ids
-    queued, the ids whose payload with the suffix does not fit: they still wait, and the
-    caller fails them). Tasks no longer waiting (cancelled meanwhile) are skipped."""
+def start(
+    mem: CellMemory, items: Sequence[tuple[int, bytes]]
+) -> tuple[dict[int, bytes], list[int]]:
+    """Queue waiting tasks, each with `suffix` appended to its payload. Returns ({id queued: its
+    new payload}, for the journal; the ids whose payload with the suffix does not fit: they
+    still wait, and the caller fails them). Tasks no longer waiting (cancelled meanwhile) are
+    skipped."""
     tasks = mem.tasks
-    queued: list[int] = []
+    queued: dict[int, bytes] = {}
     too_big: list[int] = []
     for slot, task_id, suffix in _still_waiting(mem, items):
         old_chunk, old_len = tasks.payload_chunk[slot], tasks.payload_len[slot]
@@ -139,7 +142,7 @@ def start(mem: CellMemory, items: Sequence[tuple[int, bytes]]) -> tuple[list[int
         mem.arena.free(old_chunk, old_len)
         transitions.drop_deps(mem, slot)
         transitions.queue(mem, slot)
-        queued.append(task_id)
+        queued[task_id] = payload
     return queued, too_big
 
 
@@ -171,18 +174,3 @@ def _still_waiting(
             continue
         if is_waiting(mem, slot):
             yield slot, task_id, data
-
-
-def payloads(mem: CellMemory, task_ids: Sequence[int]) -> dict[int, bytes]:
-    """Copies of the payloads of these tasks, if known and not settled (the journal keeps a
-    started dependent's payload with its inputs)."""
-    out: dict[int, bytes] = {}
-    tasks = mem.tasks
-    for task_id in task_ids:
-        try:
-            slot = tasks.slot_of(task_id)
-        except TaskNotFound:
-            continue
-        if tasks.payload_len[slot]:
-            out[task_id] = mem.arena.read(tasks.payload_chunk[slot], tasks.payload_len[slot])
-    return out

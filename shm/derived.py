@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from heapd.shm.layout import (
     AGE_TICKS,
+    F_PARKED,
     F_RESULT,
     MAX_AGE_TICKS,
     MAX_LOAD,
@@ -49,9 +50,9 @@ def task_keys(mem: CellMemory, slots: Ints) -> Ints:
 
 
 def min_queued_priority(mem: CellMemory) -> int:
-    """The lowest priority among QUEUED tasks, NO_PRIORITY when none is queued."""
+    """The lowest priority on the heap (QUEUED and not parked), NO_PRIORITY when none is."""
     rec = mem.tasks.rec
-    queued = rec["priority"][rec["state"] == TaskState.QUEUED]
+    queued = rec["priority"][(rec["state"] == TaskState.QUEUED) & ((rec["flags"] & F_PARKED) == 0)]
     return int(queued.min()) if len(queued) else NO_PRIORITY
 
 

@@ -44,20 +44,17 @@ def dispatch(
 ) -> DispatchRound:
     """Pair the top tasks with ALIVE workers by the cursor's policy, up to `limit`.
 
-    Nothing is dispatched unless the least-loaded worker has room for `min_room_per_slot`
-    tasks per slot (and at least one); once started, workers are filled to `max_per_slot` tasks
-    per slot where prefetch cannot invert priorities (see the module docstring). So a deep queue
-    goes out in batches instead of one task per freed slot.
+    With `min_room_per_slot` > 0, nothing is dispatched unless the least-loaded worker has
+    room for that many tasks per slot (and at least one); once started, workers are filled to
+    `max_per_slot` tasks per slot where prefetch cannot invert priorities (see the module
+    docstring). So a deep queue goes out in batches instead of one task per freed slot.
     """
     out: list[Dispatch] = []
     parked: list[tuple[int, str]] = []
     task_heap, worker_heap = mem.task_heap, mem.worker_heap
     tasks, workers, hdr = mem.tasks, mem.workers, mem.hdr
-    if len(worker_heap) and min_room_per_slot > 0:
-        w = worker_heap.peek()
-        room = workers.slots[w] * max_per_slot - workers.in_flight[w]
-        if room < max(1, workers.slots[w] * min_room_per_slot):
-            return DispatchRound(out, _top_key(mem), parked)
+    if _too_little_room(mem, max_per_slot, min_room_per_slot):
+        return DispatchRound(out, _top_key(mem), parked)
     cursor = cursor or _LEAST_LOADED
     place = Placement(mem, cursor)
     least_loaded = cursor.policy is Policy.LEAST_LOADED
@@ -86,24 +83,41 @@ def dispatch(
             task_heap.pop()
             out.append(_assign(mem, slot, key, w, now, addresses))
             continue
-        fit = resources.fitting(mem, slot, place.with_room(cap))
-        if len(fit):
-            task_heap.remove(slot)
-            out.append(_assign(mem, slot, key, place.choose(fit), now, addresses))
-            continue
+        room = place.with_room(cap)
+        if not len(room) and cap == max_per_slot:
+            break  # no worker has room at all: nothing behind it can go either
         task_heap.remove(slot)
-        why = resources.unschedulable_reason(mem, slot)
-        if why:
-            transitions.park(mem, slot)
-            parked.append((int(tasks.id[slot]), why))
-        else:
-            aside.append(slot)
+        fit = resources.fitting(mem, slot, room)
+        if len(fit):
+            out.append(_assign(mem, slot, key, place.choose(fit), now, addresses))
+        elif not _parked_if_unschedulable(mem, slot, parked):
+            aside.append(slot)  # fits somewhere, not now: back on the heap after the round
             aside_priority = max(aside_priority, int(priority))
     for slot in aside:
         transitions.queue(mem, slot)
-    if not len(task_heap) and not hdr[H.PARKED]:
-        hdr[H.MIN_QUEUED_PRIORITY] = NO_PRIORITY
+    if not len(task_heap):  # parked tasks are off the heap: they never run ahead of anything
+        hdr[_MIN_QUEUED] = NO_PRIORITY
     return DispatchRound(out, _top_key(mem), parked)
+
+
+def _too_little_room(mem: CellMemory, max_per_slot: int, min_room_per_slot: int) -> bool:
+    """Whether the least-loaded worker has room for fewer than `min_room_per_slot` tasks per
+    slot (and at least one): then the round waits for more to free."""
+    heap, workers = mem.worker_heap, mem.workers
+    if not len(heap) or min_room_per_slot <= 0:
+        return False
+    w = heap.peek()
+    room = workers.slots[w] * max_per_slot - workers.in_flight[w]
+    return bool(room < max(1, workers.slots[w] * min_room_per_slot))
+
+
+def _parked_if_unschedulable(mem: CellMemory, slot: int, parked: list[tuple[int, str]]) -> bool:
+    """Park a task (off the heap already) that no live worker could ever run; whether it was."""
+    why = resources.unschedulable_reason(mem, slot)
+    if why:
+        transitions.park(mem, slot)
+        parked.append((int(mem.tasks.id[slot]), why))
+    return bool(why)
 
 
 def _top_key(mem: CellMemory) -> int:

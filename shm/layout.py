@@ -6,7 +6,7 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
     header              4096                  64 int64 words, see `H`; bytes 1024..1535: the
                                               resource name table (16 x S32, see below)
     label texts         512 x 136             LABEL_TEXT_DTYPE: label hash -> "key=value"
-    task table          T x 184               TASK_DTYPE records (the truth)
+    task table          T x 192               TASK_DTYPE records (the truth)
     worker table        W x 520               WORKER_DTYPE records (the truth)
     task heap keys      (T + 1) x int64       heap order; [size] is a +inf sentinel
     task heap items     T x int32             task slot at each heap position
@@ -18,7 +18,7 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
     worker heap pos     W x int32
     worker free stack   W x int32
     arena map           C x uint8             1 = chunk in use; C = arena_bytes // 64
-    arena               C x 64                blob chunks (payloads and results)
+    arena               C x 64                blob chunks (payloads, results, dependency lists)
 
 Shared bytes per queued task, payload excluded: 192 (record) + 16 (heap key, item,
 position) + 4 (free stack) + 8 (ring) = 220.
@@ -79,7 +79,9 @@ Worker record (WORKER_DTYPE, 520 bytes)::
 
 Derived (rebuilt by `shm.repair` from the tables): both heaps and their position
 indexes, both free stacks, in-flight counts, resources in use (used_milli), the arena map
-and H.ARENA_USED, the completion ring (= terminal tasks with F_NOTIFY).
+and H.ARENA_USED, the completion ring (= terminal tasks with F_NOTIFY), H.MIN_QUEUED_PRIORITY;
+F_PARKED and H.PARKED are cleared (every QUEUED task back on the heap: the scheduler parks
+again what still fits nowhere).
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class H(enum.IntEnum):
     STALE = 30
     POLICY = 31  # the scheduler's placement policy (shm.types.Policy), for status
     AGING_NS = 32  # aging period in ns (0 = off): see `aged_task_key`
-    MIN_QUEUED_PRIORITY = 33  # <= every QUEUED task's priority; NO_PRIORITY when none queued
+    MIN_QUEUED_PRIORITY = 33  # <= every priority on the task heap; NO_PRIORITY when it is empty
     REVOKED = 34  # prefetched tasks taken back from workers so a higher one could overtake
     PARKED = 35  # tasks flagged F_PARKED (derived: repair unparks them all)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from heapd.shm import derived
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import Policy
 
@@ -51,14 +52,10 @@ class Placement:
         self._alive: list[int] | None = None  # sorted ALIVE worker slots, computed on demand
 
     def pick(self, cap: int) -> int:
-        """A worker with room for one more task at `cap` tasks per slot, -1 if none has."""
+        """A worker with room for one more task at `cap` tasks per slot, -1 if none has. For
+        round-robin, random and power-of-two: least-loaded reads the worker heap's top, which
+        `shm.dispatch` does inline on its hot loop."""
         policy = self._cursor.policy
-        if policy is Policy.LEAST_LOADED:
-            heap = self._mem.worker_heap
-            if not len(heap):
-                return -1
-            w = heap.peek()
-            return w if self._has_room(w, cap) else -1
         if policy is Policy.ROUND_ROBIN:
             return self._next_after(self._alive_slots(), cap)
         first = self._draw(cap)
@@ -78,7 +75,7 @@ class Placement:
         """One of `candidates` (non-empty, each with room and fitting), by policy."""
         policy = self._cursor.policy
         if policy is Policy.LEAST_LOADED:
-            return int(candidates[np.argmin(self._loads(candidates))])
+            return int(candidates[np.argmin(derived.worker_keys(self._mem, candidates))])
         if policy is Policy.ROUND_ROBIN:
             return self._next_after([int(w) for w in candidates], 0)
         rng = self._cursor.rng
@@ -124,17 +121,8 @@ class Placement:
         room = self.with_room(cap)
         return int(room[rng.randrange(len(room))]) if len(room) else -1
 
-    def _loads(self, ws: Ints) -> Ints:
-        """Sort keys of workers by load (in_flight / slots), then least recently picked."""
-        rec = self._mem.workers.rec
-        load = (rec["in_flight"][ws].astype(np.int64) << 16) // np.maximum(
-            rec["slots"][ws].astype(np.int64), 1
-        )
-        keys: Ints = (load << 32) | (rec["last_pick"][ws].astype(np.int64) & 0xFFFFFFFF)
-        return keys
-
     def _less_loaded(self, a: int, b: int) -> int:
         if b < 0 or a == b:
             return a
-        keys = self._loads(np.asarray([a, b], dtype=np.int64))
+        keys = derived.worker_keys(self._mem, np.asarray([a, b], dtype=np.int64))
         return a if keys[0] <= keys[1] else b

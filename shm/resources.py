@@ -57,6 +57,20 @@ def _carry(
     return found
 
 
+def _fits_when_idle(mem: CellMemory, slot: int, ws: Ints) -> npt.NDArray[np.bool_]:
+    """Per worker of `ws`: whether it offers every need and carries every label of the task
+    (what it has in use aside)."""
+    wrec = mem.workers.rec
+    ok = np.ones(len(ws), dtype=np.bool_)
+    idx, amount = _needs_of(mem, slot)
+    if len(idx) and len(ws):
+        ok &= (wrec["offer_milli"][ws[:, None], idx[None, :]] >= amount[None, :]).all(axis=1)
+    wanted = _labels_of(mem, slot)
+    if len(wanted) and len(ws):
+        ok &= _carry(wrec["label_hash"][ws], wanted).all(axis=1)
+    return ok
+
+
 def fitting(mem: CellMemory, slot: int, candidates: Ints) -> Ints:
     """The worker slots among `candidates` (ALIVE workers with room) where the task's needs fit
     in what is free now and whose labels include every label it asks for, in the same order."""
@@ -82,6 +96,8 @@ def unschedulable_reason(mem: CellMemory, slot: int) -> str:
         return ""
     wrec = mem.workers.rec
     alive = np.flatnonzero(wrec["state"] == ALIVE)
+    if _fits_when_idle(mem, slot, alive).any():  # the common answer, without building text
+        return ""
     names = catalog.names(mem)
     asked: list[str] = []  # each need and label, as the user wrote it
     alone: list[str] = []  # what no live worker satisfies even by itself

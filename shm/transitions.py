@@ -48,18 +48,21 @@ def key_of(mem: CellMemory, slot: int) -> int:
 
 def queue(mem: CellMemory, slot: int) -> None:
     """Commit a task as QUEUED and push it on the task heap with its original key."""
-    tasks = mem.tasks
-    tasks.state[slot] = QUEUED
-    priority = tasks.priority[slot]
+    mem.tasks.state[slot] = QUEUED
+    _push(mem, slot)
+
+
+def _push(mem: CellMemory, slot: int) -> None:
+    """Put a QUEUED task on the heap with its key, lowering the header's floor of the queued
+    priorities (H.MIN_QUEUED_PRIORITY: a lower bound over the heap, reset when it empties)."""
+    priority = mem.tasks.priority[slot]
     if priority < mem.hdr[_MIN_QUEUED]:
         mem.hdr[_MIN_QUEUED] = priority
     mem.task_heap.push(slot, key_of(mem, slot))
 
 
 def park(mem: CellMemory, slot: int) -> None:
-    """A QUEUED task no live worker could run leaves the heap (it stays QUEUED)."""
-    if slot in mem.task_heap:
-        mem.task_heap.remove(slot)
+    """A QUEUED task no live worker could run, already taken off the heap, stays QUEUED off it."""
     mem.tasks.flags[slot] |= F_PARKED
     mem.bump(H.PARKED)
 
@@ -73,7 +76,7 @@ def unpark(mem: CellMemory, slot: int, *, back_on_heap: bool = True) -> bool:
     tasks.flags[slot] &= ~F_PARKED
     mem.bump(H.PARKED, -1)
     if back_on_heap:
-        mem.task_heap.push(slot, key_of(mem, slot))
+        _push(mem, slot)
     return True
 
 

@@ -127,9 +127,9 @@ class TaskInfo:
     dispatched_at: float
     finished_at: float
     has_result: bool
-    resources: dict[str, float] = field(default_factory=dict)  # filled where asked (`describe`)
+    resources: dict[str, float] = field(default_factory=dict)  # filled by `get`, `describe`
     labels: dict[str, str] = field(default_factory=dict)
-    after: tuple[int, ...] = ()  # while PENDING on dependencies: them (filled by `describe`)
+    after: tuple[int, ...] = ()  # while PENDING on dependencies: them (`get`, `describe`, list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,11 @@ def log_events(log_dir: Path, pattern: str, msg: str) -> list[dict[str, Any]]:
     ]
 
 
+def gated_command(gate: Path) -> list[str]:
+    """A command task that runs until `release_gate(gate)` (gate: a FIFO)."""
+    return ["sh", "-c", f"read line < {gate}"]
+
+
 def release_gate(fifo: Path) -> bool:
     """Write one line to a FIFO a task waits on (`read line < FIFO`) if the task has it open
     for reading; False if nobody reads it yet. Never blocks: wait with `assert_eventually` or

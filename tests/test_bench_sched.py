@@ -72,9 +72,6 @@ def test_w7_reports_waits_and_inversions(start_cell: StartCell) -> None:
         "low_started_during_submit",
         "high_submit_ms",
     } <= set(figures)
-    assert (
-        figures["inversions"] == figures["inversions_within_rtt"] + figures["inversions_beyond_rtt"]
-    )
 
 
 def test_inversions_count_low_starts_while_a_high_task_waits() -> None:

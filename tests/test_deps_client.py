@@ -102,15 +102,15 @@ def test_arguments_without_futures_are_kept_as_they_are() -> None:
 
 def test_other_containers_are_not_searched() -> None:
     future = _pending(4)
-    holder = {future.task_id: "key"}  # a key, not a value
-    frozen = frozenset({1})
+    holder = {future: "key"}  # a future as a dict key
+    frozen = frozenset({future})
 
     class Box(list[Any]):
         pass
 
     box = Box([future])
     args, _, ids = deps.extract((holder, frozen, box), {})
-    assert ids == [] and args[2] is box
+    assert ids == [] and args[0] is holder and args[1] is frozen and args[2] is box
 
 
 def test_a_list_that_holds_itself_is_walked_once() -> None:

@@ -41,13 +41,13 @@ def test_a_dependent_waits_pending_until_started_with_its_inputs(cell: Cell) -> 
     run_to(cell, a, OK, b"result-of-a")
     [dep] = cell.dependency_states([b])[b]
     assert (dep.state, dep.result) == (OK, b"result-of-a")
-    assert cell.start_waiting([(b, b"+inputs")]) == ([b], [])
+    assert cell.start_waiting([(b, b"+inputs")]) == ({b: b"B+inputs"}, [])
     assert cell.waiting() == [] and cell.get(b).state == TaskState.QUEUED
     assert cell.describe(b)[0].after == ()
     cell.register_worker("10.0.0.9:1", 1, 1, "h", 1.0, 1e12)
     [d] = cell.dispatch(1, 4.0)
     assert (d.task_id, d.payload) == (b, b"B+inputs")
-    assert cell.start_waiting([(b, b"again")]) == ([], []), "only waiting tasks start"
+    assert cell.start_waiting([(b, b"again")]) == ({}, []), "only waiting tasks start"
 
 
 def test_an_unknown_dependency_is_refused_and_nothing_is_queued(cell: Cell) -> None:
@@ -77,7 +77,7 @@ def test_cancelling_a_waiting_task_drops_its_list(cell: Cell) -> None:
     [b] = cell.submit([NewTask(b"B", after=(a,))], 1.0)
     assert cell.cancel(b, 2.0).cancelled
     assert cell.get(b).state == TaskState.CANCELLED and cell.waiting() == []
-    assert cell.start_waiting([(b, b"x")]) == ([], [])
+    assert cell.start_waiting([(b, b"x")]) == ({}, [])
 
 
 def test_repair_keeps_waiting_tasks_waiting(cell: Cell) -> None:

@@ -22,6 +22,7 @@ from tests.conftest import StartCell
 from tests.helpers import (
     MARK,
     assert_eventually,
+    gated_command,
     is_running,
     json_lines,
     log_events,
@@ -34,11 +35,6 @@ from tests.helpers import (
 # One task per slot (strict dispatch): which task a worker holds, and in what order queued
 # tasks start, is then exact.
 ONE_TASK_PER_SLOT = ("--prefetch-per-slot", "1")
-
-
-def gated_command(gate: Path) -> list[str]:
-    """A command task that runs until `release_gate(gate)` (gate: a FIFO)."""
-    return ["sh", "-c", f"read line < {gate}"]
 
 
 def test_thousand_mixed_tasks_on_three_workers(start_cell: StartCell) -> None:

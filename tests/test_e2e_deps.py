@@ -12,22 +12,28 @@ import pytest
 from heapd import Client, CommandResult, DependencyFailed, InvalidArgument
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
-from tests.helpers import assert_eventually, kill_all, marked_processes, release_gate, role_pids
+from tests.helpers import (
+    assert_eventually,
+    gated_command,
+    kill_all,
+    marked_processes,
+    release_gate,
+    role_pids,
+)
 
 
-def gated(gate: Path) -> list[str]:
-    return ["sh", "-c", f"read line < {gate}"]
-
-
-def test_a_diamond_runs_in_order_with_values_passed(start_cell: StartCell) -> None:
+def test_a_diamond_runs_in_order_with_values_passed(start_cell: StartCell, tmp_path: Path) -> None:
     cell = start_cell(workers=2, slots=2)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     with Client(cell.address) as client:
-        a = client.submit(t.add_after_sleep, 3, 0, 1.0)  # d is surely still PENDING below
+        a = client.submit(t.add_after_gate, 3, 0, str(gate))  # runs until the gate opens
         b = client.submit(t.add, a, 1)  # a future as an argument: its value, once done
         c = client.submit(t.add, a, b=2)
         d = client.submit(t.add, b, c)
         assert client.get_task(d.task_id).state == "PENDING"
         assert client.get_task(d.task_id).after == [b.task_id, c.task_id]
+        assert_eventually(lambda: release_gate(gate))
         assert d.result(timeout=60) == (3 + 1) + (3 + 2)
         assert [f.result() for f in (a, b, c)] == [3, 4, 5]
 
@@ -76,7 +82,7 @@ def test_cancelling_a_dependency_fails_its_dependents(
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     with Client(cell.address) as client:
-        busy = client.submit_command(gated(gate))
+        busy = client.submit_command(gated_command(gate))
         queued = client.submit(t.square, 2)
         dependent = client.submit(t.add, queued, 1)
         assert queued.cancel()
@@ -95,21 +101,34 @@ def test_an_unknown_dependency_is_refused(start_cell: StartCell) -> None:
         assert client.submit(t.square, 3).result(timeout=30) == 9
 
 
-def test_a_chain_survives_a_sigkilled_worker(start_cell: StartCell) -> None:
-    """A chain of 6 tasks of 0.3 s; the worker running the middle one is SIGKILLed: its task
-    runs again elsewhere and the chain completes with the right value."""
+def test_a_chain_survives_a_sigkilled_worker(start_cell: StartCell, tmp_path: Path) -> None:
+    """A chain of 6 tasks; the worker running the middle one (held on a gate) is SIGKILLed: the
+    task runs again on another worker and the chain completes with the right values."""
     cell = start_cell(workers=2, slots=1)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     with Client(cell.address) as client:
-        link = client.submit(t.add_after_sleep, 0, 1, 0.3)
+        link = client.submit(t.add_after_sleep, 0, 1, 0.1)
         chain = [link]
-        for _ in range(5):
-            link = client.submit(t.add_after_sleep, link, 1, 0.3)
+        for i in range(5):
+            link = (
+                client.submit(t.add_after_gate, link, 1, str(gate))
+                if i == 1
+                else client.submit(t.add_after_sleep, link, 1, 0.1)
+            )
             chain.append(link)
         middle = chain[2]
         assert_eventually(lambda: client.get_task(middle.task_id).state == "RUNNING", 30)
         victim = client.get_task(middle.task_id).worker_id
         [pid] = [w.pid for w in client.cluster_status().workers if w.worker_id == victim]
         os.kill(pid, signal.SIGKILL)
+
+        def running_elsewhere() -> bool:
+            again = client.get_task(middle.task_id)
+            return again.state == "RUNNING" and again.worker_id != victim
+
+        assert_eventually(running_elsewhere, timeout_s=30)
+        assert_eventually(lambda: release_gate(gate))
         assert chain[-1].result(timeout=120) == 6
         assert [f.result() for f in chain] == [1, 2, 3, 4, 5, 6]
 
@@ -119,7 +138,7 @@ def test_dependents_survive_a_plm_sigkill(start_cell: StartCell, tmp_path: Path)
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     with Client(cell.address) as client:
-        first = client.submit_command(gated(gate))
+        first = client.submit_command(gated_command(gate))
         second = client.submit_command(["echo", "after"], after=[first])
         third = client.submit(t.identity, second)
         assert client.get_task(third.task_id).state == "PENDING"
@@ -139,7 +158,7 @@ def test_dependents_survive_a_host_restart(start_cell: StartCell, tmp_path: Path
     os.mkfifo(gate)
     first = start_cell(workers=1, slots=2, state_dir=state)
     with Client(first.address) as client:
-        blocker = client.submit_command(gated(gate))
+        blocker = client.submit_command(gated_command(gate))
         waiting = client.submit(t.identity, blocker)
         done = client.submit(t.square, 7)
         given = client.submit(t.add, done, 1, labels={"zone": "later"})

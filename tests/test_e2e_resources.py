@@ -19,7 +19,7 @@ from heapd import AsyncClient, Client
 from heapd.runtime.launch import LocalCell
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
-from tests.helpers import MARK, assert_eventually, release_gate
+from tests.helpers import MARK, assert_eventually, gated_command, release_gate
 
 STOP_TIMEOUT_S = 20.0
 
@@ -146,9 +146,7 @@ def test_a_worker_offering_two_cpus_runs_one_cpus2_task_at_a_time(
     for gate in gates:
         os.mkfifo(gate)
     with Client(cell.address) as client:
-        first, second = [
-            client.submit_command(["sh", "-c", f"read line < {gate}"], cpus=2) for gate in gates
-        ]
+        first, second = [client.submit_command(gated_command(gate), cpus=2) for gate in gates]
         assert_eventually(lambda: client.get_task(first.task_id).state == "RUNNING", 30)
         # The first holds both cpus: the second waits although a slot is free ...
         assert client.get_task(second.task_id).state == "QUEUED"

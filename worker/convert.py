@@ -129,7 +129,8 @@ def _failure_to_proto(failure: FailureInfo) -> task_pb2.Failure:
 
 
 def assignment_from_proto(request: worker_service_pb2.AssignTasksRequest) -> Assignment:
-    """The tasks of one AssignTasks request, as pool jobs (spec bytes untouched)."""
+    """The tasks of one AssignTasks request, as pool jobs (spec bytes untouched), and the
+    attempts it asks back (revoke)."""
     jobs = [Job(a.task_id, a.attempt, a.spec, a.timeout_s, a.priority) for a in request.tasks]
     revoke = [(ref.task_id, ref.attempt) for ref in request.revoke] if request.revoke else []
     return Assignment(request.worker_id, request.epoch, jobs, revoke)

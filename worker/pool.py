@@ -176,18 +176,7 @@ class Pool:
         or unknown here, and are reported as usual."""
         self._require_bound()
         wanted = set(keys)
-        given: list[Key] = []
-        kept = []
-        for entry in self._queue:
-            key = (entry[1], entry[2])
-            if key in wanted:
-                self._keys.discard(key)
-                given.append(key)
-            else:
-                kept.append(entry)
-        if given:
-            heapq.heapify(kept)
-            self._queue = kept
+        given = self._drop_queued(wanted.__contains__)
         for child in self._live():
             for key in [k for k in child.assigned if k in wanted and k != child.running]:
                 self._skip(child, key)
@@ -207,7 +196,7 @@ class Pool:
         def wanted(key: Key) -> bool:
             return key[0] == task_id and (attempt is None or key[1] == attempt)
 
-        found = self._drop_queued(wanted)
+        found = bool(self._drop_queued(wanted))
         for child in self._live():
             targets = [key for key in child.assigned if wanted(key)]
             if not targets:
@@ -332,7 +321,7 @@ class Pool:
     ) -> None:
         """After `_stop`: report its running job with `failure` (if any); spawn a successor.
 
-        Jobs handed to it but not started go back to the front of the queue, in order.
+        Jobs handed to it but not started go back into the queue (by priority, then task id).
         """
         running = child.assigned.pop(child.running, None) if child.running else None
         for job in child.assigned.values():
@@ -496,16 +485,20 @@ class Pool:
         except OSError:
             self._mark_eof(child)
 
-    def _drop_queued(self, wanted: Callable[[Key], bool]) -> bool:
-        kept = [entry for entry in self._queue if not wanted((entry[1], entry[2]))]
-        if len(kept) == len(self._queue):
-            return False
+    def _drop_queued(self, wanted: Callable[[Key], bool]) -> list[Key]:
+        """Take the wanted jobs out of the local queue (one pass); returns their keys."""
+        kept, dropped = [], []
         for entry in self._queue:
-            if wanted((entry[1], entry[2])):
-                self._keys.discard((entry[1], entry[2]))
-        heapq.heapify(kept)
-        self._queue = kept
-        return True
+            key = (entry[1], entry[2])
+            if wanted(key):
+                self._keys.discard(key)
+                dropped.append(key)
+            else:
+                kept.append(entry)
+        if dropped:
+            heapq.heapify(kept)
+            self._queue = kept
+        return dropped
 
     # -- helpers -------------------------------------------------------------------------------
 
