@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +73,12 @@ class ClusterStatus:
     unschedulable: int = 0
     policy: str = ""  # the scheduler's placement policy
     aging_s: float = 0.0  # its aging period; 0 = off
+
+
+def status_document(
+    cluster: ClusterStatus, unschedulable: Sequence[tuple[int, str]]
+) -> dict[str, Any]:
+    """What `heapd status --json` prints and the PLM's `GET /status` serves: the cluster status
+    and some unschedulable tasks as (task id, reason)."""
+    shown = [{"task_id": task_id, "reason": reason} for task_id, reason in unschedulable]
+    return {**dataclasses.asdict(cluster), "unschedulable_examples": shown}

@@ -10,10 +10,12 @@ import sys
 from collections.abc import Sequence
 
 from heapd import shm
-from heapd.plm import convert, service
+from heapd.plm import convert, metrics, service
 from heapd.plm.daemon import Plm
 from heapd.plm.journal import Journal, JournalError
+from heapd.plm.pages import Pages
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.runtime import endpoint as endpoint_mod
 
 SHUTDOWN_GRACE_S = 2.0
 EXIT_JOURNAL = 3  # the journal is another cell's, of another schema, damaged or unwritable
@@ -31,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
         "--result-ttl-s", dest="result_ttl_s", type=float, help="hold unwatched results this long"
     )
     config.add_journal_flags(p)
+    config.add_metrics_flag(p, "/metrics, /status (JSON) and / (a status page)")
     return p
 
 
@@ -43,8 +46,17 @@ async def serve(cfg: config.PlmConfig, cell: shm.Cell, journal: Journal | None) 
             cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
         )
         signals.install(asyncio.get_running_loop(), plm.shutdown)
-        ready.announce("plm", channels.format_address(cfg.host, port))
+        pages = Pages(plm)
+        endpoint, metrics_at = await endpoint_mod.serve_if_asked(
+            cfg.host, cfg.metrics_port, metrics.registry(plm), pages.routes()
+        )
+        if endpoint is not None:
+            pages.start()
+        ready.announce("plm", channels.format_address(cfg.host, port), metrics_at)
         await plm.wait_stopped()
+        pages.close()
+        if endpoint is not None:
+            await endpoint.close()
         await grpc_server.stop(SHUTDOWN_GRACE_S)
 
 

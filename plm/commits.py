@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import Sequence
 
 from heapd.plm.journal import Batch, Journal, JournalWriteFailed, Settled, Started, Submitted
+from heapd.shm.histogram import SHORT_SECONDS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class GroupCommit:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self.commits = 0
+        self.commit_seconds = Histogram(SHORT_SECONDS)  # one transaction and its fsync
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
@@ -90,6 +93,7 @@ class GroupCommit:
             waiters, self._waiters = self._waiters, []
             failed = False
             if batch:
+                began = time.perf_counter()
                 try:
                     await loop.run_in_executor(self._executor, self.journal.write, batch)
                 except JournalWriteFailed as exc:
@@ -97,6 +101,7 @@ class GroupCommit:
                     failed = True
                 else:
                     self.commits += 1
+                    self.commit_seconds.observe(time.perf_counter() - began)
             if not failed:
                 for waiter in waiters:
                     if not waiter.done():

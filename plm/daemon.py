@@ -65,6 +65,9 @@ class Plm:
         self._drainer: asyncio.Task[None] | None = None
         self._canceller = WorkerCanceller(cancel_call)
         self._dependents = Dependents(cell, messages, self._journal_started)
+        # Read by heapd.plm.metrics at scrape time; updated once per request or batch.
+        self.delivered = 0  # results written to watch streams
+        self.watch_streams = 0
 
     async def __aenter__(self) -> Plm:
         await self.start()
@@ -283,6 +286,16 @@ class Plm:
         reasons = dict(zip(queued, self.cell.unschedulable_reasons(queued), strict=True))
         return [(info, reasons.get(info.task_id, "")) for info in infos]
 
+    def holding(self) -> tuple[int, int, int]:
+        """(results held for nobody, delivered but not yet acknowledged, sessions known)."""
+        held = len(self._held or ())
+        return held, len(self._delivered or ()), len(self._sessions)
+
+    @property
+    def commits(self) -> GroupCommit | None:
+        """The journal's group commit (None without a journal)."""
+        return self._commits
+
     def stats(self) -> tuple[shm.CellStats, int]:
         """The cell's statistics and the number of results held for nobody."""
         return self.cell.stats(), len(self._held or ())
@@ -296,6 +309,7 @@ class Plm:
         until the stream is closed or the PLM stops."""
         assert self._held is not None and self._delivered is not None
         session = self._sessions.attach(name)
+        self.watch_streams += 1
         try:
             self._adopt(session.name, task_ids)
             while not self._stop.is_set():
@@ -311,8 +325,10 @@ class Plm:
                 # names what it still awaits.
                 self._held.discard(known)
                 self._delivered.hold_many(known)
+                self.delivered += len(known)
                 yield batch
         finally:
+            self.watch_streams -= 1
             self._sessions.detach(session)
             if session.streams == 0 and session.queued:
                 self._held.hold_many(session.queued)  # unwatched from now on

@@ -39,6 +39,9 @@ class Sessions:
         self._owner: dict[int, str] = {}
         self._queued_in: dict[int, Session] = {}
 
+    def __len__(self) -> int:
+        return len(self._sessions)
+
     def own(self, name: str, task_ids: Iterable[int], *, take_over: bool = False) -> None:
         """Route these tasks' results to session `name`. A task already routed elsewhere keeps
         its session unless `take_over` (a client that asked for it by id or by key since: the

@@ -9,15 +9,17 @@ import sys
 from collections.abc import Sequence
 
 from heapd import shm
-from heapd.register import convert, service
+from heapd.register import convert, metrics, service
 from heapd.register.daemon import Register
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.runtime import endpoint as endpoint_mod
 
 
 def parser() -> argparse.ArgumentParser:
     """The `heapd register` flags."""
     p = argparse.ArgumentParser(prog="heapd register", description="Run the register of a cell.")
     config.add_common_flags(p, config.DEFAULT_REGISTER_PORT)
+    config.add_metrics_flag(p)
     p.add_argument("--heartbeat-interval-s", dest="heartbeat_interval_s", type=float)
     p.add_argument(
         "--missed-heartbeats",
@@ -36,8 +38,13 @@ async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
             cfg.host, cfg.port, [service.registration(register)], [service.SERVICE_NAME]
         )
         signals.install(asyncio.get_running_loop(), register.shutdown)
-        ready.announce("register", channels.format_address(cfg.host, port))
+        endpoint, metrics_at = await endpoint_mod.serve_if_asked(
+            cfg.host, cfg.metrics_port, metrics.registry(register)
+        )
+        ready.announce("register", channels.format_address(cfg.host, port), metrics_at)
         await register.wait_stopped()
+        if endpoint is not None:
+            await endpoint.close()
         await grpc_server.stop(1.0)
 
 

@@ -92,6 +92,14 @@ def deregistered_to_proto(requeued: int) -> pb.DeregisterResponse:
     return pb.DeregisterResponse(requeued=requeued)
 
 
+# FailureKind number -> metric label ("exception", "timeout", "worker_lost", ...).
+FAILURE_KIND_NAMES = {
+    number: name.lower()
+    for name, number in task_pb2.FailureKind.items()
+    if number != task_pb2.FAILURE_KIND_UNSPECIFIED
+}
+
+
 class TaskOutcomes:
     """The register's `outcomes.OutcomeCodec` over serialized heapd.v1.TaskOutcome."""
 
@@ -112,6 +120,16 @@ class TaskOutcomes:
             f"the worker running this task was lost {losses} times (last: {reason}); "
             "heapd stopped retrying it in case the task itself kills its workers",
         )
+
+    def failure_kind(self, outcome: bytes) -> str:
+        """The failure's kind name, lower case; "unknown" if the outcome does not parse."""
+        try:
+            parsed = task_pb2.TaskOutcome.FromString(outcome)
+        except DecodeError:
+            return "unknown"
+        if not parsed.HasField("failure"):
+            return "unknown"
+        return str(FAILURE_KIND_NAMES.get(parsed.failure.kind, "unknown"))
 
     def with_earlier_failures(self, outcome: bytes, earlier: list[bytes]) -> tuple[bytes, bytes]:
         """One parse of a failed attempt's outcome: (the outcome with the earlier attempts'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -14,8 +15,12 @@ from heapd.register.history import AttemptHistory
 from heapd.register.leases import LEASE_GRACE_S, Lease, Leases
 from heapd.register.liveness import Deadlines
 from heapd.register.outcomes import OutcomeCodec
+from heapd.shm.histogram import BATCH_SIZES, Histogram
 
 log = logging.getLogger(__name__)
+
+# Heartbeat gaps: the interval (0.5 s by default) and how late a beat can be before death.
+GAP_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Register:
@@ -48,6 +53,16 @@ class Register:
         self._cancels: dict[int, list[tuple[int, int]]] = {}
         self._history = AttemptHistory(outcomes)
         self.stale_total = 0
+        # Read by heapd.register.metrics at scrape time; updated once per heartbeat or event.
+        self.heartbeats = 0
+        self.succeeded_attempts = 0
+        self.failed_attempts: collections.Counter[str] = collections.Counter()  # by kind
+        self.worker_losses: collections.Counter[str] = collections.Counter()  # by reason
+        self.retries = 0  # failed attempts put back for another try
+        self.leases_expired = 0
+        self.results_per_beat = Histogram(BATCH_SIZES)
+        self.heartbeat_gaps = Histogram(GAP_SECONDS)
+        self._last_beat: dict[int, float] = {}
 
     async def __aenter__(self) -> Register:
         self.start()
@@ -138,6 +153,7 @@ class Register:
     def beat(self, beat: Beat) -> shm.CompleteOutcome:
         """Apply one heartbeat; StaleEpoch/WorkerNotFound tell the worker to register again."""
         now = time.time()
+        self._count(beat, now)
         try:
             self.cell.heartbeat(beat.worker_id, beat.epoch, now, now + self.deadline_s)
         except (shm.StaleEpoch, shm.WorkerNotFound):
@@ -176,6 +192,7 @@ class Register:
         (expired leases): earlier failures attached, stale ones counted, retries timed."""
         outcome = self.cell.complete(worker_id, epoch, self._history.annotate(completions), now)
         self.stale_total += outcome.stale
+        self.retries += outcome.requeued
         if outcome.retry_at:
             self._arm_retry(outcome.retry_at)
         return outcome
@@ -223,6 +240,7 @@ class Register:
         except (shm.StaleEpoch, shm.WorkerNotFound):
             return  # the worker is gone; its tasks were requeued with it
         if outcome.accepted:
+            self.leases_expired += 1
             log.warning(
                 "task lease expired",
                 extra={"fields": {"task_id": lease.task_id, "worker_id": lease.worker_id}},
@@ -262,6 +280,8 @@ class Register:
         if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
             return  # already buried, or a newer registration
         lost = self.cell.worker_lost(worker_id, epoch, time.time(), self._lost_outcome(reason))
+        self.worker_losses[reason] += 1
+        self._last_beat.pop(worker_id, None)
         fields = {"worker_id": worker_id, "reason": reason, "requeued": len(lost.requeued)}
         log.warning("worker dead", extra={"fields": fields})
         if lost.failed:
@@ -269,6 +289,22 @@ class Register:
                 "tasks failed after losing their worker too often",
                 extra={"fields": {"task_ids": lost.failed, "losses": shm.MAX_WORKER_LOSSES + 1}},
             )
+
+    def _count(self, beat: Beat, now: float) -> None:
+        """Heartbeat metrics: the gap since this worker's last beat, results by kind."""
+        self.heartbeats += 1
+        last = self._last_beat.get(beat.worker_id)
+        self._last_beat[beat.worker_id] = now
+        if last is not None:
+            self.heartbeat_gaps.observe(now - last)
+        if not beat.completions:
+            return
+        self.results_per_beat.observe(len(beat.completions))
+        for c in beat.completions:
+            if c.state is shm.TaskState.SUCCEEDED:
+                self.succeeded_attempts += 1
+            else:
+                self.failed_attempts[self._outcomes.failure_kind(c.result)] += 1
 
     def _lost_outcome(self, reason: str) -> bytes:
         """The result of a task that lost its worker once too often (see shm.MAX_WORKER_LOSSES)."""

@@ -24,3 +24,8 @@ class OutcomeCodec(Protocol):
         """(The failed outcome with earlier failures attached, its own failure); an outcome that
         does not parse is returned as is, with b"" for its failure."""
         ...
+
+    def failure_kind(self, outcome: bytes) -> str:
+        """The failure kind of a failed attempt's outcome, lower case ("exception",
+        "timeout", ...), for metrics; "unknown" if it does not parse."""
+        ...

@@ -60,6 +60,7 @@ class PlmConfig:
     result_ttl_s: float = 600.0
     state_dir: str = ""
     durability: Durability = Durability.FSYNC
+    metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
     log_level: LogLevel = LogLevel.INFO
 
 
@@ -78,6 +79,7 @@ class SchedulerConfig:
     policy: str = "least-loaded"
     # Aging period: a queued task's priority grows by 1 for every aging_s it waits; 0 = off.
     aging_s: float = 0.0
+    metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
     log_level: LogLevel = LogLevel.INFO
 
 
@@ -90,6 +92,7 @@ class RegisterConfig:
     port: int = DEFAULT_REGISTER_PORT
     heartbeat_interval_s: float = 0.5
     missed_heartbeats: int = 4
+    metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
     log_level: LogLevel = LogLevel.INFO
 
     @property
@@ -112,6 +115,7 @@ class WorkerConfig:
     # (no cpus: it offers cpus = slots).
     resources: str = ""
     labels: str = ""
+    metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
     log_level: LogLevel = LogLevel.INFO
 
 
@@ -138,6 +142,9 @@ class UpConfig:
     tasks: int = 1 << 20
     arena_mb: int = 256
     max_blob_kb: int = 1024
+    # The PLM's HTTP endpoint (/metrics, /status, /); the scheduler, register and workers get
+    # the ports after it. -1 = off, 0 = any ports.
+    metrics_port: int = -1
     log_dir: str = ""  # empty: the roles log to the stderr of `heapd up`
     state_dir: str = ""  # empty: default_state_dir(cell)
     durability: Durability = Durability.FSYNC
@@ -221,6 +228,17 @@ def add_journal_flags(parser: argparse.ArgumentParser) -> None:
         choices=[d.value for d in Durability],
         help="journal commits: fsync survives power loss, os survives crashes and clean"
         f" reboots, none keeps no journal (HEAPD_DURABILITY; default {Durability.FSYNC})",
+    )
+
+
+def add_metrics_flag(parser: argparse.ArgumentParser, what: str = "/metrics") -> None:
+    """--metrics-port: serve Prometheus metrics over HTTP (off unless given)."""
+    parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help=f"serve {what} over HTTP on this port, on the same host (HEAPD_METRICS_PORT;"
+        " default off; 0 = any port)",
     )
 
 

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from heapd.cli.progress import task_progress
 from heapd.client import Client
 from heapd.futures import TaskFuture
 from heapd.runtime.launch import LocalCell
@@ -63,7 +63,7 @@ def run(console: Console) -> int:
             futures += [client.submit(fragile, n) for n in (12, 13)]
             command = client.submit_command(["uname", "-sr"])
             futures.append(command)
-            outcomes = _wait_with_progress(client, futures)
+            outcomes = _wait_with_progress(client, futures, console)
             elapsed = time.perf_counter() - started
             status = client.cluster_status()
         _summary(console, futures, outcomes, elapsed, status)
@@ -86,10 +86,12 @@ def run(console: Console) -> int:
     return 0
 
 
-def _wait_with_progress(client: Client, futures: list[TaskFuture]) -> Counter[str]:
+def _wait_with_progress(
+    client: Client, futures: list[TaskFuture], console: Console
+) -> Counter[str]:
+    """Outcomes counted as results arrive, with a bar on a terminal."""
     outcomes: Counter[str] = Counter()
-    columns = (TextColumn("tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
+    with task_progress(console) as progress:
         bar = progress.add_task("tasks", total=len(futures))
         for future in client.as_completed(futures, timeout=300):
             outcomes["failed" if future.exception() is not None else "succeeded"] += 1

@@ -98,12 +98,14 @@ class LocalCell:
             self.stop()
             raise
 
-    def add_worker(self, slots: int) -> int:
+    def add_worker(self, slots: int, launcher: Sequence[str] = ()) -> int:
         """Start one more `heapd worker` of `slots` slots on this cell's register (`heapd up`
         starts equal workers; cells of unequal ones add theirs here); returns its pid once it
-        has joined. `stop` drains it before the cell, `crash` kills it with the cell."""
+        has joined. `launcher` is a command that execs the worker's (e.g. `taskset -c 1 nice
+        -n 10`: a pinned, niced worker, task processes included). `stop` drains it before the
+        cell, `crash` kills it with the cell."""
         argv = [
-            sys.executable, "-m", "heapd.worker", "--register", self.register,
+            *launcher, sys.executable, "-m", "heapd.worker", "--register", self.register,
             "--slots", str(slots), "--port", "0",
         ]  # fmt: skip
         with contextlib.ExitStack() as files:

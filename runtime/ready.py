@@ -10,7 +10,11 @@ import os
 import sys
 
 
-def announce(role: str, address: str) -> None:
-    """Print {"ready": role, "address": ..., "pid": ...} and flush."""
-    sys.stdout.write(json.dumps({"ready": role, "address": address, "pid": os.getpid()}) + "\n")
+def announce(role: str, address: str, metrics: str = "") -> None:
+    """Print {"ready": role, "address": ..., "pid": ...} (and "metrics": the HTTP endpoint's
+    host:port, when it serves one) and flush."""
+    message = {"ready": role, "address": address, "pid": os.getpid()}
+    if metrics:
+        message["metrics"] = metrics
+    sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()

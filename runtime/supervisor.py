@@ -68,6 +68,16 @@ class CellPlan:
     heartbeat_interval_s: float | None = None  # None: the register's own default
     missed_heartbeats: int | None = None
     result_ttl_s: float | None = None  # None: the PLM's own default
+    # HTTP endpoints: the PLM on this port, then the scheduler, the register and each worker on
+    # the ports after it; -1 = off, 0 = any ports (each kept across restarts once bound).
+    metrics_port: int = -1
+
+    def metrics_flags(self, offset: int) -> list[str]:
+        """The `--metrics-port` of the role at `offset` (PLM 0, scheduler 1, register 2,
+        worker i at 3 + i), or nothing when metrics are off."""
+        if self.metrics_port < 0:
+            return []
+        return ["--metrics-port", str(self.metrics_port + offset if self.metrics_port else 0)]
 
 
 @dataclass
@@ -78,6 +88,7 @@ class Child:
     argv: list[str]
     process: asyncio.subprocess.Process | None = None
     address: str = ""
+    metrics: str = ""  # its HTTP endpoint (host:port), if it serves one
     restarts: int = 0  # consecutive quick exits: the index into RESTART_BACKOFF_S
     started_at: float = 0.0  # loop time of the last start
     stopping: bool = False
@@ -148,6 +159,7 @@ class Supervisor:
         if plan.config is not None:
             common += ["--config", str(plan.config)]
         register_args = [*common, "--host", plan.host, "--port", str(plan.register_port)]
+        register_args += plan.metrics_flags(2)
         if plan.heartbeat_interval_s is not None:
             register_args += ["--heartbeat-interval-s", str(plan.heartbeat_interval_s)]
         if plan.missed_heartbeats is not None:
@@ -157,6 +169,7 @@ class Supervisor:
             return False
         register.argv[register.argv.index("--port") + 1] = register.address.rpartition(":")[2]
         scheduler_args = [*common, "--port", "0"]  # health only; never HEAPD_PORT's port
+        scheduler_args += plan.metrics_flags(1)
         scheduler_args += _given_flags(
             {
                 "--prefetch-per-slot": plan.prefetch_per_slot,
@@ -167,6 +180,7 @@ class Supervisor:
         scheduler = Child("scheduler", self._role("scheduler", scheduler_args))
         plm_args = [*common, "--host", plan.host, "--port", str(plan.port)]
         plm_args += ["--durability", str(plan.durability)]
+        plm_args += plan.metrics_flags(0)
         if plan.result_ttl_s is not None:
             plm_args += ["--result-ttl-s", str(plan.result_ttl_s)]
         if plan.state_dir is not None:
@@ -184,7 +198,8 @@ class Supervisor:
             {"--resources": plan.worker_resources or None, "--labels": plan.worker_labels or None}
         )
         workers = [
-            Child(f"worker-{i}", self._role("worker", worker_args)) for i in range(plan.workers)
+            Child(f"worker-{i}", self._role("worker", [*worker_args, *plan.metrics_flags(3 + i)]))
+            for i in range(plan.workers)
         ]
         started = await asyncio.gather(*(self._start(w) for w in workers))
         return all(started)
@@ -254,6 +269,7 @@ class Supervisor:
                 message = json.loads(line)
                 if isinstance(message, dict) and "ready" in message:
                     self._drains.add(asyncio.create_task(_drain(stream)))
+                    _keep_metrics_port(child, str(message.get("metrics", "")))
                     return str(message.get("address", ""))
 
     def _log_file(self, name: str) -> IO[bytes] | None:
@@ -274,6 +290,9 @@ class Supervisor:
             "pid": os.getpid(),
             "pids": {c.name: c.process.pid for c in self._children if c.process is not None},
         }
+        endpoints = {c.name: c.metrics for c in self._children if c.metrics}
+        if endpoints:
+            message["metrics"] = endpoints
         self._out.write(json.dumps(message) + "\n")
         self._out.flush()
         print(
@@ -282,6 +301,12 @@ class Supervisor:
             "Ctrl-C stops it.",
             file=sys.stderr,
         )
+        if endpoints:
+            print(
+                f"heapd: status page at http://{plm.metrics}/ ; metrics at "
+                + ", ".join(f"{name} http://{at}/metrics" for name, at in endpoints.items()),
+                file=sys.stderr,
+            )
 
     # --- supervise
 
@@ -351,6 +376,14 @@ class Supervisor:
             _kill_group(process)
             await process.wait()
         _kill_group(process)  # leftovers of its session (task children)
+
+
+def _keep_metrics_port(child: Child, metrics: str) -> None:
+    """Remember a child's HTTP endpoint, and pin its port in the child's argv so that a
+    restart serves it at the same address (it may have bound port 0)."""
+    child.metrics = metrics
+    if metrics and "--metrics-port" in child.argv:
+        child.argv[child.argv.index("--metrics-port") + 1] = metrics.rpartition(":")[2]
 
 
 def _kill_group(process: asyncio.subprocess.Process | None) -> None:

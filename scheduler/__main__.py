@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from heapd import shm
 from heapd.runtime import channels, config, entry, logs, ready, server, signals
-from heapd.scheduler import convert
+from heapd.runtime import endpoint as endpoint_mod
+from heapd.scheduler import convert, metrics
 from heapd.scheduler.daemon import Scheduler
 
 SERVICE_NAMES: list[str] = []
@@ -23,6 +24,7 @@ def parser() -> argparse.ArgumentParser:
         prog="heapd scheduler", description="Run the main scheduler of a cell."
     )
     config.add_common_flags(p, 0)
+    config.add_metrics_flag(p)
     p.add_argument("--batch", type=int, help="tasks popped per lock acquisition (default 512)")
     p.add_argument(
         "--prefetch-per-slot",
@@ -58,8 +60,13 @@ async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
     async with scheduler:
         grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES)
         signals.install(asyncio.get_running_loop(), scheduler.shutdown)
-        ready.announce("scheduler", channels.format_address(cfg.host, port))
+        endpoint, metrics_at = await endpoint_mod.serve_if_asked(
+            cfg.host, cfg.metrics_port, metrics.registry(scheduler)
+        )
+        ready.announce("scheduler", channels.format_address(cfg.host, port), metrics_at)
         await scheduler.wait_stopped()
+        if endpoint is not None:
+            await endpoint.close()
         await grpc_server.stop(1.0)
 
 

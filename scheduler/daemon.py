@@ -20,6 +20,7 @@ from heapd import shm
 from heapd.runtime.bells import BellListener
 from heapd.scheduler.dispatcher import Dispatcher, OpenStream, Revoke
 from heapd.scheduler.prefetched import Overtaken, Prefetched
+from heapd.shm.histogram import BATCH_SIZES, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ class Scheduler:
         self._listener: BellListener | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
+        # Read by heapd.scheduler.metrics at scrape time; updated once per round or batch.
+        self.rounds = 0
+        self.dispatched = 0
+        self.parked = 0
+        self.revoke_requests = 0
+        self.batch_sizes = Histogram(BATCH_SIZES)
 
     async def __aenter__(self) -> Scheduler:
         self.start()
@@ -162,6 +169,8 @@ class Scheduler:
                 self._batch, time.time(), per_slot, min_room, self._cursor
             )
             min_room = 0
+            self.rounds += 1
+            self.parked += len(done.parked)
             for task_id, why in done.parked:
                 log.warning(
                     "task is unschedulable: no live worker could run it; parked until workers "
@@ -172,17 +181,24 @@ class Scheduler:
                 self._dispatcher.send(done.dispatches)
                 self._prefetched.sent(done.dispatches)
                 total += len(done.dispatches)
+                self.batch_sizes.observe(len(done.dispatches))
                 # Only a round that may fill beyond free slots can leave a worker holding more
                 # than it runs: until none does, an empty queue looks for idle slots.
                 self._maybe_surplus |= per_slot > 1
             if len(done.dispatches) < self._batch:
                 self._revoke_overtaken(done.top_key)
+                self.dispatched += total
                 return total
+
+    def dispatcher_counts(self) -> tuple[int, int]:
+        """(tasks requeued after a broken assign stream, tasks given back by revocation)."""
+        return self._dispatcher.requeued, self._dispatcher.revoked
 
     def _revoke_overtaken(self, top_key: int) -> None:
         """Ask workers to give back unstarted tasks worse than the best one still queued; with
         nothing queued, tasks held beyond their slots by some workers while others idle."""
         lots = self._prefetched.overtaken(top_key) if top_key >= 0 else self._idle_slot_work()
+        self.revoke_requests += len(lots)
         for lot in lots:
             self._dispatcher.revoke(lot.address, Revoke(lot.worker_id, lot.epoch, lot.refs))
 

@@ -17,8 +17,10 @@ from heapd.shm.errors import (
     TaskNotFound,
     WorkerNotFound,
 )
+from heapd.shm.latency import Latency
 from heapd.shm.names import CellNames, validate_cell_name
 from heapd.shm.placement import Cursor
+from heapd.shm.sample import CellSample, Interval, WorkerSample
 from heapd.shm.types import (
     ACTIVE,
     ACTIVE_STATES,
@@ -59,6 +61,7 @@ __all__ = [
     "CellExists",
     "CellNames",
     "CellNotFound",
+    "CellSample",
     "CellStats",
     "CompleteOutcome",
     "Completion",
@@ -67,7 +70,9 @@ __all__ = [
     "Dispatch",
     "DispatchRound",
     "Doorbell",
+    "Interval",
     "InvalidCapacity",
+    "Latency",
     "LayoutMismatch",
     "LostTasks",
     "NewTask",
@@ -82,6 +87,7 @@ __all__ = [
     "TaskState",
     "WorkerInfo",
     "WorkerNotFound",
+    "WorkerSample",
     "WorkerState",
     "validate_cell_name",
 ]

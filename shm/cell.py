@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -24,13 +25,16 @@ from heapd.shm import dispatch as dispatch_mod
 from heapd.shm import repair as repair_mod
 from heapd.shm import resources as resources_mod
 from heapd.shm import restore as restore_mod
+from heapd.shm import sample as sample_mod
 from heapd.shm.doorbell import Doorbell
 from heapd.shm.errors import CellExists, CellNotFound, ShmError
+from heapd.shm.histogram import LockTimes
 from heapd.shm.layout import F_PARKED, H, Layout
 from heapd.shm.lock import CellLock
 from heapd.shm.memory import CellMemory
 from heapd.shm.names import CellNames
 from heapd.shm.placement import Cursor
+from heapd.shm.sample import CellSample
 from heapd.shm.types import (
     CancelResult,
     Capacities,
@@ -64,7 +68,8 @@ class Cell:
         self.name = seg.names.cell
         self.capacities = seg.capacities
         self.generation = int(mem.hdr[H.GENERATION])
-        self._lock = CellLock(seg.lock, seg.repair, mem.hdr)
+        self.lock_times = LockTimes()  # this process's waits and holds, for its metrics
+        self._lock = CellLock(seg.lock, seg.repair, mem.hdr, self.lock_times)
         self.scheduler_bell = Doorbell(seg.scheduler_bell)
         self.plm_bell = Doorbell(seg.plm_bell)
 
@@ -151,7 +156,11 @@ class Cell:
     def _locked(self) -> Iterator[CellMemory]:
         """Hold the cell lock; repair first after a takeover, and after a crash inside."""
         mem = self._m
+        times = self.lock_times
+        asked = time.perf_counter()
         took_over = self._lock.acquire()
+        held = time.perf_counter()
+        times.wait.observe(held - asked)
         try:
             if took_over:
                 repair_mod.repair(mem)
@@ -163,6 +172,7 @@ class Cell:
             raise
         finally:
             self._lock.release()
+            times.hold.observe(time.perf_counter() - held)
 
     # ---- PLM side
 
@@ -309,6 +319,10 @@ class Cell:
                 unschedulable=stuck,
                 unschedulable_examples=examples,
             )
+
+    def sample(self) -> CellSample:
+        """A lock-free snapshot for monitoring (`shm.sample`): never waits on the lock."""
+        return sample_mod.sample(self._m)
 
     def task_seq(self) -> int:
         """The highest task sequence number issued so far (ids are (seq << 24) | slot)."""

@@ -22,7 +22,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from heapd.shm import derived, resources, transitions
+from heapd.shm import derived, latency, resources, transitions
 from heapd.shm.layout import F_PARKED, NO_PRIORITY, SLOT_MASK, H, worker_key
 from heapd.shm.memory import CellMemory
 from heapd.shm.placement import Cursor, Placement
@@ -133,6 +133,8 @@ def _assign(
     worker_id, epoch = workers.id[w], workers.epoch[w]
     attempt = tasks.attempt[slot] + 1
     tasks.attempt[slot] = attempt
+    if attempt == 1:
+        latency.record(mem.latency, latency.QUEUE, now - tasks.submitted_at[slot])
     tasks.worker_id[slot] = worker_id
     tasks.worker_epoch[slot] = epoch
     tasks.dispatched_at[slot] = now

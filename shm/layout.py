@@ -4,7 +4,9 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
 
     section             size                  contents
     header              4096                  64 int64 words, see `H`; bytes 1024..1535: the
-                                              resource name table (16 x S32, see below)
+                                              resource name table (16 x S32, see below);
+                                              bytes 1536..3095: latency histograms
+                                              (3 x 65 int64, see `shm.latency`)
     label texts         512 x 136             LABEL_TEXT_DTYPE: label hash -> "key=value"
     task table          T x 192               TASK_DTYPE records (the truth)
     worker table        W x 520               WORKER_DTYPE records (the truth)

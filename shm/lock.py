@@ -24,6 +24,7 @@ import os
 
 import posix_ipc
 
+from heapd.shm.histogram import LockTimes
 from heapd.shm.layout import H
 
 POLL_S = 0.2
@@ -57,16 +58,24 @@ def _me() -> tuple[int, int]:
 class CellLock:
     """Mutual exclusion over a cell's control state, robust to a SIGKILLed owner."""
 
-    def __init__(self, sem: posix_ipc.Semaphore, repair: posix_ipc.Semaphore, hdr: memoryview):
+    def __init__(
+        self,
+        sem: posix_ipc.Semaphore,
+        repair: posix_ipc.Semaphore,
+        hdr: memoryview,
+        times: LockTimes | None = None,
+    ):
         self._sem = sem
         self._repair = repair
         self._hdr = hdr
+        self._times = times if times is not None else LockTimes()
 
     def acquire(self) -> bool:
         """Take the lock; True if it was taken over from a dead owner (caller repairs)."""
         try:
             self._sem.acquire(0)
         except posix_ipc.BusyError:
+            self._times.contended += 1
             return self._acquire_slow()
         self._own()
         return False

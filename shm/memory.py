@@ -6,6 +6,7 @@ import mmap
 
 import numpy as np
 
+from heapd.shm import latency
 from heapd.shm.arena import Arena
 from heapd.shm.freelist import SlotStack
 from heapd.shm.heap import IndexedHeap
@@ -31,6 +32,9 @@ class CellMemory:
         self.root = memoryview(mm)
         self.hdr = self.root[: HEADER_WORDS * 8].cast("q")
         self.hdr_np = np.frombuffer(self.hdr, dtype=np.int64)
+        hist_end = latency.HISTOGRAMS_AT + latency.WORDS * 8
+        self.latency = self.root[latency.HISTOGRAMS_AT : hist_end].cast("q")
+        self.latency_np = np.frombuffer(self.latency, dtype=np.int64)
         # The cell's constraint vocabulary (see shm.catalog): resource names, label texts.
         names_end = RESOURCE_NAMES_AT + RESOURCE_NAMES * (RESOURCE_NAME_BYTES + 1)
         self.resource_names = np.frombuffer(
@@ -87,6 +91,7 @@ class CellMemory:
             self.arena,
         ):
             part.release()
-        del self.hdr_np, self.resource_names, self.label_texts
+        del self.hdr_np, self.resource_names, self.label_texts, self.latency_np
         self.hdr.release()
+        self.latency.release()
         self.root.release()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from heapd import shm
+from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.launch import LocalCell
 from tests.helpers import MARK, kill_all, marked_processes, shm_entries
 
@@ -85,3 +87,21 @@ def start_cell(tmp_path: Path) -> Iterator[StartCell]:
         if entries:
             problems.append(f"{name}: /dev/shm entries left: {entries}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def open_cell(start_cell: StartCell) -> OpenCell:
+    """A bench `OpenCell` over `start_cell`: the workloads that start their own cells get
+    checked, cleaned-up test cells, one at a time as the bench runs them."""
+
+    @contextlib.contextmanager
+    def open_one(
+        label: str, workers: int, slots: int, extra_args: Sequence[str]
+    ) -> Iterator[LocalCell]:
+        cell = start_cell(workers=workers, slots=slots, extra_args=tuple(extra_args))
+        try:
+            yield cell
+        finally:
+            cell.stop()
+
+    return open_one

@@ -3,14 +3,12 @@ functions the bench runs: the report's shape, and every task completed. No time 
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 
 from heapd.runtime.bench import makespan, priority, runner
-from heapd.runtime.launch import LocalCell
+from heapd.runtime.bench.cells import OpenCell
 from tests.conftest import StartCell
 
 FIGURES = {
@@ -24,17 +22,7 @@ FIGURES = {
 }
 
 
-def test_w3_reports_every_policy_on_both_cells(start_cell: StartCell) -> None:
-    @contextlib.contextmanager
-    def open_cell(
-        label: str, workers: int, slots: int, extra_args: Sequence[str]
-    ) -> Iterator[LocalCell]:
-        cell = start_cell(workers=workers, slots=slots, extra_args=tuple(extra_args))
-        try:
-            yield cell
-        finally:
-            cell.stop()  # one cell at a time, as the bench runs them
-
+def test_w3_reports_every_policy_on_both_cells(open_cell: OpenCell) -> None:
     policies = ("least-loaded", "power-of-two")
     report = makespan.measure(1, lambda _: None, open_cell, tasks=20, policies=policies)
     assert set(report) == {*policies, "hetero"}

@@ -36,6 +36,9 @@ ROLES = ("plm", "register", "scheduler", "worker")
 # Modules that may import a role's convert (besides its service), and why.
 CONVERT_IMPORTERS = {
     ("heapd.plm.__main__", "heapd.plm.convert"): "wires the PLM's calls to workers",
+    ("heapd.plm.pages", "heapd.plm.convert"): (
+        "an HTTP edge: /status serves what GetClusterStatus answers, through the same conversion"
+    ),
     ("heapd.register.__main__", "heapd.register.convert"): "wires the register's outcome reader",
     ("heapd.scheduler.__main__", "heapd.scheduler.convert"): "wires the dispatcher's streams",
     ("heapd.worker.__main__", "heapd.worker.convert"): "wires the worker's register calls",

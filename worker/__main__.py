@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from heapd.errors import InvalidArgument
 from heapd.options import label_pairs, pairs_from_text, resource_amounts, resources_from_text
 from heapd.runtime import channels, config, logs, server, signals
-from heapd.worker import convert, service
+from heapd.runtime import endpoint as endpoint_mod
+from heapd.worker import convert, metrics, service
 from heapd.worker.daemon import Worker
 from heapd.worker.pool import Pool
 
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
         help="exit after the register is unreachable this long (default 30)",
     )
     p.add_argument("--config", help="TOML configuration file (or HEAPD_CONFIG)")
+    config.add_metrics_flag(p)
     config.add_log_level_flag(p)
     return p
 
@@ -76,9 +78,14 @@ async def serve(
         grpc_server, port = await server.start(
             cfg.host, cfg.port, [service.registration(worker)], [service.SERVICE_NAME]
         )
+        endpoint, worker.metrics_address = await endpoint_mod.serve_if_asked(
+            cfg.host, cfg.metrics_port, metrics.registry(worker)
+        )
         try:
             return await worker.run(channels.format_address(cfg.advertise_host or cfg.host, port))
         finally:
+            if endpoint is not None:
+                await endpoint.close()
             await grpc_server.stop(SHUTDOWN_GRACE_S)
 
 

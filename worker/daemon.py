@@ -22,6 +22,7 @@ from typing import TypeVar
 import grpc
 
 from heapd.runtime import ready
+from heapd.shm.histogram import BATCH_SIZES, Histogram
 from heapd.worker.heartbeats import HeartbeatLink
 from heapd.worker.jobs import Job, JobResult
 from heapd.worker.membership import Membership, Register
@@ -57,6 +58,14 @@ class Worker:
         self._drainer: asyncio.Task[None] | None = None
         self._assign_streams: set[asyncio.Task[object]] = set()
         self._joined = asyncio.Event()  # set while this worker holds a membership
+        # Read by heapd.worker.metrics at scrape time; updated once per message or batch.
+        self.assigned = 0
+        self.revoked = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.registrations = 0
+        self.metrics_address = ""  # the HTTP endpoint's host:port, announced when ready
+        self.assign_sizes = Histogram(BATCH_SIZES)
 
     @property
     def member(self) -> Membership | None:
@@ -95,11 +104,25 @@ class Worker:
     def assign(self, jobs: list[Job]) -> int:
         """Queue jobs in the pool; returns how many."""
         self._pool.submit(jobs)
+        self.assigned += len(jobs)
+        self.assign_sizes.observe(len(jobs))
         return len(jobs)
 
     def revoke(self, refs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Give back these (task_id, attempt) if not started; returns those given back."""
-        return self._pool.revoke(refs)
+        given = self._pool.revoke(refs)
+        self.revoked += len(given)
+        return given
+
+    @property
+    def pool(self) -> Pool:
+        """The pool of task processes (its slots, running and queued jobs)."""
+        return self._pool
+
+    @property
+    def link(self) -> HeartbeatLink | None:
+        """The heartbeat link of the current membership, if any."""
+        return self._link
 
     def cancel(self, task_id: int, attempt: int) -> bool:
         """Kill a running attempt (or drop a queued one)."""
@@ -158,7 +181,7 @@ class Worker:
                     )
                     self._joined.set()
                     if not announced:
-                        ready.announce("worker", self._address)
+                        ready.announce("worker", self._address, self.metrics_address)
                         announced = True
                 await self._hold_stream(self._link)
         except RegisterUnreachable as exc:
@@ -174,6 +197,7 @@ class Worker:
                 self._address, self._slots, pid, hostname, REGISTER_CALL_TIMEOUT_S
             )
         )
+        self.registrations += 1
         log.info(
             "registered",
             extra={
@@ -259,5 +283,8 @@ class Worker:
             self._link.started(refs)
 
     def _on_results(self, results: list[JobResult]) -> None:
+        ok = sum(1 for r in results if r.succeeded)
+        self.succeeded += ok
+        self.failed += len(results) - ok
         if self._link is not None:
             self._link.finished(results)

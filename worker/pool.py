@@ -105,6 +105,7 @@ class Pool:
         self._on_results: Callable[[list[JobResult]], None] = _ignore
         self._idle = asyncio.Event()
         self._closed = False
+        self.respawns = 0  # task processes replaced (died, killed on timeout or cancel)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -347,6 +348,7 @@ class Pool:
             self._require_bound().call_later(_RESPAWN_RETRY_S, self._respawn, index)
             return
         self._children[index] = fresh
+        self.respawns += 1
         self._watch(fresh)
 
     # -- loop callbacks ------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
         help="the cell's state directory: its journal is checked against the shared memory"
         " (default $XDG_STATE_HOME/heapd/CELL or ~/.local/state/heapd/CELL)",
     )
+    _add_profile(sub)
     bench = sub.add_parser("bench", help="run the benchmark workloads (BENCHMARKS.md)")
     bench.add_argument(
         "--workload",
@@ -69,6 +70,27 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--recover-tasks", type=int, default=1_000_000, help="queued tasks for RECOVER"
+    )
+    bench.add_argument(
+        "--experiment",
+        choices=["policies"],
+        help="instead of the workloads, run an experiment: policies (W3's durations on workers"
+        " of 1, 2 and 3 slots, one slowed by a CPU hog, under each placement policy)",
+    )
+    bench.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="write the experiment's PNG plots and results.md to DIR (needs heapd[plot])",
+    )
+    bench.add_argument(
+        "--tasks", type=int, default=200, help="tasks per run of the experiment (W3's 200)"
+    )
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample each run's cell into DIR/<workload>-run<k>.csv (see `heapd profile`)",
     )
     return p
 
@@ -109,6 +131,11 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--config", type=Path, help="TOML configuration file (or HEAPD_CONFIG)")
     config.add_journal_flags(up)
+    config.add_metrics_flag(
+        up,
+        "Prometheus metrics (the PLM; the scheduler, register and workers on the ports after"
+        " it), the PLM's /status and its status page /",
+    )
     config.add_log_level_flag(up)
     # Settings of one role, forwarded as that role's flags (the role's config holds them).
     scheduler, register = config.SchedulerConfig, config.RegisterConfig
@@ -187,7 +214,40 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="run only once this task has succeeded (repeatable); if it fails, is cancelled or"
         " is lost, this one fails with DependencyFailed",
     )
+    submit.add_argument(
+        "--count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N copies (copy i sees HEAPD_TASK_INDEX=i; with --key, key KEY/i); wait for all"
+        " with a progress bar, print their outputs in order, exit with the first non-zero code",
+    )
     submit.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
+
+
+def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`heapd profile`: the columns are documented in `heapd.runtime.profile`."""
+    profile = sub.add_parser(
+        "profile",
+        help="sample a running cell's shared memory into CSV, one row per interval",
+        description="Sample a cell on this host (read-only, lock-free) and write one CSV row"
+        " per interval: rates, queue, workers, slots and latency percentiles. Stops at"
+        " --duration, on SIGINT/SIGTERM, or when the cell goes away.",
+    )
+    profile.add_argument(
+        "--cell",
+        default=os.environ.get("HEAPD_CELL", "default"),
+        help="the cell to sample (HEAPD_CELL; default 'default')",
+    )
+    profile.add_argument(
+        "--interval", type=float, default=0.5, metavar="S", help="seconds per row (default 0.5)"
+    )
+    profile.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)"
+    )
+    profile.add_argument(
+        "--out", default="-", metavar="FILE", help="the CSV file (default -: standard output)"
+    )
 
 
 def _with_address(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -231,6 +291,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         heartbeat_interval_s=args.heartbeat_interval_s,
         missed_heartbeats=args.missed_heartbeats,
         result_ttl_s=args.result_ttl_s,
+        metrics_port=cfg.metrics_port,
     )
     return supervisor.up(plan)
 
@@ -256,6 +317,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         args.resources,
         args.labels,
         args.after,
+        args.count,
     )
 
 
@@ -268,7 +330,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.json,
         config.Durability(args.durability),
         args.recover_tasks,
+        args.profile,
+        experiment=args.experiment,
+        plot_dir=args.plot,
+        tasks=args.tasks,
     )
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from heapd.runtime import profile
+
+    return profile.main(args.cell, args.interval, args.out, args.duration)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -282,6 +354,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
         a.cell, a.repair, config.state_dir(a.cell, a.state_dir or "", os.environ)
     ),
     "bench": _cmd_bench,
+    "profile": _cmd_profile,
 }
 
 

@@ -16,7 +16,7 @@ from heapd import errors, shm
 from heapd.client import Client
 from heapd.plm import recovery
 from heapd.plm.journal import Journal, JournalError
-from heapd.status import ClusterStatus, TaskStatus
+from heapd.status import ClusterStatus, TaskStatus, status_document
 
 RECHECK_S = 0.5  # fsck looks again at a journal disagreement after this long
 UNSCHEDULABLE_SHOWN = 3  # unschedulable tasks named by `heapd status`
@@ -34,10 +34,8 @@ def status(address: str, as_json: bool) -> int:
         print(f"heapd status: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        shown = [{"task_id": t.task_id, "reason": t.unschedulable} for t in stuck]
-        print(
-            json.dumps({**dataclasses.asdict(cluster), "unschedulable_examples": shown}, indent=2)
-        )
+        shown = [(t.task_id, t.unschedulable) for t in stuck]
+        print(json.dumps(status_document(cluster, shown), indent=2))
         return 0
     console = Console()
     console.print(_workers_table(cluster))

@@ -54,7 +54,7 @@ def run_makespan(cell: LocalCell, seconds: Sequence[float], slots: int) -> Figur
     bound = max(sum(seconds) / slots, max(seconds))
     greedy = greedy_makespan(seconds, slots)
     with Client(cell.address) as client:
-        _wait_for_slots(client, slots)
+        wait_for_slots(client, slots)
         start = time.perf_counter()
         futures = [client.submit_builtin("sleep", seconds=s) for s in seconds]
         results = client.gather(futures, timeout=RESULT_TIMEOUT_S)
@@ -117,7 +117,7 @@ def _medians(runs: Sequence[Figures]) -> Figures:
     return figures
 
 
-def _wait_for_slots(client: Client, slots: int) -> None:
+def wait_for_slots(client: Client, slots: int) -> None:
     """Wait until ALIVE workers offer `slots` slots (a worker may still be registering)."""
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     alive = 0

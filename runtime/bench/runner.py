@@ -9,13 +9,16 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
+from heapd.cli.progress import task_progress
 from heapd.client import Client
-from heapd.runtime.bench import cells, fault, floors, makespan, priority, recover
+from heapd.runtime.bench import cells, fault, floors, makespan, priority, profiling, recover
 from heapd.runtime.bench.workloads import noop
 from heapd.runtime.config import Durability
 from heapd.runtime.launch import LocalCell
@@ -24,23 +27,35 @@ W1_TASKS = 20_000
 W1_SLOTS = 2
 W2_ROUNDS = 1000
 W2_WARMUP = 50
+W2_TICK_EVERY = 50
 
 Figures = dict[str, float]
+# Told how many tasks of a run are done; called per batch of TICK_EVERY tasks, never per task,
+# so a progress bar costs the timed loops nothing measurable.
+Tick = Callable[[int], None]
+TICK_EVERY = 1000
 
 
-def run_w1(cell: LocalCell) -> Figures:
+def _no_tick(done: int) -> None:
+    """The `Tick` of a run nobody watches."""
+
+
+def run_w1(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     """W1: 20,000 no-op calls submitted in batches; wait for all; tasks/s."""
     with Client(cell.address) as client:
         start = time.perf_counter()
         futures = client.map(noop, range(W1_TASKS))
-        results = client.gather(futures)
+        results: list[Any] = []
+        for first in range(0, W1_TASKS, TICK_EVERY):  # gather, in batches that tick
+            results += client.gather(futures[first : first + TICK_EVERY])
+            tick(len(results))
         elapsed = time.perf_counter() - start
     if results != list(range(W1_TASKS)):
         raise AssertionError("W1 returned wrong results")
     return {"tasks_per_s": W1_TASKS / elapsed}
 
 
-def run_w2(cell: LocalCell) -> Figures:
+def run_w2(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     """W2: 1,000 sequential round trips of one no-op after 50 warm-ups; p50/p90/p99 ms."""
     samples = []
     with Client(cell.address) as client:
@@ -51,6 +66,8 @@ def run_w2(cell: LocalCell) -> Figures:
                 samples.append((time.perf_counter() - start) * 1000)
             if value != i:
                 raise AssertionError("W2 returned a wrong result")
+            if (i + 1) % W2_TICK_EVERY == 0:  # outside the timed round trip
+                tick(i + 1)
     cuts = statistics.quantiles(samples, n=100)
     return {"p50_ms": statistics.median(samples), "p90_ms": cuts[89], "p99_ms": cuts[98]}
 
@@ -62,6 +79,11 @@ WORKLOADS: dict[str, tuple[Callable[[LocalCell], Figures], int, int]] = {
     "W4": (fault.run_w4, fault.WORKERS, 1),
     "W4H": (fault.run_w4_hang, fault.WORKERS, 1),  # W4 with SIGSTOP instead of SIGKILL
     "W7": (priority.run_w7, priority.WORKERS, priority.SLOTS),
+}
+# Workloads whose runs tell how many of their tasks are done (a bar per run): (run, tasks)
+COUNTED: dict[str, tuple[Callable[[LocalCell, Tick], Figures], int]] = {
+    "W1": (run_w1, W1_TASKS),
+    "W2": (run_w2, W2_WARMUP + W2_ROUNDS),
 }
 # Workloads that start their own cells (W3: one per placement policy); each reports a dict of
 # figures per setting.
@@ -98,19 +120,26 @@ def measure(
     log: Callable[[str], None],
     durability: Durability = Durability.FSYNC,
     recover_tasks: int = 1_000_000,
+    profile_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Floors, then each workload against its own fresh cell (journal as `durability` says);
-    medians of `repeat` runs."""
+    medians of `repeat` runs. `profile_dir`: each run's cell sampled into a CSV there
+    (`profiling`; RECOVER's cells are not). `progress`: a bar over the steps, and one over the
+    tasks of each run of W1 and W2."""
     unknown = [
         w for w in workloads if w not in WORKLOADS and w not in MULTI_CELL and w != "RECOVER"
     ]
     if unknown:
         known = sorted([*WORKLOADS, *MULTI_CELL, "RECOVER"])
         raise ValueError(f"unknown workload(s) {unknown}; available: {known}")
+    bars = _Bars(progress, steps=2 + len(workloads))
     log("F2: process pool floor")
     f2 = statistics.median(floors.pool_tasks_per_s(W1_SLOTS, W1_TASKS) for _ in range(repeat))
+    bars.step_done()
     log("F1: gRPC echo floor")
     f1 = statistics.median(floors.echo_p50_ms() for _ in range(repeat))
+    bars.step_done()
     report: dict[str, Any] = {
         "durability": str(durability),
         "F1": {"p50_ms": f1},
@@ -120,9 +149,12 @@ def measure(
         if name == "RECOVER":
             runs = [recover.run_recover(recover_tasks, log) for _ in range(repeat)]
             report[name] = median_of(runs)
+            bars.step_done()
             continue
         if name in MULTI_CELL:
-            report[name] = MULTI_CELL[name](repeat, log, cells.opener(durability))
+            open_cell = profiling.opener(cells.opener(durability), profile_dir, name)
+            report[name] = MULTI_CELL[name](repeat, log, open_cell)
+            bars.step_done()
             continue
         run, workers, slots = WORKLOADS[name]
         log(f"{name}: starting a cell ({workers} worker x {slots} slots, {durability})")
@@ -130,10 +162,41 @@ def measure(
             runs = []
             for i in range(repeat):
                 log(f"{name}: run {i + 1}/{repeat}")
-                runs.append(run(cell))
+                with profiling.sampled(cell, profile_dir, f"{name}-run{i + 1}"):
+                    runs.append(bars.run(name, run, cell, f"{name} run {i + 1}/{repeat}"))
         report[name] = median_of(runs)
+        bars.step_done()
     _add_ratios(report)
     return report
+
+
+class _Bars:
+    """The bench's progress: one bar over its steps (floors, workloads), one over the tasks of
+    the run going on when the workload counts them. Redrawn only here, never from a thread
+    (`task_progress(auto_refresh=False)`), so a redraw never lands inside a timed round trip."""
+
+    def __init__(self, progress: Progress | None, steps: int) -> None:
+        self._progress = progress
+        self._steps = None if progress is None else progress.add_task("bench", total=steps)
+
+    def step_done(self) -> None:
+        """One floor or workload measured."""
+        if self._progress is not None and self._steps is not None:
+            self._progress.update(self._steps, advance=1, refresh=True)
+
+    def run(
+        self, name: str, run: Callable[[LocalCell], Figures], cell: LocalCell, label: str
+    ) -> Figures:
+        """`run(cell)` of workload `name`, with a bar over its tasks if it counts them."""
+        progress = self._progress
+        if name not in COUNTED or progress is None:
+            return run(cell)
+        counted, total = COUNTED[name]
+        bar = progress.add_task(label, total=total)
+        try:
+            return counted(cell, lambda done: progress.update(bar, completed=done, refresh=True))
+        finally:
+            progress.remove_task(bar)
 
 
 def _add_ratios(report: dict[str, Any]) -> None:
@@ -177,10 +240,31 @@ def main(
     as_json: bool,
     durability: Durability = Durability.FSYNC,
     recover_tasks: int = 1_000_000,
+    profile_dir: Path | None = None,
+    *,
+    experiment: str | None = None,
+    plot_dir: Path | None = None,
+    tasks: int = makespan.TASKS,
 ) -> int:
-    """`heapd bench`: print the table (or one JSON object)."""
+    """`heapd bench`: print the table (or one JSON object); with `experiment`, run that
+    instead (`heapd.runtime.bench.experiment`: its table, and plots in `plot_dir`)."""
     console = Console(stderr=True)
-    report = measure(workloads, max(1, repeat), lambda m: console.log(m), durability, recover_tasks)
+    if experiment is not None or plot_dir is not None:
+        from heapd.runtime.bench.experiment import main as run_experiment
+
+        opener = cells.opener(durability)
+        log = console.log
+        return run_experiment(experiment, opener, max(1, repeat), plot_dir, log, tasks)
+    with task_progress(console, transient=True, auto_refresh=False) as progress:
+        report = measure(
+            workloads,
+            max(1, repeat),
+            lambda m: console.log(m),
+            durability,
+            recover_tasks,
+            profile_dir,
+            progress,
+        )
     if as_json:
         print(json.dumps(report))
     else:

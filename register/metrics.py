@@ -1,0 +1,66 @@
+"""The register's Prometheus metrics: heartbeats and their gaps, attempt results by kind,
+worker losses, retries, fenced stale results, expired leases, and its lock use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from heapd.register.daemon import Register
+from heapd.runtime import metrics
+
+
+class RegisterCollector(Collector):
+    """Liveness and result intake figures of one register, read at scrape time."""
+
+    def __init__(self, register: Register) -> None:
+        self._register = register
+
+    def collect(self) -> Iterator[Metric]:
+        """The register's own metric families."""
+        r = self._register
+        yield metrics.counter("heapd_heartbeats", "Heartbeats received.", r.heartbeats)
+        yield metrics.histogram_family(
+            r.heartbeat_gaps,
+            "heapd_heartbeat_gap_seconds",
+            "Time between two heartbeats of one worker (the interval, plus any lag).",
+        )
+        yield metrics.histogram_family(
+            r.results_per_beat, "heapd_heartbeat_results", "Results carried per heartbeat."
+        )
+        attempts = CounterMetricFamily(
+            "heapd_attempt_results",
+            "Attempt results reported by workers, by state and failure kind.",
+            labels=["state", "kind"],
+        )
+        attempts.add_metric(["succeeded", ""], r.succeeded_attempts)
+        for kind, n in sorted(r.failed_attempts.items()):
+            attempts.add_metric(["failed", kind], n)
+        yield attempts
+        yield metrics.labelled(
+            CounterMetricFamily(
+                "heapd_worker_losses", "Workers declared dead, by reason.", labels=["reason"]
+            ),
+            sorted(r.worker_losses.items()),
+        )
+        yield metrics.counter(
+            "heapd_retries", "Failed attempts put back for another try.", r.retries
+        )
+        yield metrics.counter(
+            "heapd_fenced_results",
+            "Results dropped by fencing (a stale attempt, or a worker already declared dead).",
+            r.stale_total,
+        )
+        yield metrics.counter(
+            "heapd_leases_expired",
+            "Attempts the register settled as timed out because the worker never reported.",
+            r.leases_expired,
+        )
+
+
+def registry(register: Register) -> CollectorRegistry:
+    """Everything the register's /metrics serves."""
+    return metrics.registry(metrics.LockCollector(register.cell), RegisterCollector(register))
