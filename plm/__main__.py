@@ -54,7 +54,7 @@ async def serve(cfg: config.PlmConfig, cell: shm.Cell, journal: Journal | None) 
             pages.start()
         ready.announce("plm", channels.format_address(cfg.host, port), metrics_at)
         await plm.wait_stopped()
-        pages.close()
+        await pages.close()
         if endpoint is not None:
             await endpoint.close()
         await grpc_server.stop(SHUTDOWN_GRACE_S)

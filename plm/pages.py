@@ -1,14 +1,18 @@
 """The PLM's HTTP pages beside /metrics: `GET /status`, the JSON `heapd status --json` prints,
 and `GET /`, a self-contained HTML page of the cell with its last minutes of history.
 
-The history is sampled from shared memory (lock-free) every `INTERVAL_S` by a timer on the
-PLM's loop, only while the endpoint is served.
+The history is sampled from shared memory (lock-free, in a thread: a sample of a big table
+takes milliseconds) every `INTERVAL_S`, only while the endpoint is served. The status document
+is built at most once per `CACHE_S`, however often the page reloads or is fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import time
 from typing import Any
 
 from heapd import convert as client_convert
@@ -19,6 +23,9 @@ from heapd.runtime.endpoint import Body, Route
 from heapd.status import status_document
 
 UNSCHEDULABLE_SHOWN = 3  # as `heapd status`
+CACHE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class Pages:
@@ -27,7 +34,8 @@ class Pages:
     def __init__(self, plm: Plm, interval_s: float = history.INTERVAL_S) -> None:
         self._plm = plm
         self._history = history.History(interval_s=interval_s)
-        self._timer: asyncio.TimerHandle | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._cached: tuple[float, dict[str, Any]] | None = None
 
     def routes(self) -> dict[str, Route]:
         """Path -> handler, for `heapd.runtime.endpoint.Endpoint`."""
@@ -35,19 +43,26 @@ class Pages:
 
     def start(self) -> None:
         """Begin sampling the cell for the page's history (on the running loop)."""
-        self._sample()
+        self._sampler = asyncio.create_task(self._sample_forever(), name="plm-history")
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop sampling."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
 
     def document(self) -> dict[str, Any]:
-        """The status as `heapd status --json` prints it."""
+        """The status as `heapd status --json` prints it (at most CACHE_S old)."""
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < CACHE_S:
+            return self._cached[1]
         stats, held = self._plm.stats()
         cluster = client_convert.cluster_from_proto(convert.cluster_to_proto(stats, held))
-        return status_document(cluster, stats.unschedulable_examples[:UNSCHEDULABLE_SHOWN])
+        document = status_document(cluster, stats.unschedulable_examples[:UNSCHEDULABLE_SHOWN])
+        self._cached = (now, document)
+        return document
 
     def status_json(self) -> Body:
         """GET /status."""
@@ -58,7 +73,11 @@ class Pages:
         html = status_page.render(self.document(), self._history.points())
         return "text/html; charset=utf-8", html.encode()
 
-    def _sample(self) -> None:
-        self._history.record(self._plm.cell.sample())
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._history.interval_s, self._sample)
+    async def _sample_forever(self) -> None:
+        cell = self._plm.cell
+        while True:
+            try:
+                self._history.record(await asyncio.to_thread(cell.sample))
+            except Exception:  # a monitoring read must never end the sampling
+                log.exception("sampling the cell for the status page failed")
+            await asyncio.sleep(self._history.interval_s)

@@ -19,6 +19,8 @@ from heapd.shm.histogram import BATCH_SIZES, Histogram
 
 log = logging.getLogger(__name__)
 
+# Why a worker was declared dead, as a metric label.
+LOSS_LABELS = {"heartbeat stream broke": "stream_broken", "heartbeat deadline passed": "deadline"}
 # Heartbeat gaps: the interval (0.5 s by default) and how late a beat can be before death.
 GAP_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -153,7 +155,7 @@ class Register:
     def beat(self, beat: Beat) -> shm.CompleteOutcome:
         """Apply one heartbeat; StaleEpoch/WorkerNotFound tell the worker to register again."""
         now = time.time()
-        self._count(beat, now)
+        self.heartbeats += 1
         try:
             self.cell.heartbeat(beat.worker_id, beat.epoch, now, now + self.deadline_s)
         except (shm.StaleEpoch, shm.WorkerNotFound):
@@ -172,6 +174,7 @@ class Register:
                     },
                 )
             raise
+        self._gap(beat.worker_id, now)
         self._arm(beat.worker_id, beat.epoch)
         # The worker repeats the flag until it leaves; the cell's worker state is the record.
         if beat.draining and self.cell.drain_worker(beat.worker_id, beat.epoch):
@@ -183,6 +186,7 @@ class Register:
             self._leases.settle((c.task_id, c.attempt) for c in beat.completions)
         if not beat.completions:
             return shm.CompleteOutcome(0, 0, 0)
+        self.results_per_beat.observe(len(beat.completions))
         return self._settle(beat.worker_id, beat.epoch, beat.completions, now)
 
     def _settle(
@@ -193,6 +197,7 @@ class Register:
         outcome = self.cell.complete(worker_id, epoch, self._history.annotate(completions), now)
         self.stale_total += outcome.stale
         self.retries += outcome.requeued
+        self._count_results(completions, outcome.stale_at)
         if outcome.retry_at:
             self._arm_retry(outcome.retry_at)
         return outcome
@@ -201,6 +206,7 @@ class Register:
         """A worker deregisters; its unfinished tasks are requeued. Returns how many."""
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
+        self._last_beat.pop(worker_id, None)
         lost = self.cell.deregister(worker_id, epoch, time.time(), self._lost_outcome("it left"))
         log.info(
             "worker left",
@@ -280,7 +286,7 @@ class Register:
         if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
             return  # already buried, or a newer registration
         lost = self.cell.worker_lost(worker_id, epoch, time.time(), self._lost_outcome(reason))
-        self.worker_losses[reason] += 1
+        self.worker_losses[LOSS_LABELS.get(reason, reason.replace(" ", "_"))] += 1
         self._last_beat.pop(worker_id, None)
         fields = {"worker_id": worker_id, "reason": reason, "requeued": len(lost.requeued)}
         log.warning("worker dead", extra={"fields": fields})
@@ -290,17 +296,21 @@ class Register:
                 extra={"fields": {"task_ids": lost.failed, "losses": shm.MAX_WORKER_LOSSES + 1}},
             )
 
-    def _count(self, beat: Beat, now: float) -> None:
-        """Heartbeat metrics: the gap since this worker's last beat, results by kind."""
-        self.heartbeats += 1
-        last = self._last_beat.get(beat.worker_id)
-        self._last_beat[beat.worker_id] = now
+    def _gap(self, worker_id: int, now: float) -> None:
+        """The time since this worker's last accepted heartbeat, for the lag histogram."""
+        last = self._last_beat.get(worker_id)
+        self._last_beat[worker_id] = now
         if last is not None:
             self.heartbeat_gaps.observe(now - last)
-        if not beat.completions:
-            return
-        self.results_per_beat.observe(len(beat.completions))
-        for c in beat.completions:
+
+    def _count_results(
+        self, completions: Sequence[shm.Completion], stale_at: tuple[int, ...]
+    ) -> None:
+        """Accepted results by state and failure kind (stale ones are counted as fenced)."""
+        skip = set(stale_at)
+        for i, c in enumerate(completions):
+            if i in skip:
+                continue
             if c.state is shm.TaskState.SUCCEEDED:
                 self.succeeded_attempts += 1
             else:

@@ -31,15 +31,20 @@ class RegisterCollector(Collector):
         yield metrics.histogram_family(
             r.results_per_beat, "heapd_heartbeat_results", "Results carried per heartbeat."
         )
-        attempts = CounterMetricFamily(
-            "heapd_attempt_results",
-            "Attempt results reported by workers, by state and failure kind.",
-            labels=["state", "kind"],
+        yield metrics.counter(
+            "heapd_attempts_succeeded",
+            "Attempts that succeeded (results accepted from workers).",
+            r.succeeded_attempts,
         )
-        attempts.add_metric(["succeeded", ""], r.succeeded_attempts)
-        for kind, n in sorted(r.failed_attempts.items()):
-            attempts.add_metric(["failed", kind], n)
-        yield attempts
+        yield metrics.labelled(
+            CounterMetricFamily(
+                "heapd_attempts_failed",
+                "Attempts that failed, by failure kind (exception, timeout, crashed, ...):"
+                " reported by workers, or timed out by the register.",
+                labels=["kind"],
+            ),
+            sorted(r.failed_attempts.items()),
+        )
         yield metrics.labelled(
             CounterMetricFamily(
                 "heapd_worker_losses", "Workers declared dead, by reason.", labels=["reason"]

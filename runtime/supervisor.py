@@ -72,11 +72,27 @@ class CellPlan:
     # the ports after it; -1 = off, 0 = any ports (each kept across restarts once bound).
     metrics_port: int = -1
 
+    def metrics_problem(self) -> str:
+        """Why the metrics ports cannot be used ("" if they can): past 65535, or one of them
+        is the PLM's or the register's gRPC port."""
+        if self.metrics_port <= 0:
+            return ""
+        last = self.metrics_port + 2 + self.workers
+        if last > 65535:
+            return f"--metrics-port {self.metrics_port}: the ports up to {last} exceed 65535"
+        taken = {self.port, self.register_port} & set(range(self.metrics_port, last + 1))
+        if taken:
+            return (
+                f"--metrics-port {self.metrics_port}: ports {self.metrics_port}..{last} include"
+                f" the PLM's or register's port {min(taken)}"
+            )
+        return ""
+
     def metrics_flags(self, offset: int) -> list[str]:
         """The `--metrics-port` of the role at `offset` (PLM 0, scheduler 1, register 2,
-        worker i at 3 + i), or nothing when metrics are off."""
+        worker i at 3 + i); -1 when metrics are off."""
         if self.metrics_port < 0:
-            return []
+            return ["--metrics-port", "-1"]  # off, whatever HEAPD_METRICS_PORT or a TOML says
         return ["--metrics-port", str(self.metrics_port + offset if self.metrics_port else 0)]
 
 

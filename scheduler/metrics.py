@@ -22,7 +22,7 @@ class SchedulerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The scheduler's own metric families."""
         s = self._scheduler
-        requeued, revoked = s.dispatcher_counts()
+        requeued = s.dispatcher_counts()[0]
         yield metrics.counter("heapd_dispatch_rounds", "Dispatch rounds (one lock each).", s.rounds)
         yield metrics.counter("heapd_tasks_dispatched", "Tasks sent to workers.", s.dispatched)
         yield metrics.histogram_family(
@@ -35,9 +35,6 @@ class SchedulerCollector(Collector):
             "heapd_revocation_requests",
             "Requests to workers to give back unstarted prefetched tasks.",
             s.revoke_requests,
-        )
-        yield metrics.counter(
-            "heapd_dispatch_revoked", "Tasks given back by workers and requeued.", revoked
         )
         yield metrics.counter(
             "heapd_dispatch_requeues",

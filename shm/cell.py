@@ -160,7 +160,6 @@ class Cell:
         asked = time.perf_counter()
         took_over = self._lock.acquire()
         held = time.perf_counter()
-        times.wait.observe(held - asked)
         try:
             if took_over:
                 repair_mod.repair(mem)
@@ -173,6 +172,7 @@ class Cell:
         finally:
             self._lock.release()
             times.hold.observe(time.perf_counter() - held)
+            times.wait.observe(held - asked)
 
     # ---- PLM side
 

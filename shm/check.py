@@ -86,6 +86,9 @@ def _header(mem: CellMemory) -> list[str]:
     for word in (H.TASK_SEQ, H.WORKER_SEQ, H.EPOCH, H.PICK, H.ARENA_USED):
         if hdr[word] < 0:
             problems.append(f"header: {word.name} is negative ({int(hdr[word])})")
+    high = derived.task_high_water(mem)
+    if not high <= hdr[H.TASK_HWM] <= mem.tasks.capacity:
+        problems.append(f"header: TASK_HWM {int(hdr[H.TASK_HWM])} but slot {high - 1} is in use")
     return problems
 
 

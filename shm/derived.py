@@ -49,6 +49,12 @@ def task_keys(mem: CellMemory, slots: Ints) -> Ints:
     return aged
 
 
+def task_high_water(mem: CellMemory) -> int:
+    """One past the highest task slot in use (0 if none): H.TASK_HWM."""
+    used = np.flatnonzero(mem.tasks.rec["state"] != TaskState.FREE)
+    return int(used[-1]) + 1 if len(used) else 0
+
+
 def min_queued_priority(mem: CellMemory) -> int:
     """The lowest priority on the heap (QUEUED and not parked), NO_PRIORITY when none is."""
     rec = mem.tasks.rec

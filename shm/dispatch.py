@@ -134,7 +134,7 @@ def _assign(
     attempt = tasks.attempt[slot] + 1
     tasks.attempt[slot] = attempt
     if attempt == 1:
-        latency.record(mem.latency, latency.QUEUE, now - tasks.submitted_at[slot])
+        latency.record(mem.latency, mem.latency_sums, latency.QUEUE, now - tasks.submitted_at[slot])
     tasks.worker_id[slot] = worker_id
     tasks.worker_epoch[slot] = epoch
     tasks.dispatched_at[slot] = now

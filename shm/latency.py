@@ -1,6 +1,6 @@
 """Cell-wide latency histograms in the segment header: time in queue, running, end to end.
 
-Each histogram is BUCKETS int64 counts plus one int64 sum (nanoseconds), written under the cell
+Each histogram is BUCKETS int64 counts plus one float64 sum (seconds), written under the cell
 lock at the one place a task is dispatched (queue time) or settles (run time, end to end), so
 monitoring reads them without touching the per-task path again: Prometheus histograms on the
 PLM's metrics port and the percentiles of `heapd profile` are differences of these words.
@@ -22,7 +22,8 @@ import numpy.typing as npt
 HISTOGRAMS_AT = 1536  # header byte offset (after the resource name table)
 BUCKETS = 64
 UNIT_S = 1e-5  # bucket arithmetic in units of 10 µs
-_WORDS = BUCKETS + 1  # counts, then the sum in ns
+_WORDS = BUCKETS + 1  # counts, then the sum (a float64 in seconds)
+MAX_S = 1e9  # longer durations (clock jumps) count as this: a record never raises
 WORDS = 3 * _WORDS  # header words taken by the three histograms
 
 
@@ -40,9 +41,13 @@ QUEUE, RUN, TOTAL = 0, 1, 2
 
 def bucket_of(seconds: float) -> int:
     """The bucket a duration falls in (negative durations, from clock steps, count as 0)."""
+    if not seconds < MAX_S:  # also NaN
+        return BUCKETS - 1
+    if seconds <= 0.0:
+        return 0
     q = int(seconds * 100_000.0)
     if q < 2:
-        return q if q > 0 else 0
+        return q
     e = q.bit_length()
     index = 2 * (e - 1) + ((q >> (e - 2)) & 1)
     return index if index < BUCKETS - 1 else BUCKETS - 1
@@ -66,21 +71,23 @@ def lower_bound(index: int) -> float:
     return 0.0 if index == 0 else _upper_units(index - 1) / 100_000
 
 
-def record(area: memoryview, which: int, seconds: float) -> None:
+def record(counts: memoryview[int], sums: memoryview[float], which: int, seconds: float) -> None:
     """Count one duration in histogram `which` (QUEUE, RUN or TOTAL) under the cell lock;
-    `area` is the int64 view of the histogram words (`CellMemory.latency`)."""
+    `counts` and `sums` are the int64 and float64 views of the histogram words
+    (`CellMemory.latency`, `CellMemory.latency_sums`)."""
     base = which * _WORDS
-    area[base + bucket_of(seconds)] += 1
-    if seconds > 0.0:
-        area[base + BUCKETS] += int(seconds * 1e9)
+    counts[base + bucket_of(seconds)] += 1
+    if 0.0 < seconds < MAX_S:
+        sums[base + BUCKETS] += seconds
 
 
-def read(area: npt.NDArray[np.int64], which: Latency) -> tuple[npt.NDArray[np.int64], float]:
+def read(
+    counts: npt.NDArray[np.int64], sums: npt.NDArray[np.float64], which: Latency
+) -> tuple[npt.NDArray[np.int64], float]:
     """(a copy of the bucket counts, the sum in seconds) of one histogram, without the lock:
     a torn read is off by the tasks of one batch, which monitoring tolerates."""
     base = which * _WORDS
-    counts = area[base : base + BUCKETS].copy()
-    return counts, int(area[base + BUCKETS]) / 1e9
+    return counts[base : base + BUCKETS].copy(), float(sums[base + BUCKETS])
 
 
 def quantile(counts: npt.NDArray[np.int64], q: float) -> float:

@@ -81,7 +81,8 @@ Worker record (WORKER_DTYPE, 520 bytes)::
 
 Derived (rebuilt by `shm.repair` from the tables): both heaps and their position
 indexes, both free stacks, in-flight counts, resources in use (used_milli), the arena map
-and H.ARENA_USED, the completion ring (= terminal tasks with F_NOTIFY), H.MIN_QUEUED_PRIORITY;
+and H.ARENA_USED, the completion ring (= terminal tasks with F_NOTIFY), H.MIN_QUEUED_PRIORITY,
+H.TASK_HWM (one past the highest slot in use: free slots are taken lowest first);
 F_PARKED and H.PARKED are cleared (every QUEUED task back on the heap: the scheduler parks
 again what still fits nowhere).
 """
@@ -97,7 +98,9 @@ import numpy as np
 from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
-VERSION = 3  # 2: task record gained `losses`; 3: scheduling (aging, parking, resources)
+# 2: task record gained `losses`; 3: scheduling (aging, parking, resources); 4: latency
+# histograms in the header, H.TASK_HWM
+VERSION = 4
 HEADER_BYTES = 4096
 HEADER_WORDS = 64
 PAGE = 4096
@@ -153,6 +156,7 @@ class H(enum.IntEnum):
     MIN_QUEUED_PRIORITY = 33  # <= every priority on the task heap; NO_PRIORITY when it is empty
     REVOKED = 34  # prefetched tasks taken back from workers so a higher one could overtake
     PARKED = 35  # tasks flagged F_PARKED (derived: repair unparks them all)
+    TASK_HWM = 36  # task slots [0, TASK_HWM) may be in use: monitoring scans only those
 
 
 _TASK_FIELDS: list[Field] = [

@@ -34,7 +34,9 @@ class CellMemory:
         self.hdr_np = np.frombuffer(self.hdr, dtype=np.int64)
         hist_end = latency.HISTOGRAMS_AT + latency.WORDS * 8
         self.latency = self.root[latency.HISTOGRAMS_AT : hist_end].cast("q")
+        self.latency_sums = self.root[latency.HISTOGRAMS_AT : hist_end].cast("d")
         self.latency_np = np.frombuffer(self.latency, dtype=np.int64)
+        self.latency_sums_np = self.latency_np.view(np.float64)
         # The cell's constraint vocabulary (see shm.catalog): resource names, label texts.
         names_end = RESOURCE_NAMES_AT + RESOURCE_NAMES * (RESOURCE_NAME_BYTES + 1)
         self.resource_names = np.frombuffer(
@@ -91,7 +93,9 @@ class CellMemory:
             self.arena,
         ):
             part.release()
-        del self.hdr_np, self.resource_names, self.label_texts, self.latency_np
+        del self.hdr_np, self.resource_names, self.label_texts
+        del self.latency_np, self.latency_sums_np
         self.hdr.release()
         self.latency.release()
+        self.latency_sums.release()
         self.root.release()

@@ -22,6 +22,7 @@ def repair(mem: CellMemory) -> None:
     _settle_tables(mem)
     _rebuild_counters(mem)
     mem.task_free.rebuild(mem.tasks.rec["state"] == TaskState.FREE)
+    mem.hdr[H.TASK_HWM] = derived.task_high_water(mem)
     mem.worker_free.rebuild(mem.workers.rec["state"] == WorkerState.FREE)
     mem.workers.rec["in_flight"] = derived.in_flight(mem)
     mem.workers.rec["used_milli"] = np.minimum(derived.used_milli(mem), (1 << 32) - 1)

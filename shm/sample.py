@@ -82,7 +82,8 @@ def sample(mem: CellMemory) -> CellSample:
     """Read the snapshot (no lock)."""
     hdr = mem.hdr
     now = time.time()
-    counts = np.bincount(mem.tasks.rec["state"], minlength=len(TaskState))
+    used = mem.tasks.rec[: min(int(hdr[H.TASK_HWM]), mem.tasks.capacity)]
+    counts = np.bincount(used["state"], minlength=len(TaskState))
     # Priorities of what is on the heap: its items are a dense array of task slots.
     items, _ = mem.task_heap.entries()
     on_heap = mem.tasks.rec["priority"][items].astype(np.int64)
@@ -96,7 +97,9 @@ def sample(mem: CellMemory) -> CellSample:
         parked=int(hdr[H.PARKED]),
         queued_by_priority={int(p) - PRIORITY_OFFSET: int(per_prio[p]) for p in prios},
         workers=_workers(mem),
-        latency={which: latency.read(mem.latency_np, which) for which in Latency},
+        latency={
+            which: latency.read(mem.latency_np, mem.latency_sums_np, which) for which in Latency
+        },
         task_capacity=mem.tasks.capacity,
         worker_capacity=mem.workers.capacity,
         arena_bytes=int(hdr[H.ARENA_BYTES]),

@@ -26,6 +26,7 @@ from heapd.shm.types import (
 )
 
 _U32 = (1 << 32) - 1
+_HWM = int(H.TASK_HWM)  # header words as ints: an IntEnum index costs a call
 
 # A task's needs (name, milli) and labels ("key=value"), as `validate_new` encodes them.
 Constraints = tuple[list[tuple[str, int]], list[str]]
@@ -92,6 +93,8 @@ def _submit_one(mem: CellMemory, task: NewTask, now: float, asked: Constraints) 
     slot = mem.task_free.pop()
     if slot < 0:
         raise TableFull("tasks", mem.tasks.capacity)
+    if slot >= mem.hdr[_HWM]:
+        mem.hdr[_HWM] = slot + 1
     try:
         chunk = mem.arena.store(task.payload)
     except BaseException:

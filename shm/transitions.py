@@ -118,7 +118,7 @@ def finish(mem: CellMemory, slot: int, state: TaskState, now: float) -> None:
     """
     tasks = mem.tasks
     tasks.finished_at[slot] = now
-    latency.record(mem.latency, latency.TOTAL, now - tasks.submitted_at[slot])
+    latency.record(mem.latency, mem.latency_sums, latency.TOTAL, now - tasks.submitted_at[slot])
     tasks.flags[slot] |= F_NOTIFY
     tasks.state[slot] = int(state)
     mem.ring.push(tasks.id[slot])
@@ -143,7 +143,7 @@ def drop_deps(mem: CellMemory, slot: int) -> None:
 def finish_active(mem: CellMemory, slot: int, state: TaskState, now: float) -> None:
     """DISPATCHED/RUNNING -> terminal; the worker's load drops by one."""
     tasks = mem.tasks
-    latency.record(mem.latency, latency.RUN, now - tasks.dispatched_at[slot])
+    latency.record(mem.latency, mem.latency_sums, latency.RUN, now - tasks.dispatched_at[slot])
     finish(mem, slot, state, now)
     unload(mem, slot, tasks.worker_id[slot], tasks.worker_epoch[slot])
 

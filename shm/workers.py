@@ -178,12 +178,13 @@ def complete(
 ) -> tuple[CompleteOutcome, bool]:
     """Settle finished attempts; returns the outcome and whether any became terminal."""
     w = live_slot(mem, worker_id, epoch)
-    accepted = stale = requeued = 0
+    accepted = requeued = 0
+    stale_at: list[int] = []
     retry_at = 0.0
-    for done in completions:
+    for i, done in enumerate(completions):
         slot = _owned_slot(mem, done.task_id, done.attempt, worker_id, epoch)
         if slot < 0:
-            stale += 1
+            stale_at.append(i)
             continue
         accepted += 1
         due = _settle(mem, slot, done, now)
@@ -192,8 +193,15 @@ def complete(
         else:
             requeued += 1
             retry_at = due if retry_at == 0.0 else min(retry_at, due)
+    stale = len(stale_at)
     mem.bump(H.STALE, stale)
-    outcome = CompleteOutcome(accepted=accepted, stale=stale, requeued=requeued, retry_at=retry_at)
+    outcome = CompleteOutcome(
+        accepted=accepted,
+        stale=stale,
+        requeued=requeued,
+        retry_at=retry_at,
+        stale_at=tuple(stale_at),
+    )
     return outcome, accepted > requeued
 
 

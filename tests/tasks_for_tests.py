@@ -40,6 +40,16 @@ def tagged_start(tag: str, seconds: float) -> tuple[str, float]:
     return tag, started
 
 
+def tagged_start_until(tag: str, path: str, limit_s: float = 60.0) -> tuple[str, float]:
+    """When it started, then hold its slot until `path` exists (at most `limit_s`): the test
+    decides when it ends."""
+    started = time.time()
+    deadline = started + limit_s
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.005)
+    return tag, started
+
+
 def whoami() -> int:
     return os.getppid()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -22,6 +24,10 @@ from heapd.runtime.bench.experiment import PolicyRun, TaskRun, Worker
 from heapd.runtime.launch import LocalCell
 
 
+@pytest.mark.skipif(
+    shutil.which("taskset") is None or not hasattr(os, "sched_setaffinity"),
+    reason="the experiment pins its slowed worker with taskset (util-linux, Linux)",
+)
 def test_policies_experiment_writes_plots_and_table(
     open_cell: OpenCell, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -57,7 +57,12 @@ def test_late_high_tasks_start_before_every_prefetched_low_one(
             assert_eventually(
                 lambda: any(client.get_task(f.task_id).state == "DISPATCHED" for f in low)
             )
-        high = [client.submit(t.tagged_start, f"high{i}", 1.0, priority="high") for i in range(5)]
+        # The high tasks hold their slots until the test ends them: none may end, and free a slot
+        # at the moment a gate frees another, while the gates are released.
+        done = str(tmp_path / "highs-may-end")
+        high = [
+            client.submit(t.tagged_start_until, f"high{i}", done, priority="high") for i in range(5)
+        ]
         # The bound allows one dispatch round trip: a slot freed while the revocation is on its
         # way starts what its worker holds. So the slots free only once the low tasks are back
         # in the queue (with prefetch 1 none was ever sent).
@@ -69,9 +74,9 @@ def test_late_high_tasks_start_before_every_prefetched_low_one(
             for count, gate in enumerate(gates[:5], start=1):
                 assert_eventually(lambda gate=gate: release_gate(gate))
                 released.append(gate)
-                # At least: a high task that already ended (1 s) frees its slot for the next.
-                assert_eventually(lambda n=count: sum(has_started(client, h) for h in high) >= n)
+                assert_eventually(lambda n=count: sum(has_started(client, h) for h in high) == n)
         finally:  # whatever happened above, no blocker outlives the test (the 6th included)
+            Path(done).touch()
             for gate in [g for g in gates if g not in released]:
                 assert_eventually(lambda gate=gate: release_gate(gate))
         started = dict(client.gather(high + low, timeout=120))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import itertools
 import math
 import time
@@ -33,6 +34,17 @@ def test_a_duration_falls_inside_its_bucket(seconds: float) -> None:
     assert latency.lower_bound(index) <= seconds + 1e-12
     if index < latency.BUCKETS - 1:
         assert seconds < latency.upper_bounds()[index] + 1e-12
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_recording_any_duration_never_raises(seconds: float) -> None:
+    counts = array.array("q", bytes(8 * latency.WORDS))
+    sums = memoryview(counts).cast("B").cast("d")
+    for _ in range(3):
+        latency.record(memoryview(counts), sums, latency.TOTAL, seconds)
+    base = latency.TOTAL * (latency.BUCKETS + 1)
+    assert sum(counts[base : base + latency.BUCKETS]) == 3
+    assert math.isfinite(sums[base + latency.BUCKETS])
 
 
 def test_bounds_increase_and_end_open() -> None:

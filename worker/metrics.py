@@ -27,8 +27,10 @@ class WorkerCollector(Collector):
         yield metrics.gauge("heapd_worker_running", "Tasks running now.", pool.running)
         yield metrics.gauge("heapd_worker_queued", "Tasks held, not started yet.", pool.queued)
         yield metrics.counter("heapd_worker_assigned", "Tasks received.", w.assigned)
-        yield metrics.histogram_family(
-            w.assign_sizes, "heapd_worker_assign_batch_size", "Tasks per AssignTasks message."
+        yield metrics.counter(
+            "heapd_worker_assign_messages",
+            "AssignTasks messages received (tasks per message: assigned ÷ messages).",
+            w.assign_messages,
         )
         yield metrics.counter(
             "heapd_worker_revoked", "Unstarted tasks given back to the scheduler.", w.revoked

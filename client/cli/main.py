@@ -293,6 +293,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         result_ttl_s=args.result_ttl_s,
         metrics_port=cfg.metrics_port,
     )
+    if problem := plan.metrics_problem():
+        print(f"heapd up: {problem}", file=sys.stderr)
+        return 2
     return supervisor.up(plan)
 
 
