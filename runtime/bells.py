@@ -1,23 +1,22 @@
-"""Bridge a shared-memory doorbell (a POSIX semaphore) into an asyncio event loop.
+"""A shared-memory doorbell (a FIFO, `heapd.shm.Doorbell`) watched by an asyncio event loop.
 
-A semaphore cannot be waited on by epoll, so one thread per doorbell blocks in sem_wait (which
-releases the GIL) and hands each ring to the loop. The wait has a timeout only so that `stop()`
-is noticed; coordination never depends on it.
+The loop waits on the doorbell's descriptor itself (`loop.add_reader`): a ring wakes the loop
+directly, with no thread in between, and the callback drains every pending ring at once (a
+burst of rings is one wake-up).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Protocol
 
 
 class Bell(Protocol):
-    """What the bridge needs of a doorbell."""
+    """What the listener needs of a doorbell."""
 
-    def wait(self, timeout: float | None) -> bool: ...
+    def fileno(self) -> int: ...
 
-    def ring(self) -> None: ...
+    def drain(self) -> bool: ...
 
 
 class BellListener:
@@ -25,31 +24,29 @@ class BellListener:
 
     def __init__(self, bell: Bell, loop: asyncio.AbstractEventLoop, name: str) -> None:
         self.event = asyncio.Event()
+        self.name = name
         self._bell = bell
         self._loop = loop
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"bell-{name}", daemon=True)
+        self._watching = False
 
     def start(self) -> None:
-        """Start listening; call from the loop thread."""
-        self._thread.start()
+        """Watch the doorbell; call from the loop thread. Rings from before the start are
+        dropped and `event` is set once: the owner does a full round first anyway."""
+        self._bell.drain()
+        self._loop.add_reader(self._bell.fileno(), self._rung)
+        self._watching = True
+        self.event.set()
 
     def stop(self) -> None:
-        """Ask the thread to stop (it leaves within one wait timeout); `close` also waits."""
-        self._stopping.set()
+        """Stop watching (idempotent); call from the loop thread."""
+        if self._watching:
+            self._watching = False
+            self._loop.remove_reader(self._bell.fileno())
 
     async def close(self) -> None:
-        """Stop the thread and wait until it has left: it must never outlive the cell handle
-        whose semaphore it waits on (a wait on an unmapped semaphore crashes the process)."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._bell.ring()  # wake it now instead of at the end of its wait timeout
-            await asyncio.to_thread(self._thread.join)
+        """Stop watching: the doorbell's descriptor may then be closed with the cell handle."""
+        self.stop()
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            if self._bell.wait(0.25) and not self._stopping.is_set():
-                try:
-                    self._loop.call_soon_threadsafe(self.event.set)
-                except RuntimeError:  # loop closed during shutdown
-                    return
+    def _rung(self) -> None:
+        if self._bell.drain():
+            self.event.set()

@@ -70,8 +70,9 @@ class Cell:
         self.generation = int(mem.hdr[H.GENERATION])
         self.lock_times = LockTimes()  # this process's waits and holds, for its metrics
         self._lock = CellLock(seg.lock, seg.repair, mem.hdr, self.lock_times)
-        self.scheduler_bell = Doorbell(seg.scheduler_bell)
-        self.plm_bell = Doorbell(seg.plm_bell)
+        self.scheduler_bell = Doorbell(seg.scheduler_bell, seg.names.scheduler_bell)
+        self.plm_bell = Doorbell(seg.plm_bell, seg.names.plm_bell)
+        seg.scheduler_bell = seg.plm_bell = -1  # the doorbells own their descriptors now
 
     # ---- lifecycle
 
@@ -131,6 +132,8 @@ class Cell:
             return
         self._mem.release()
         self._mem = None
+        self.scheduler_bell.close()
+        self.plm_bell.close()
         self._seg.close()
 
     def __enter__(self) -> Cell:

@@ -99,8 +99,8 @@ from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
 # 2: task record gained `losses`; 3: scheduling (aging, parking, resources); 4: latency
-# histograms in the header, H.TASK_HWM
-VERSION = 4
+# histograms in the header, H.TASK_HWM; 5: doorbells are FIFOs (shm.doorbell), not semaphores
+VERSION = 5
 HEADER_BYTES = 4096
 HEADER_WORDS = 64
 PAGE = 4096

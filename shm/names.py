@@ -1,8 +1,9 @@
 """Every POSIX name of a cell, derived from the cell name in this one module.
 
-A cell `NAME` owns `/heapd.NAME.shm` (the segment) and four semaphores
-`/heapd.NAME.lock`, `.repair`, `.sched`, `.plm`. Linux shows the segment as
-`/dev/shm/heapd.NAME.shm` and each semaphore as `/dev/shm/sem.heapd.NAME.<x>`.
+A cell `NAME` owns `/heapd.NAME.shm` (the segment), two semaphores `/heapd.NAME.lock` and
+`.repair`, and two doorbells, FIFOs `/dev/shm/heapd.NAME.sched.bell` and `.plm.bell`. Linux
+shows the segment as `/dev/shm/heapd.NAME.shm` and each semaphore as
+`/dev/shm/sem.heapd.NAME.<x>`.
 """
 
 from __future__ import annotations
@@ -48,22 +49,28 @@ class CellNames:
 
     @property
     def scheduler_bell(self) -> str:
-        return self.prefix + "sched"
+        """The scheduler's doorbell: a FIFO path."""
+        return f"{DEV_SHM}/heapd.{self.cell}.sched.bell"
 
     @property
     def plm_bell(self) -> str:
-        return self.prefix + "plm"
+        """The PLM's doorbell: a FIFO path."""
+        return f"{DEV_SHM}/heapd.{self.cell}.plm.bell"
 
     def semaphores(self) -> list[str]:
         """Semaphore names, the lock first (it is created first and unlinked last)."""
-        return [self.lock, self.repair, self.scheduler_bell, self.plm_bell]
+        return [self.lock, self.repair]
+
+    def bells(self) -> list[str]:
+        """The doorbell FIFOs' paths."""
+        return [self.scheduler_bell, self.plm_bell]
 
     def all(self) -> list[str]:
-        """Every POSIX name of the cell."""
-        return [self.segment, *self.semaphores()]
+        """Every object of the cell: POSIX names of the segment and semaphores, bell paths."""
+        return [self.segment, *self.semaphores(), *self.bells()]
 
     def dev_shm_paths(self) -> list[str]:
         """Where Linux shows each object under /dev/shm."""
         paths = [f"{DEV_SHM}/{self.segment[1:]}"]
         paths += [f"{DEV_SHM}/sem.{name[1:]}" for name in self.semaphores()]
-        return paths
+        return paths + self.bells()

@@ -1,9 +1,11 @@
-"""A cell's POSIX objects as one unit: create, attach, unlink the segment and semaphores.
+"""A cell's POSIX objects as one unit: create, attach, unlink the segment, semaphores and
+doorbell FIFOs.
 
 Create order: the lock semaphore first, at 0 (held by the creator, and exclusive
-creation makes it the "someone is creating this cell" marker), then the other
-semaphores, then the segment (0600), then the header with the magic written last,
-then the lock is posted. Any failure unlinks exactly what this call created.
+creation makes it the "someone is creating this cell" marker), then the repair
+semaphore, the doorbell FIFOs, then the segment (all 0600), then the header with the
+magic written last, then the lock is posted. Any failure unlinks exactly what this call
+created.
 An attacher that finds the segment missing or its magic still 0 waits (bounded) on
 the lock semaphore for the creator to finish instead of polling.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +43,17 @@ class Segment:
     capacities: Capacities
     lock: posix_ipc.Semaphore
     repair: posix_ipc.Semaphore
-    scheduler_bell: posix_ipc.Semaphore
-    plm_bell: posix_ipc.Semaphore
+    scheduler_bell: int  # the FIFOs' descriptors, open read-write (see shm.doorbell)
+    plm_bell: int
 
     def close(self) -> None:
-        """Close the semaphores and unmap (the objects themselves stay)."""
-        for sem in (self.lock, self.repair, self.scheduler_bell, self.plm_bell):
+        """Close the semaphores and FIFOs and unmap (the objects themselves stay)."""
+        for sem in (self.lock, self.repair):
             sem.close()
+        for fd in (self.scheduler_bell, self.plm_bell):
+            if fd >= 0:  # -1: handed over to a Doorbell, which closes it
+                os.close(fd)
+        self.scheduler_bell = self.plm_bell = -1
         with contextlib.suppress(BufferError):  # a view still referenced: GC unmaps later
             self.mm.close()
 
@@ -74,25 +81,54 @@ def create(names: CellNames, caps: Capacities, init: Init) -> Segment:
     _check_room(names.cell, layout.total)
     created: list[str] = []
     opened: list[posix_ipc.Semaphore] = []
+    fds: list[int] = []
     mm: mmap.mmap | None = None
     try:
-        for name, value in zip(names.semaphores(), (0, 1, 0, 0), strict=True):
+        for name, value in zip(names.semaphores(), (0, 1), strict=True):
             opened.append(_new_semaphore(names, name, value, first=not created))
             created.append(name)
+        for path in names.bells():
+            _new_fifo(names, path)
+            created.append(path)
+            fds.append(_open_fifo(names, path))
         mm = _new_segment(names, layout.total)
         created.append(names.segment)
         init(mm, layout)
         opened[0].release()
-        return Segment(names, mm, layout, caps, *opened)
+        return Segment(names, mm, layout, caps, *opened, *fds)
     except BaseException:
         if mm is not None:
             with contextlib.suppress(BufferError):
                 mm.close()
         for sem in opened:
             sem.close()
+        for fd in fds:
+            os.close(fd)
         for name in reversed(created):
             _unlink_one(names, name)
         raise
+
+
+def _new_fifo(names: CellNames, path: str) -> None:
+    try:
+        os.mkfifo(path, MODE)
+    except FileExistsError:
+        raise CellExists(names.cell, f"a leftover doorbell {path} exists") from None
+
+
+def _open_fifo(names: CellNames, path: str) -> int:
+    """Open a doorbell read-write, non-blocking; refuse anything but our own 0600 FIFO."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LayoutMismatch(names.cell, f"doorbell {path} is missing") from None
+    except PermissionError:
+        raise _denied(names.cell, path) from None
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise ShmError(f"cell {names.cell!r}: {path} is not a doorbell FIFO of this user")
+    return fd
 
 
 def _new_semaphore(names: CellNames, name: str, value: int, first: bool) -> posix_ipc.Semaphore:
@@ -147,10 +183,17 @@ def attach(names: CellNames) -> Segment:
             header = np.frombuffer(mm, dtype=np.int64, count=HEADER_WORDS).copy()
         caps, layout = _validate_header(names.cell, header, len(mm))
         sems = [_open_semaphore(names, name) for name in names.semaphores()]
+        fds: list[int] = []
+        try:
+            fds = [_open_fifo(names, path) for path in names.bells()]
+        except BaseException:
+            for sem in sems:
+                sem.close()
+            raise
     except BaseException:
         mm.close()
         raise
-    return Segment(names, mm, layout, caps, *sems)
+    return Segment(names, mm, layout, caps, *sems, *fds)
 
 
 def _open_segment(names: CellNames) -> mmap.mmap:
@@ -237,6 +280,12 @@ def _denied(cell: str, name: str) -> ShmError:
 
 
 def _unlink_one(names: CellNames, name: str) -> bool:
+    if name in names.bells():
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            return False
+        return True
     try:
         if name == names.segment:
             posix_ipc.unlink_shared_memory(name)
@@ -249,7 +298,7 @@ def _unlink_one(names: CellNames, name: str) -> bool:
 
 def unlink(names: CellNames) -> list[str]:
     """Remove the segment and semaphores of a cell, ignoring missing ones; the lock last."""
-    order = [names.segment, *names.semaphores()[1:], names.lock]
+    order = [names.segment, *names.bells(), *names.semaphores()[1:], names.lock]
     return [name for name in order if _unlink_one(names, name)]
 
 

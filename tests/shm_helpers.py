@@ -103,3 +103,19 @@ def open_cell(name: str, start: Event, out: Queue[int]) -> None:
     start.wait()
     with Cell.open(name, SMALL) as cell:
         out.put(cell.generation)
+
+
+def ring_forever(name: str, ready: Event) -> None:
+    """Ring the scheduler's doorbell until killed (the pipe fills; rings then drop)."""
+    with Cell.attach(name) as cell:
+        ready.set()
+        while True:
+            cell.scheduler_bell.ring()
+
+
+def wait_forever(name: str, ready: Event) -> None:
+    """Wait on the PLM's doorbell until killed, draining whatever rings."""
+    with Cell.attach(name) as cell:
+        ready.set()
+        while True:
+            cell.plm_bell.wait(None)

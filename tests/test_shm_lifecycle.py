@@ -136,10 +136,18 @@ def test_failed_create_leaves_nothing(cell_name: str, monkeypatch: pytest.Monkey
 
 def test_leftover_semaphore_blocks_create_but_is_not_ours_to_remove(cell_name: str) -> None:
     names = CellNames(cell_name)
-    posix_ipc.Semaphore(names.plm_bell, posix_ipc.O_CREX, 0o600).close()
+    posix_ipc.Semaphore(names.repair, posix_ipc.O_CREX, 0o600).close()
     with pytest.raises(CellExists, match=r"leftover semaphore .*heapd down --cell"):
         Cell.create(cell_name, SMALL)
-    assert leftovers(cell_name) == [names.dev_shm_paths()[4]]
+    assert leftovers(cell_name) == [names.dev_shm_paths()[2]]
+
+
+def test_leftover_doorbell_blocks_create_but_is_not_ours_to_remove(cell_name: str) -> None:
+    names = CellNames(cell_name)
+    os.mkfifo(names.plm_bell, 0o600)
+    with pytest.raises(CellExists, match=r"leftover doorbell .*heapd down --cell"):
+        Cell.create(cell_name, SMALL)
+    assert leftovers(cell_name) == [names.plm_bell]
 
 
 def _foreign_segment(name: str, data: bytes) -> None:
@@ -203,8 +211,26 @@ def test_impossible_capacities_in_header(cell_name: str) -> None:
 
 def test_missing_semaphore(cell_name: str) -> None:
     Cell.create(cell_name, SMALL).close()
-    posix_ipc.unlink_semaphore(CellNames(cell_name).scheduler_bell)
+    posix_ipc.unlink_semaphore(CellNames(cell_name).repair)
     with pytest.raises(LayoutMismatch, match=r"semaphore .* missing"):
+        Cell.attach(cell_name)
+
+
+def test_missing_doorbell(cell_name: str) -> None:
+    Cell.create(cell_name, SMALL).close()
+    os.unlink(CellNames(cell_name).scheduler_bell)
+    with pytest.raises(LayoutMismatch, match=r"doorbell .* missing"):
+        Cell.attach(cell_name)
+
+
+def test_a_doorbell_that_is_not_a_fifo_is_refused(cell_name: str) -> None:
+    Cell.create(cell_name, SMALL).close()
+    bell = CellNames(cell_name).plm_bell
+    os.unlink(bell)
+    with open(bell, "w") as planted:
+        planted.write("not a fifo")
+    os.chmod(bell, 0o600)
+    with pytest.raises(ShmError, match="not a doorbell FIFO"):
         Cell.attach(cell_name)
 
 

@@ -114,3 +114,26 @@ def test_racing_opens_agree_on_one_cell(cell_name: str) -> None:
     assert len(generations) == 1 and all(p.exitcode == 0 for p in racers)
     with Cell.attach(cell_name) as cell:
         assert cell.generation in generations and cell.check() == []
+
+
+def test_a_doorbell_survives_its_ringer_and_its_waiter_being_killed(cell_name: str) -> None:
+    """Killed mid-ring (the pipe full) or mid-wait, a peer leaves nothing that wedges the bell:
+    the next waiter drains the stale rings once, then sees each new ring, and rings still go
+    through with the waiter gone."""
+    with Cell.create(cell_name, Capacities(tasks=64, workers=4)) as cell:
+        for target in (shm_helpers.ring_forever, shm_helpers.wait_forever):
+            ready = ctx.Event()
+            peer = ctx.Process(target=target, args=(cell_name, ready))
+            peer.start()
+            assert ready.wait(30)
+            time.sleep(0.2)  # ringing (the pipe fills up) or blocked in its wait
+            assert peer.pid is not None
+            os.kill(peer.pid, signal.SIGKILL)
+            peer.join(30)
+        assert cell.scheduler_bell.wait(1.0) is True  # the dead ringer's rings, at once
+        assert cell.scheduler_bell.wait(0) is False
+        cell.submit([NewTask(b"x")], 1.0)  # rings the scheduler
+        assert cell.scheduler_bell.wait(1.0) is True
+        cell.plm_bell.ring()  # its waiter died: the ring neither blocks nor fails
+        assert cell.plm_bell.wait(1.0) is True
+        assert cell.check() == []
