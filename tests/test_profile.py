@@ -301,11 +301,14 @@ def test_bench_measure_writes_a_profile_per_run(
     monkeypatch.setattr(runner, "W1_TASKS", 30)
     monkeypatch.setattr(floors, "ECHO_CALLS", 20)
     monkeypatch.setattr(floors, "WARMUP_CALLS", 2)
+    monkeypatch.setattr(runner, "W2_ROUNDS", 20)  # F0's round trips
+    monkeypatch.setattr(runner, "W2_WARMUP", 2)
     directory = tmp_path / "profiles"
     report = runner.measure(
         ["W1"], 2, lambda _: None, durability=Durability.NONE, profile_dir=directory
     )
     assert report["W1"]["tasks_per_s"] > 0
+    assert report["F0"]["p50_ms"] > 0 and report["F1"]["p50_ms"] > 0  # the floors, measured
     assert sorted(p.name for p in directory.iterdir()) == ["W1-run1.csv", "W1-run2.csv"]
     for run in (1, 2):
         rows = read_rows((directory / f"W1-run{run}.csv").read_text())

@@ -1,8 +1,10 @@
 """The floors every figure is divided by, measured in the same run (BENCHMARKS.md).
 
-F1: p50 of a unary gRPC call with a tiny message to another Python process on loopback
-(sync client, aio server: as heapd's client uses gRPC). F2: tasks/s of a ProcessPoolExecutor
-with SLOTS processes mapping the no-op, chunksize=1.
+F0: p50 of one no-op's round trip through a ProcessPoolExecutor with SLOTS processes
+(`submit(noop, i).result()`, W2's pattern with no scheduler). F1: p50 of a unary gRPC call with
+a tiny message to another Python process on loopback (sync client, aio server: as heapd's
+client uses gRPC). F2: tasks/s of a ProcessPoolExecutor with SLOTS processes mapping the
+no-op, chunksize=1.
 """
 
 from __future__ import annotations
@@ -50,6 +52,23 @@ def echo_p50_ms() -> float:
         server.wait()
         if server.stdout is not None:
             server.stdout.close()
+
+
+def pool_round_trip_p50_ms(slots: int, rounds: int, warmup: int) -> float:
+    """F0: p50 (ms) of `ProcessPoolExecutor(slots).submit(noop, i).result()`, repeated
+    sequentially after `warmup` round trips, pool already started."""
+    context = multiprocessing.get_context("spawn")
+    samples = []
+    with concurrent.futures.ProcessPoolExecutor(max_workers=slots, mp_context=context) as pool:
+        list(pool.map(noop, range(slots * 4), chunksize=1))  # start every process first
+        for i in range(warmup + rounds):
+            start = time.perf_counter()
+            value = pool.submit(noop, i).result()
+            if i >= warmup:
+                samples.append(time.perf_counter() - start)
+            if value != i:
+                raise AssertionError("F0 pool returned a wrong result")
+    return statistics.median(samples) * 1000
 
 
 def pool_tasks_per_s(slots: int, items: int) -> float:

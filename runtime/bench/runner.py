@@ -133,7 +133,12 @@ def measure(
     if unknown:
         known = sorted([*WORKLOADS, *MULTI_CELL, "RECOVER"])
         raise ValueError(f"unknown workload(s) {unknown}; available: {known}")
-    bars = _Bars(progress, steps=2 + len(workloads))
+    bars = _Bars(progress, steps=3 + len(workloads))
+    log("F0: process pool round trip floor")
+    f0 = statistics.median(
+        floors.pool_round_trip_p50_ms(W1_SLOTS, W2_ROUNDS, W2_WARMUP) for _ in range(repeat)
+    )
+    bars.step_done()
     log("F2: process pool floor")
     f2 = statistics.median(floors.pool_tasks_per_s(W1_SLOTS, W1_TASKS) for _ in range(repeat))
     bars.step_done()
@@ -142,6 +147,7 @@ def measure(
     bars.step_done()
     report: dict[str, Any] = {
         "durability": str(durability),
+        "F0": {"p50_ms": f0},
         "F1": {"p50_ms": f1},
         "F2": {"tasks_per_s": f2},
     }
@@ -204,6 +210,7 @@ def _add_ratios(report: dict[str, Any]) -> None:
         report["W1"]["ratio_to_F2"] = report["W1"]["tasks_per_s"] / report["F2"]["tasks_per_s"]
     if "W2" in report:
         report["W2"]["ratio_to_F1"] = report["W2"]["p50_ms"] / report["F1"]["p50_ms"]
+        report["W2"]["ratio_to_F0"] = report["W2"]["p50_ms"] / report["F0"]["p50_ms"]
 
 
 def render(report: dict[str, Any]) -> Table:
