@@ -67,7 +67,6 @@ class Plm:
         self._dependents = Dependents(cell, messages, self._journal_started)
         # Read by heapd.plm.metrics at scrape time; updated once per request or batch.
         self.delivered = 0  # results written to watch streams
-        self.watch_streams = 0
 
     async def __aenter__(self) -> Plm:
         await self.start()
@@ -286,10 +285,11 @@ class Plm:
         reasons = dict(zip(queued, self.cell.unschedulable_reasons(queued), strict=True))
         return [(info, reasons.get(info.task_id, "")) for info in infos]
 
-    def holding(self) -> tuple[int, int, int]:
-        """(results held for nobody, delivered but not yet acknowledged, sessions known)."""
+    def holding(self) -> tuple[int, int, int, int]:
+        """(results held for nobody, delivered but not yet acknowledged, sessions known, open
+        watch streams)."""
         held = len(self._held or ())
-        return held, len(self._delivered or ()), len(self._sessions)
+        return held, len(self._delivered or ()), len(self._sessions), self._sessions.streams()
 
     @property
     def commits(self) -> GroupCommit | None:
@@ -309,7 +309,6 @@ class Plm:
         until the stream is closed or the PLM stops."""
         assert self._held is not None and self._delivered is not None
         session = self._sessions.attach(name)
-        self.watch_streams += 1
         try:
             self._adopt(session.name, task_ids)
             while not self._stop.is_set():
@@ -328,7 +327,6 @@ class Plm:
                 self.delivered += len(known)
                 yield batch
         finally:
-            self.watch_streams -= 1
             self._sessions.detach(session)
             if session.streams == 0 and session.queued:
                 self._held.hold_many(session.queued)  # unwatched from now on

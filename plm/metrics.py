@@ -22,7 +22,7 @@ class PlmCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The PLM's own metric families."""
         plm = self._plm
-        held, unacknowledged, sessions = plm.holding()
+        held, unacknowledged, sessions, streams = plm.holding()
         yield metrics.counter(
             "heapd_results_delivered", "Results written to clients' watch streams.", plm.delivered
         )
@@ -35,7 +35,7 @@ class PlmCollector(Collector):
             unacknowledged,
         )
         yield metrics.gauge("heapd_sessions", "Client sessions the PLM knows.", sessions)
-        yield metrics.gauge("heapd_watch_streams", "Open WatchTasks streams.", plm.watch_streams)
+        yield metrics.gauge("heapd_watch_streams", "Open WatchTasks streams.", streams)
         commits = plm.commits
         if commits is not None:
             yield metrics.counter(

@@ -42,6 +42,10 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def streams(self) -> int:
+        """Open WatchTasks streams, over every session."""
+        return sum(session.streams for session in self._sessions.values())
+
     def own(self, name: str, task_ids: Iterable[int], *, take_over: bool = False) -> None:
         """Route these tasks' results to session `name`. A task already routed elsewhere keeps
         its session unless `take_over` (a client that asked for it by id or by key since: the

@@ -19,8 +19,6 @@ from heapd.shm.histogram import BATCH_SIZES, Histogram
 
 log = logging.getLogger(__name__)
 
-# Why a worker was declared dead, as a metric label.
-LOSS_LABELS = {"heartbeat stream broke": "stream_broken", "heartbeat deadline passed": "deadline"}
 # Heartbeat gaps: the interval (0.5 s by default) and how late a beat can be before death.
 GAP_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -64,7 +62,6 @@ class Register:
         self.leases_expired = 0
         self.results_per_beat = Histogram(BATCH_SIZES)
         self.heartbeat_gaps = Histogram(GAP_SECONDS)
-        self._last_beat: dict[int, float] = {}
 
     async def __aenter__(self) -> Register:
         self.start()
@@ -157,7 +154,7 @@ class Register:
         now = time.time()
         self.heartbeats += 1
         try:
-            self.cell.heartbeat(beat.worker_id, beat.epoch, now, now + self.deadline_s)
+            previous = self.cell.heartbeat(beat.worker_id, beat.epoch, now, now + self.deadline_s)
         except (shm.StaleEpoch, shm.WorkerNotFound):
             # A worker declared DEAD is back (it hung, or was cut off): whatever results it
             # carries are for attempts already requeued, so they are dropped; say how many.
@@ -174,7 +171,7 @@ class Register:
                     },
                 )
             raise
-        self._gap(beat.worker_id, now)
+        self.heartbeat_gaps.observe(now - previous)
         self._arm(beat.worker_id, beat.epoch)
         # The worker repeats the flag until it leaves; the cell's worker state is the record.
         if beat.draining and self.cell.drain_worker(beat.worker_id, beat.epoch):
@@ -197,7 +194,7 @@ class Register:
         outcome = self.cell.complete(worker_id, epoch, self._history.annotate(completions), now)
         self.stale_total += outcome.stale
         self.retries += outcome.requeued
-        self._count_results(completions, outcome.stale_at)
+        self._count_results(completions, outcome)
         if outcome.retry_at:
             self._arm_retry(outcome.retry_at)
         return outcome
@@ -206,7 +203,6 @@ class Register:
         """A worker deregisters; its unfinished tasks are requeued. Returns how many."""
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
-        self._last_beat.pop(worker_id, None)
         lost = self.cell.deregister(worker_id, epoch, time.time(), self._lost_outcome("it left"))
         log.info(
             "worker left",
@@ -223,7 +219,7 @@ class Register:
     def stream_broken(self, worker_id: int, epoch: int) -> None:
         """The worker's heartbeat stream ended without a Deregister: it is dead."""
         if not self.stopping:
-            self._bury(worker_id, epoch, "heartbeat stream broke")
+            self._bury(worker_id, epoch, "heartbeat stream broke", "stream_broken")
 
     def take_cancels(self, worker_id: int) -> list[tuple[int, int]]:
         """Attempts the worker must stop (their lease ran out); sent with the next reply."""
@@ -274,9 +270,10 @@ class Register:
             self._deadlines.arm(worker_id, epoch, self.deadline_s)
 
     def _expired(self, worker_id: int, epoch: int) -> None:
-        self._bury(worker_id, epoch, "heartbeat deadline passed")
+        self._bury(worker_id, epoch, "heartbeat deadline passed", "deadline")
 
-    def _bury(self, worker_id: int, epoch: int, reason: str) -> None:
+    def _bury(self, worker_id: int, epoch: int, reason: str, label: str) -> None:
+        """Declare the worker dead for `reason` (`label`: the same, as a metric label)."""
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
         try:
@@ -286,8 +283,7 @@ class Register:
         if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
             return  # already buried, or a newer registration
         lost = self.cell.worker_lost(worker_id, epoch, time.time(), self._lost_outcome(reason))
-        self.worker_losses[LOSS_LABELS.get(reason, reason.replace(" ", "_"))] += 1
-        self._last_beat.pop(worker_id, None)
+        self.worker_losses[label] += 1
         fields = {"worker_id": worker_id, "reason": reason, "requeued": len(lost.requeued)}
         log.warning("worker dead", extra={"fields": fields})
         if lost.failed:
@@ -296,25 +292,13 @@ class Register:
                 extra={"fields": {"task_ids": lost.failed, "losses": shm.MAX_WORKER_LOSSES + 1}},
             )
 
-    def _gap(self, worker_id: int, now: float) -> None:
-        """The time since this worker's last accepted heartbeat, for the lag histogram."""
-        last = self._last_beat.get(worker_id)
-        self._last_beat[worker_id] = now
-        if last is not None:
-            self.heartbeat_gaps.observe(now - last)
-
     def _count_results(
-        self, completions: Sequence[shm.Completion], stale_at: tuple[int, ...]
+        self, completions: Sequence[shm.Completion], outcome: shm.CompleteOutcome
     ) -> None:
-        """Accepted results by state and failure kind (stale ones are counted as fenced)."""
-        skip = set(stale_at)
-        for i, c in enumerate(completions):
-            if i in skip:
-                continue
-            if c.state is shm.TaskState.SUCCEEDED:
-                self.succeeded_attempts += 1
-            else:
-                self.failed_attempts[self._outcomes.failure_kind(c.result)] += 1
+        """Accepted results: successes by count, failures by kind (parsed: they are rare)."""
+        self.succeeded_attempts += outcome.accepted - len(outcome.failed_at)
+        for i in outcome.failed_at:
+            self.failed_attempts[self._outcomes.failure_kind(completions[i].result)] += 1
 
     def _lost_outcome(self, reason: str) -> bytes:
         """The result of a task that lost its worker once too often (see shm.MAX_WORKER_LOSSES)."""

@@ -13,7 +13,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from heapd.shm import CellSample, TaskState, WorkerState
+from heapd.shm import CellSample, TaskState
 from heapd.shm.sample import between
 
 WINDOW_S = 600.0  # how far back the page looks
@@ -80,15 +80,14 @@ class History:
 
 def _point(before: CellSample, after: CellSample) -> HistoryPoint:
     interval = between(before, after)
-    alive = [w for w in after.workers if w.state == WorkerState.ALIVE]
     return HistoryPoint(
         at=after.at,
         queued=after.queued,
         pending=after.states.get(TaskState.PENDING, 0),
         running=after.running,
-        workers_alive=len(alive),
-        slots_free=sum(max(w.slots - w.in_flight, 0) for w in alive),
-        slots_total=sum(w.slots for w in alive),
+        workers_alive=len(after.alive),
+        slots_free=after.slots_free,
+        slots_total=after.slots,
         submitted_per_s=interval.submitted_per_s,
         settled_per_s=sum(interval.settled_per_s.values()),
         p50_s=interval.p50_s,

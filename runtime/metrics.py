@@ -163,18 +163,14 @@ def _task_gauges(s: shm.CellSample) -> Iterator[Metric]:
 
 def _worker_gauges(s: shm.CellSample) -> Iterator[Metric]:
     by_state = {state.name.lower(): 0 for state in shm.WorkerState if state.name != "FREE"}
-    slots = free = 0
     for w in s.workers:
         by_state[w.state.name.lower()] += 1
-        if w.state == shm.WorkerState.ALIVE:
-            slots += w.slots
-            free += max(w.slots - w.in_flight, 0)
     yield labelled(
         GaugeMetricFamily("heapd_workers", "Registered workers by state.", labels=["state"]),
         by_state.items(),
     )
-    yield gauge("heapd_slots", "Task slots of the live workers.", slots)
-    yield gauge("heapd_slots_free", "Task slots of the live workers not in use.", free)
+    yield gauge("heapd_slots", "Task slots of the live workers.", s.slots)
+    yield gauge("heapd_slots_free", "Task slots of the live workers not in use.", s.slots_free)
 
 
 def _latencies(s: shm.CellSample) -> Iterator[Metric]:

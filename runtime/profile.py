@@ -55,7 +55,7 @@ from types import FrameType, TracebackType
 from typing import TextIO
 
 from heapd import shm
-from heapd.shm import CellSample, TaskState, WorkerState
+from heapd.shm import CellSample, TaskState
 from heapd.shm.sample import between
 
 COLUMNS = (
@@ -109,7 +109,6 @@ def row(first: CellSample, before: CellSample, after: CellSample) -> list[str]:
     the baseline `elapsed_s` counts from."""
     interval = between(before, after)
     settled = interval.settled_per_s
-    alive = [w for w in after.workers if w.state == WorkerState.ALIVE]
     live = [w for w in after.workers if w.state in shm.LIVE_WORKER_STATES]
     return [
         f"{after.at:.6f}",
@@ -123,9 +122,9 @@ def row(first: CellSample, before: CellSample, after: CellSample) -> list[str]:
         str(after.states.get(TaskState.PENDING, 0)),
         str(after.running),
         str(after.parked),
-        str(len(alive)),
-        str(sum(w.slots for w in alive)),
-        str(sum(max(w.slots - w.in_flight, 0) for w in alive)),
+        str(len(after.alive)),
+        str(after.slots),
+        str(after.slots_free),
         ";".join(f"{w.worker_id}:{w.in_flight}" for w in live),
         str(interval.settled),
         _latency(interval.p50_s),

@@ -183,7 +183,7 @@ class Supervisor:
         register = Child("register", self._role("register", register_args))
         if not await self._start(register):
             return False
-        register.argv[register.argv.index("--port") + 1] = register.address.rpartition(":")[2]
+        _pin_port(register.argv, "--port", register.address)
         scheduler_args = [*common, "--port", "0"]  # health only; never HEAPD_PORT's port
         scheduler_args += plan.metrics_flags(1)
         scheduler_args += _given_flags(
@@ -206,7 +206,7 @@ class Supervisor:
             if not await self._start(child):
                 return False
         if plan.port == 0:
-            plm.argv[plm.argv.index("--port") + 1] = plm.address.rpartition(":")[2]
+            _pin_port(plm.argv, "--port", plm.address)
         worker_args = ["--register", register.address, "--slots", str(plan.slots), "--port", "0"]
         if plan.config is not None:
             worker_args += ["--config", str(plan.config)]
@@ -394,12 +394,17 @@ class Supervisor:
         _kill_group(process)  # leftovers of its session (task children)
 
 
+def _pin_port(argv: list[str], flag: str, address: str) -> None:
+    """Rewrite `flag`'s port in a child's argv to the one it bound (it may have asked for
+    port 0), so that a restart listens at the same address."""
+    argv[argv.index(flag) + 1] = address.rpartition(":")[2]
+
+
 def _keep_metrics_port(child: Child, metrics: str) -> None:
-    """Remember a child's HTTP endpoint, and pin its port in the child's argv so that a
-    restart serves it at the same address (it may have bound port 0)."""
+    """Remember a child's HTTP endpoint, and keep its port across restarts."""
     child.metrics = metrics
     if metrics and "--metrics-port" in child.argv:
-        child.argv[child.argv.index("--metrics-port") + 1] = metrics.rpartition(":")[2]
+        _pin_port(child.argv, "--metrics-port", metrics)
 
 
 def _kill_group(process: asyncio.subprocess.Process | None) -> None:

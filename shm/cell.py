@@ -465,10 +465,11 @@ class Cell:
         self.scheduler_bell.ring()
         return info
 
-    def heartbeat(self, worker_id: int, epoch: int, now: float, deadline: float) -> None:
-        """Push the worker's deadline forward (WorkerNotFound / StaleEpoch)."""
+    def heartbeat(self, worker_id: int, epoch: int, now: float, deadline: float) -> float:
+        """Push the worker's deadline forward (WorkerNotFound / StaleEpoch); returns the
+        time of its previous heartbeat (of its registration, for the first)."""
         with self._locked() as mem:
-            workers.heartbeat(mem, worker_id, epoch, now, deadline)
+            return workers.heartbeat(mem, worker_id, epoch, now, deadline)
 
     def mark_running(
         self, worker_id: int, epoch: int, refs: Sequence[tuple[int, int]], now: float

@@ -152,6 +152,10 @@ class IndexedHeap:
             raise KeyError(item)
         return int(self._keys[at])
 
+    def items(self) -> npt.NDArray[np.int32]:
+        """A copy of the items (task or worker slots) on the heap, in heap order."""
+        return self._items_np[: len(self)].copy()
+
     def entries(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
         """Copies of (items, keys) in heap order."""
         n = len(self)

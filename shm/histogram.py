@@ -31,11 +31,6 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    @property
-    def count(self) -> int:
-        """Values observed."""
-        return sum(self.counts)
-
 
 class LockTimes:
     """How long this process waited for the cell lock and held it, and how often it found the

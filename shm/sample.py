@@ -73,6 +73,21 @@ class CellSample:
         return self.states.get(TaskState.DISPATCHED, 0) + self.states.get(TaskState.RUNNING, 0)
 
     @property
+    def alive(self) -> list[WorkerSample]:
+        """The ALIVE workers: the ones that take new tasks (a DRAINING one does not)."""
+        return [w for w in self.workers if w.state == WorkerState.ALIVE]
+
+    @property
+    def slots(self) -> int:
+        """Task slots of the ALIVE workers."""
+        return sum(w.slots for w in self.alive)
+
+    @property
+    def slots_free(self) -> int:
+        """Of those, slots not holding a task."""
+        return sum(max(w.slots - w.in_flight, 0) for w in self.alive)
+
+    @property
     def tasks_used(self) -> int:
         """Task slots in use (any state but FREE)."""
         return sum(self.states.values())
@@ -85,8 +100,7 @@ def sample(mem: CellMemory) -> CellSample:
     used = mem.tasks.rec[: min(int(hdr[H.TASK_HWM]), mem.tasks.capacity)]
     counts = np.bincount(used["state"], minlength=len(TaskState))
     # Priorities of what is on the heap: its items are a dense array of task slots.
-    items, _ = mem.task_heap.entries()
-    on_heap = mem.tasks.rec["priority"][items].astype(np.int64)
+    on_heap = mem.tasks.rec["priority"][mem.task_heap.items()].astype(np.int64)
     per_prio = np.bincount(on_heap + PRIORITY_OFFSET, minlength=1) if len(on_heap) else on_heap
     prios = np.flatnonzero(per_prio)
     return CellSample(

@@ -224,7 +224,7 @@ class CompleteOutcome:
     stale: int
     requeued: int
     retry_at: float = 0.0  # earliest time a failed attempt waiting out its backoff is due; 0 = none
-    stale_at: tuple[int, ...] = ()  # indexes of the completions that were stale (fenced)
+    failed_at: tuple[int, ...] = ()  # indexes of the accepted completions that said FAILED
 
 
 @dataclass(frozen=True, slots=True)

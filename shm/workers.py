@@ -122,11 +122,13 @@ def live_slot(mem: CellMemory, worker_id: int, epoch: int) -> int:
     return w
 
 
-def heartbeat(mem: CellMemory, worker_id: int, epoch: int, now: float, deadline: float) -> None:
-    """Push the worker's deadline forward."""
+def heartbeat(mem: CellMemory, worker_id: int, epoch: int, now: float, deadline: float) -> float:
+    """Push the worker's deadline forward; returns its previous heartbeat (or registration)."""
     w = live_slot(mem, worker_id, epoch)
+    previous = float(mem.workers.last_heartbeat[w])
     mem.workers.last_heartbeat[w] = now
     mem.workers.deadline[w] = deadline
+    return previous
 
 
 def drain(mem: CellMemory, worker_id: int, epoch: int) -> bool:
@@ -178,29 +180,30 @@ def complete(
 ) -> tuple[CompleteOutcome, bool]:
     """Settle finished attempts; returns the outcome and whether any became terminal."""
     w = live_slot(mem, worker_id, epoch)
-    accepted = requeued = 0
-    stale_at: list[int] = []
+    accepted = stale = requeued = 0
+    failed_at: list[int] = []
     retry_at = 0.0
     for i, done in enumerate(completions):
         slot = _owned_slot(mem, done.task_id, done.attempt, worker_id, epoch)
         if slot < 0:
-            stale_at.append(i)
+            stale += 1
             continue
         accepted += 1
+        if done.state == TaskState.FAILED:
+            failed_at.append(i)
         due = _settle(mem, slot, done, now)
         if due == 0.0:
             mem.workers.tasks_done[w] += 1
         else:
             requeued += 1
             retry_at = due if retry_at == 0.0 else min(retry_at, due)
-    stale = len(stale_at)
     mem.bump(H.STALE, stale)
     outcome = CompleteOutcome(
         accepted=accepted,
         stale=stale,
         requeued=requeued,
         retry_at=retry_at,
-        stale_at=tuple(stale_at),
+        failed_at=tuple(failed_at),
     )
     return outcome, accepted > requeued
 

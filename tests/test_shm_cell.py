@@ -186,7 +186,8 @@ def test_requeue_and_deregister(cell: Cell) -> None:
 
 def test_heartbeat_and_expiry(cell: Cell) -> None:
     w1, w2 = worker(cell), worker(cell)
-    cell.heartbeat(w1.worker_id, w1.epoch, 50.0, 150.0)
+    assert cell.heartbeat(w1.worker_id, w1.epoch, 50.0, 150.0) == 1.0  # since registration
+    assert cell.heartbeat(w1.worker_id, w1.epoch, 50.5, 150.0) == 50.0  # since the last beat
     assert cell.worker(w1.worker_id).deadline == 150.0
     assert cell.expired_workers(120.0) == [(w2.worker_id, w2.epoch)]
     with pytest.raises(WorkerNotFound):
