@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from heapd.shm import check as check_mod
 from heapd.shm import deps as deps_mod
-from heapd.shm import derived, segment, tasks, workers
+from heapd.shm import derived, secret, segment, tasks, workers
 from heapd.shm import dispatch as dispatch_mod
 from heapd.shm import repair as repair_mod
 from heapd.shm import resources as resources_mod
@@ -68,6 +68,7 @@ class Cell:
         self.name = seg.names.cell
         self.capacities = seg.capacities
         self.generation = int(mem.hdr[H.GENERATION])
+        self._key = secret.read_key(seg.mm)
         self.lock_times = LockTimes()  # this process's waits and holds, for its metrics
         self._lock = CellLock(seg.lock, seg.repair, mem.hdr, self.lock_times)
         self.scheduler_bell = Doorbell(seg.scheduler_bell, seg.names.scheduler_bell)
@@ -464,6 +465,14 @@ class Cell:
             dispatch_mod.unpark_all(mem)
         self.scheduler_bell.ring()
         return info
+
+    def registration_secret(self, worker_id: int, epoch: int) -> bytes:
+        """The secret proving registration (worker_id, epoch): see `shm.secret`."""
+        return secret.registration_secret(self._key, worker_id, epoch)
+
+    def proves_registration(self, worker_id: int, epoch: int, token: bytes) -> bool:
+        """Whether `token` is the secret of registration (worker_id, epoch)."""
+        return secret.proves(self._key, worker_id, epoch, token)
 
     def heartbeat(self, worker_id: int, epoch: int, now: float, deadline: float) -> float:
         """Push the worker's deadline forward (WorkerNotFound / StaleEpoch); returns the

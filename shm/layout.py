@@ -6,7 +6,9 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
     header              4096                  64 int64 words, see `H`; bytes 1024..1535: the
                                               resource name table (16 x S32, see below);
                                               bytes 1536..3095: latency histograms
-                                              (3 x 65 int64, see `shm.latency`)
+                                              (3 x 65 int64, see `shm.latency`);
+                                              bytes 3584..3615: the registration key
+                                              (`shm.secret`)
     label texts         512 x 136             LABEL_TEXT_DTYPE: label hash -> "key=value"
     task table          T x 192               TASK_DTYPE records (the truth)
     worker table        W x 520               WORKER_DTYPE records (the truth)
@@ -99,8 +101,9 @@ from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
 # 2: task record gained `losses`; 3: scheduling (aging, parking, resources); 4: latency
-# histograms in the header, H.TASK_HWM; 5: doorbells are FIFOs (shm.doorbell), not semaphores
-VERSION = 5
+# histograms in the header, H.TASK_HWM; 5: doorbells are FIFOs (shm.doorbell), not semaphores;
+# 6: the registration key (shm.secret)
+VERSION = 6
 HEADER_BYTES = 4096
 HEADER_WORDS = 64
 PAGE = 4096

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import posix_ipc
 
+from heapd.shm import secret
 from heapd.shm.errors import CellExists, CellNotFound, InvalidCapacity, LayoutMismatch, ShmError
 from heapd.shm.layout import HEADER_BYTES, HEADER_WORDS, MAGIC, VERSION, H, Layout
 from heapd.shm.names import DEV_SHM, CellNames
@@ -166,6 +167,7 @@ def write_header(mm: mmap.mmap, layout: Layout, caps: Capacities) -> None:
     hdr[H.MAX_BLOB] = caps.max_blob_bytes
     hdr[H.CHUNK] = CHUNK_BYTES
     hdr[H.GENERATION] = time.time_ns()
+    secret.write_key(mm)
 
 
 def commit_header(mm: mmap.mmap) -> None:

@@ -38,16 +38,18 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, address: _Optional[str] = ..., slots: _Optional[int] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("worker_id", "epoch", "heartbeat_interval_s", "deadline_s")
+    __slots__ = ("worker_id", "epoch", "heartbeat_interval_s", "deadline_s", "secret")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     epoch: int
     heartbeat_interval_s: float
     deadline_s: float
-    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    secret: bytes
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., deadline_s: _Optional[float] = ..., secret: _Optional[bytes] = ...) -> None: ...
 
 class TaskRef(_message.Message):
     __slots__ = ("task_id", "attempt")
@@ -72,20 +74,22 @@ class TaskCompletion(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., retryable: _Optional[bool] = ..., outcome: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "epoch", "started", "completions", "running", "draining")
+    __slots__ = ("worker_id", "epoch", "started", "completions", "running", "draining", "secret")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     epoch: int
     started: _containers.RepeatedCompositeFieldContainer[TaskRef]
     completions: _containers.RepeatedCompositeFieldContainer[TaskCompletion]
     running: int
     draining: bool
-    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., started: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[TaskCompletion, _Mapping]]] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    secret: bytes
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., started: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[TaskCompletion, _Mapping]]] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ..., secret: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("accepted", "stale", "cancel")
@@ -98,12 +102,14 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., stale: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
 
 class DeregisterRequest(_message.Message):
-    __slots__ = ("worker_id", "epoch")
+    __slots__ = ("worker_id", "epoch", "secret")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     epoch: int
-    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+    secret: bytes
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., secret: _Optional[bytes] = ...) -> None: ...
 
 class DeregisterResponse(_message.Message):
     __slots__ = ("requeued",)
