@@ -27,6 +27,7 @@ from heapd.errors import (
 )
 from heapd.futures import AsyncTaskFuture, TaskFuture
 from heapd.results import CommandResult
+from heapd.security import Security
 from heapd.status import ClusterStatus, TaskStatus, WorkerStatus
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteError",
     "ResourceExhausted",
     "RpcFailed",
+    "Security",
     "TaskCancelled",
     "TaskCrashed",
     "TaskFailed",

@@ -31,6 +31,7 @@ from heapd.core import (
 from heapd.errors import ClientClosed, HeapdError
 from heapd.futures import AsyncTaskFuture
 from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.security import Security
 from heapd.status import ClusterStatus, TaskStatus
 from heapd.submit_stream import AsyncSubmitLane
 
@@ -54,8 +55,15 @@ class AsyncClient:
     does not cancel their tasks.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, session: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        session: str | None = None,
+        security: Security | None = None,
+    ) -> None:
         self._core: ClientCore[AsyncTaskFuture] = ClientCore(address, session)
+        self._security = security or Security.from_env()
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()  # CancelTask calls, acknowledgements
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -318,7 +326,7 @@ class AsyncClient:
         if self._closed:
             raise ClientClosed("the client is closed")
         if self._connection is None:
-            channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            channel = self._security.aio_channel(self.address, CHANNEL_OPTIONS)
             stub = convert.task_stub(channel)
             watcher = asyncio.get_running_loop().create_task(self._watch(stub), name="heapd-watch")
             self._connection = _Connection(channel, stub, AsyncSubmitLane(stub), watcher)
@@ -386,8 +394,11 @@ class AsyncClient:
         """The result stream; reopened with backoff until the client closes."""
         attempt = 0
         while not self._closed:
-            call = stub.WatchTasks(self._core.watch_request())
+            request, adopts = self._core.watch_request()
+            call = stub.WatchTasks(request)
             try:
+                for adopt in adopts:  # more awaited tasks than one request may name
+                    await stub.SubmitTasks(adopt, timeout=CALL_TIMEOUT_S)
                 async for reply in call:
                     attempt = 0
                     if self._core.deliver(reply) and self._ack_timer is None:

@@ -33,6 +33,7 @@ from heapd.core import (
 from heapd.errors import ClientClosed, HeapdError
 from heapd.futures import TaskFuture
 from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.security import Security
 from heapd.status import ClusterStatus, TaskStatus
 from heapd.submit_stream import SubmitLane
 
@@ -43,12 +44,20 @@ class Client:
     """Submit Python calls and commands to a heapd cell and get futures back.
 
     `close()` (or leaving `with`) fails the futures still pending with `ClientClosed`; it does
-    not cancel their tasks.
+    not cancel their tasks. `security` is the cell's token and TLS files (`heapd.Security`);
+    without it they are found in the environment (`Security.from_env`).
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, session: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        session: str | None = None,
+        security: Security | None = None,
+    ) -> None:
         self._core: ClientCore[TaskFuture] = ClientCore(address, session)
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._security = security or Security.from_env()
+        self._channel = self._security.channel(address, CHANNEL_OPTIONS)
         self._stub = convert.task_stub(self._channel)
         self._lane = SubmitLane(self._stub)
         self._lock = threading.Lock()  # orders close() against the watcher opening a stream
@@ -334,8 +343,11 @@ class Client:
             with self._lock:
                 if self._closed.is_set():
                     return
-                self._call = call = self._stub.WatchTasks(self._core.watch_request())
+                request, adopts = self._core.watch_request()
+                self._call = call = self._stub.WatchTasks(request)
             try:
+                for adopt in adopts:  # more awaited tasks than one request may name
+                    self._stub.SubmitTasks(adopt, timeout=CALL_TIMEOUT_S)
                 for reply in call:
                     attempt = 0
                     if self._core.deliver(reply):

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from heapd import options as task_opts
 from heapd.errors import FailureInfo, HeapdError, InvalidArgument, TaskLost, from_status
 from heapd.results import CommandResult, Outcome, Settled, TaskState, decode_outcome
+from heapd.runtime.limits import Limits
 from heapd.status import ClusterStatus, TaskStatus, WorkerStatus
 from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
@@ -39,6 +40,7 @@ _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MISSING = object()
 _UINT64_MAX = (1 << 64) - 1
 _UINT32_MAX = (1 << 32) - 1
+CLIENT_LIMITS = Limits()  # the PLM's defaults: a request they refuse fails before it is sent
 
 
 TaskStub: TypeAlias = task_service_pb2_grpc.TaskServiceStub
@@ -92,12 +94,9 @@ def command_spec(
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise InvalidArgument("command env keys and values must be str")
     data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
-    command = task_pb2.CommandCall(
-        argv=[os.fspath(arg) for arg in argv],
-        env=env,
-        cwd=os.fspath(cwd) if cwd else "",
-        stdin=data,
-    )
+    args, directory = [os.fspath(arg) for arg in argv], os.fspath(cwd) if cwd else ""
+    CLIENT_LIMITS.command(args, env, directory, data)  # as the PLM checks it (its defaults)
+    command = task_pb2.CommandCall(argv=args, env=env, cwd=directory, stdin=data)
     return task_pb2.TaskSpec(command=command)
 
 

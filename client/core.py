@@ -27,6 +27,7 @@ import grpc
 from heapd import convert, deps, errors, options
 from heapd.errors import ClientClosed, InvalidArgument, TaskCancelled
 from heapd.results import Settled
+from heapd.runtime.limits import Limits
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
 MAP_BATCH = 1000  # tasks per SubmitStream message in `map`
@@ -76,6 +77,7 @@ class Settleable(Protocol):
 
 
 F = TypeVar("F", bound=Settleable)
+WATCH_IDS = Limits.max_ids_per_request  # task ids per WatchTasks or adopt request
 
 
 def settle(future: Settleable, settled: Settled) -> None:
@@ -279,9 +281,17 @@ class ClientCore(Generic[F]):
             waits_on.append(options.dependency_ids([*common, *found]) if found else common)
         return self._batches(fn, arg_tuples, checked, retry_on, batch_size, checked_keys, waits_on)
 
-    def watch_request(self) -> convert.WatchRequest:
-        """The request that opens (or reopens) this session's result stream."""
-        return convert.watch_request(self.session, self.router.awaited())
+    def watch_request(self) -> tuple[convert.WatchRequest, list[convert.SubmitRequest]]:
+        """The request that opens (or reopens) this session's result stream, and the adopt
+        requests to send once it is open: a request names at most the PLM's
+        `max_ids_per_request` awaited tasks, the rest are adopted in chunks of as many."""
+        awaited = list(self.router.awaited())
+        first, rest = awaited[:WATCH_IDS], awaited[WATCH_IDS:]
+        adopts = [
+            convert.submit_request(self.session, [], [], rest[i : i + WATCH_IDS])
+            for i in range(0, len(rest), WATCH_IDS)
+        ]
+        return convert.watch_request(self.session, first), adopts
 
     def track(self, futures: Sequence[F]) -> None:
         """Await the results of newly submitted tasks; settle those already here."""

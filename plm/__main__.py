@@ -14,8 +14,10 @@ from heapd.plm import convert, metrics, service
 from heapd.plm.daemon import Plm
 from heapd.plm.journal import Journal, JournalError
 from heapd.plm.pages import Pages
-from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.runtime import channels, config, entry, logs, ready, security, server, signals
 from heapd.runtime import endpoint as endpoint_mod
+from heapd.runtime.limits import Limits
+from heapd.runtime.security import RoleSecurity
 
 SHUTDOWN_GRACE_S = 2.0
 EXIT_JOURNAL = 3  # the journal is another cell's, of another schema, damaged or unwritable
@@ -37,18 +39,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(cfg: config.PlmConfig, cell: shm.Cell, journal: Journal | None) -> None:
+async def serve(
+    cfg: config.PlmConfig,
+    cell: shm.Cell,
+    journal: Journal | None,
+    sec: RoleSecurity,
+    limits: Limits,
+) -> None:
     """Run the PLM until SIGTERM/SIGINT."""
     async with Plm(
-        cell, cfg.result_ttl_s, convert.cancel_on_worker, convert.DEPENDENCY_MESSAGES, journal
+        cell,
+        cfg.result_ttl_s,
+        convert.cancel_on_worker,
+        convert.DEPENDENCY_MESSAGES,
+        journal,
+        sec.client(),
     ) as plm:
         grpc_server, port = await server.start(
-            cfg.host, cfg.port, [service.registration(plm)], [service.SERVICE_NAME]
+            cfg.host, cfg.port, [service.registration(plm, limits)], [service.SERVICE_NAME], sec
         )
         signals.install(asyncio.get_running_loop(), plm.shutdown)
         pages = Pages(plm)
         endpoint, metrics_at = await endpoint_mod.serve_if_asked(
-            cfg.host, cfg.metrics_port, metrics.registry(plm), pages.routes()
+            cfg.host, cfg.metrics_port, metrics.registry(plm), pages.routes(), sec
         )
         if endpoint is not None:
             pages.start()
@@ -62,15 +75,18 @@ async def serve(cfg: config.PlmConfig, cell: shm.Cell, journal: Journal | None) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
-    cfg = config.from_args(config.PlmConfig, "plm", parser().parse_args(argv), os.environ)
+    args = parser().parse_args(argv)
+    cfg = config.from_args(config.PlmConfig, "plm", args, os.environ)
     logs.setup("plm", cfg.log_level)
+    sec = security.for_role("plm", args, [cfg.host])
+    limits = config.from_args(Limits, "plm", args, os.environ)
     try:
         journal = open_journal(cfg)
     except JournalError as exc:
         log.error("the journal cannot be used", extra={"fields": {"error": str(exc)}})
         print(f"heapd plm: {exc}", file=sys.stderr)
         return EXIT_JOURNAL
-    return entry.run_attached("plm", cfg.cell, lambda cell: serve(cfg, cell, journal))
+    return entry.run_attached("plm", cfg.cell, lambda cell: serve(cfg, cell, journal, sec, limits))
 
 
 def open_journal(cfg: config.PlmConfig) -> Journal | None:

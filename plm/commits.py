@@ -39,9 +39,11 @@ class GroupCommit:
         self.commits = 0
         self.commit_seconds = Histogram(SHORT_SECONDS)  # one transaction and its fsync
 
-    def start(self) -> None:
-        """Start the writer task on the running loop."""
+    def start(self) -> asyncio.Task[None]:
+        """Start the writer task on the running loop; returns it (a lifeline of the PLM: it
+        returns only once closed)."""
         self._writer = asyncio.create_task(self._write_loop(), name="plm-journal")
+        return self._writer
 
     async def submitted(self, records: Sequence[Submitted]) -> None:
         """Record accepted tasks; returns once they are committed (JournalWriteFailed)."""

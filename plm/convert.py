@@ -1,8 +1,9 @@
 """The PLM's gRPC boundary: the only module of `plm` that builds or reads protobuf messages.
 
-Requests become plain values (validated: a bad request raises `heapd.errors.InvalidArgument`),
-plain values become replies. The one call the PLM makes to a worker (CancelTask) is here too,
-since all it does is build a request and read a reply.
+Requests become plain values (validated: a bad request raises `heapd.errors.InvalidArgument`
+naming the limit it passes, `heapd.runtime.limits`; the size of a repeated field is checked
+before it is walked), plain values become replies. The one call the PLM makes to a worker
+(CancelTask) is here too, since all it does is build a request and read a reply.
 """
 
 from __future__ import annotations
@@ -14,15 +15,26 @@ from google.protobuf.message import DecodeError
 
 from heapd import shm
 from heapd.errors import InvalidArgument
-from heapd.options import idempotency_key, task_options
+from heapd.options import (
+    DEPENDENCIES_MAX,
+    LABELS_PER_TASK,
+    RESOURCES_PER_TASK,
+    RETRY_ON_MAX,
+    dependency_ids,
+    idempotency_key,
+    task_options,
+)
 from heapd.plm.dependents import DependencyMessages
 from heapd.plm.intake import Intake
+from heapd.runtime.limits import Limits
 from heapd.v1 import task_pb2, worker_service_pb2, worker_service_pb2_grpc
 from heapd.v1 import task_service_pb2 as pb
 
 BUILTINS = frozenset({"sleep", "cpu"})
+MAX_TASK_ID = (1 << 63) - 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 100_000
+DEFAULT_LIMITS = Limits()
 
 # (task id, the task or None if unknown, its outcome): one settled task as the PLM reads it.
 Settled = tuple[int, shm.TaskInfo | None, bytes | None]
@@ -30,10 +42,14 @@ Settled = tuple[int, shm.TaskInfo | None, bytes | None]
 # --- submissions
 
 
-def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) -> shm.NewTask:
+def new_task_from_proto(
+    spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions, limits: Limits = DEFAULT_LIMITS
+) -> shm.NewTask:
     """Validate one submission and turn it into a table insert; InvalidArgument says what is
     wrong. Options are checked by `heapd.options`, as the client checks them."""
-    _check_spec(spec)
+    _check_spec(spec, limits)
+    if options.resources or options.labels or options.after:
+        _check_counts(options)
     checked = task_options(
         priority=options.priority,
         retries=options.retries,
@@ -50,32 +66,58 @@ def new_task_from_proto(spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions) 
         timeout_ms=round(checked.timeout_s * 1000),
         resources=checked.resources,
         labels=checked.labels,
-        after=tuple(options.after) if options.after else (),
+        after=tuple(dependency_ids(options.after)) if options.after else (),
     )
 
 
-def _check_spec(spec: task_pb2.TaskSpec) -> None:
+def _check_counts(options: task_pb2.TaskOptions) -> None:
+    """The maps and lists of the options hold no more than `heapd.options` allows, checked
+    before they are copied."""
+    for what, count, limit in (
+        ("resources", len(options.resources), RESOURCES_PER_TASK),
+        ("labels", len(options.labels), LABELS_PER_TASK),
+        ("after", len(options.after), DEPENDENCIES_MAX),
+    ):
+        if count > limit:
+            raise InvalidArgument(f"{what}: {count} entries, over the limit of {limit} per task")
+
+
+def _check_spec(spec: task_pb2.TaskSpec, limits: Limits) -> None:
     kind = spec.WhichOneof("kind")
     if kind is None:
         raise InvalidArgument("task spec has no kind: set one of python, command, builtin")
     if spec.inputs:
         raise InvalidArgument("task spec inputs are the cell's to fill (dependencies' results)")
+    if spec.retry_on:
+        _check_retry_on(spec.retry_on, limits)
     if kind == "python":
-        _check_python(spec.python)
+        _check_python(spec.python, limits)
     elif kind == "command":
-        if not spec.command.argv or not spec.command.argv[0]:
+        command = spec.command
+        if not command.argv or not command.argv[0]:
             raise InvalidArgument("command task needs a non-empty argv")
+        limits.command(command.argv, command.env, command.cwd, command.stdin)
     elif spec.builtin.name not in BUILTINS:
         raise InvalidArgument(
             f"unknown builtin {spec.builtin.name!r}: expected one of {sorted(BUILTINS)}"
         )
 
 
-def _check_python(call: task_pb2.PythonCall) -> None:
+def _check_retry_on(names: Sequence[str], limits: Limits) -> None:
+    if len(names) > RETRY_ON_MAX:
+        raise InvalidArgument(
+            f"retry_on: {len(names)} entries, over the limit of {RETRY_ON_MAX} per task"
+        )
+    for index, name in enumerate(names):
+        limits.ref(f"retry_on[{index}]", name)
+
+
+def _check_python(call: task_pb2.PythonCall, limits: Limits) -> None:
     target = call.WhichOneof("target")
     if target is None:
         raise InvalidArgument("python task needs a function reference or a pickled callable")
     if target == "ref":
+        limits.ref("function reference", call.ref)
         module, sep, name = call.ref.partition(":")
         if not (module and sep and name):
             raise InvalidArgument(
@@ -83,19 +125,28 @@ def _check_python(call: task_pb2.PythonCall) -> None:
             )
 
 
-def submission_from_proto(request: pb.SubmitTaskRequest) -> Intake:
+def submission_from_proto(request: pb.SubmitTaskRequest, limits: Limits = DEFAULT_LIMITS) -> Intake:
     """A SubmitTask request: one task, with its key."""
-    task = new_task_from_proto(request.spec, request.options)
-    return Intake(request.session, [task], [idempotency_key(request.options.key)])
+    session = limits.session(request.session)
+    task = new_task_from_proto(request.spec, request.options, limits)
+    return Intake(session, [task], [idempotency_key(request.options.key)])
 
 
-def submissions_from_proto(request: pb.SubmitTasksRequest) -> Intake:
+def submissions_from_proto(
+    request: pb.SubmitTasksRequest, limits: Limits = DEFAULT_LIMITS
+) -> Intake:
     """A batch (tasks, acknowledgements, adopted ids); the error names the index of the first
     bad submission. A request may carry no task if it acknowledges or adopts some."""
+    limits.tasks(len(request.tasks))
+    limits.ids("acks", len(request.acks))
+    limits.ids("adopt", len(request.adopt))
+    check_task_ids("acks", request.acks)
+    check_task_ids("adopt", request.adopt)
+    limits.session(request.session)
     tasks, keys = [], []
     for index, item in enumerate(request.tasks):
         try:
-            tasks.append(new_task_from_proto(item.spec, item.options))
+            tasks.append(new_task_from_proto(item.spec, item.options, limits))
             keys.append(idempotency_key(item.options.key))
         except InvalidArgument as exc:
             raise InvalidArgument(f"tasks[{index}]: {exc}") from None
@@ -130,9 +181,17 @@ def stream_refused_to_proto(code: grpc.StatusCode, message: str) -> pb.SubmitStr
 # --- tasks and results
 
 
+def check_task_ids(field: str, task_ids: Sequence[int]) -> None:
+    """Refuse ids no task can have (the wire allows any uint64; ids, and the journal's
+    signed 64-bit keys, stay below 2**63), before any of them reaches the cell or journal."""
+    if task_ids and max(task_ids) > MAX_TASK_ID:
+        raise InvalidArgument(f"{field}: task id {max(task_ids)} is out of range")
+
+
 def task_id_from_proto(request: pb.GetTaskRequest | pb.CancelTaskRequest) -> int:
     """The task a GetTask or CancelTask names."""
     task_id: int = request.task_id
+    check_task_ids("task_id", [task_id])
     return task_id
 
 
@@ -158,11 +217,15 @@ def status_to_proto(
     )
 
 
-def watch_from_proto(request: pb.WatchTasksRequest) -> tuple[str, list[int]]:
+def watch_from_proto(
+    request: pb.WatchTasksRequest, limits: Limits = DEFAULT_LIMITS
+) -> tuple[str, list[int]]:
     """A WatchTasks request: (session, ids of tasks it still awaits)."""
     if not request.session:
         raise InvalidArgument("WatchTasks needs a session name")
-    return request.session, list(request.task_ids)
+    limits.ids("task_ids", len(request.task_ids))
+    check_task_ids("task_ids", request.task_ids)
+    return limits.session(request.session), list(request.task_ids)
 
 
 def watch_response(batch: Sequence[Settled]) -> pb.WatchTasksResponse:
@@ -191,6 +254,10 @@ def list_from_proto(request: pb.ListTasksRequest) -> tuple[list[shm.TaskState] |
     limit: int = request.limit or DEFAULT_LIST_LIMIT
     if limit > MAX_LIST_LIMIT:
         raise InvalidArgument(f"limit {limit} is over the maximum of {MAX_LIST_LIMIT}")
+    if len(request.states) > len(shm.TaskState):
+        raise InvalidArgument(
+            f"states: {len(request.states)} entries, more than the {len(shm.TaskState)} states"
+        )
     return _states_from_proto(request.states), limit
 
 

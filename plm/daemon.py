@@ -9,6 +9,10 @@ or after the last stream of its session closed.
 With a journal (durability fsync or os), a submission is answered only once it is committed
 (`heapd.plm.commits`: group commit), settled outcomes and cancellations are recorded, and a
 released result is deleted from it; a PLM that starts on a new cell rebuilds the cell from it.
+
+The finished-task drain is a lifeline (`heapd.runtime.lifelines`): if it died, no result would
+reach a client again while the PLM looked healthy, so its death stops the PLM, whose exit then
+raises RoleFailed (exit code 1: the supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from heapd.plm.journal import Journal, JournalWriteFailed, Settled, Started, Sub
 from heapd.plm.sessions import Sessions
 from heapd.plm.workers import CancelCall, WorkerCanceller
 from heapd.runtime.bells import BellListener
+from heapd.runtime.lifelines import Lifelines, RoleFailed
+from heapd.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ class Plm:
         cancel_call: CancelCall,
         messages: DependencyMessages,
         journal: Journal | None = None,
+        security: Security | None = None,
     ) -> None:
         self.cell = cell
         self._ttl_s = result_ttl_s
@@ -56,6 +63,7 @@ class Plm:
         self._keys: dict[str, int] = {}  # idempotency key -> the first task submitted with it
         self._sessions = Sessions()
         self._stop = asyncio.Event()
+        self._lifelines = Lifelines("plm", self.shutdown)
         # SubmitStream handlers waiting for their next request: the stop ends them at once.
         self.idle_streams: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -63,7 +71,7 @@ class Plm:
         self._delivered: HeldResults | None = None
         self._listener: BellListener | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self._canceller = WorkerCanceller(cancel_call)
+        self._canceller = WorkerCanceller(cancel_call, security)  # how to call workers
         self._dependents = Dependents(cell, messages, self._journal_started)
         # Read by heapd.plm.metrics at scrape time; updated once per request or batch.
         self.delivered = 0  # results written to watch streams
@@ -75,7 +83,15 @@ class Plm:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close; then, unless the body raised, raise RoleFailed if a lifeline died."""
         await self.close()
+        if kind is None:
+            self._lifelines.raise_if_failed()
+
+    @property
+    def failure(self) -> RoleFailed | None:
+        """Why the PLM stopped on its own (a lifeline died), None otherwise."""
+        return self._lifelines.failure
 
     async def start(self) -> None:
         """Rebuild a new cell from the journal, listen to the PLM doorbell and pick up tasks
@@ -84,12 +100,16 @@ class Plm:
         if self._journal is not None:
             self._recover(self._journal)
             self._commits = GroupCommit(self._journal)
-            self._commits.start()
-        self._held = HeldResults(self._ttl_s, self._release_unwatched, loop)
+            self._lifelines.watch(self._commits.start(), may_return=True)
+        # Lifelines too: a release that raised in a timer would stop releasing for good.
+        guard = self._lifelines.guard
+        self._held = HeldResults(
+            self._ttl_s, guard(self._release_unwatched, "plm-release-unwatched"), loop
+        )
         # Delivered but not acknowledged: the bytes may have died with a broken socket, and the
         # client, reconnecting, names what it still awaits; a client that never acknowledges
         # (an old one, grpcurl) has its results for the TTL.
-        self._delivered = HeldResults(self._ttl_s, self._release, loop)
+        self._delivered = HeldResults(self._ttl_s, guard(self._release, "plm-release"), loop)
         settled = self.cell.list_tasks(shm.TERMINAL_STATES, limit=self.cell.capacities.tasks)
         for info in sorted(settled, key=lambda i: i.finished_at):  # deadlines stay FIFO
             self._held.hold(info.task_id, info.finished_at)
@@ -97,10 +117,12 @@ class Plm:
         self._listener = BellListener(self.cell.plm_bell, loop, "plm")
         self._listener.start()
         self._drainer = asyncio.create_task(self._drain_finished(), name="plm-finished")
+        self._lifelines.watch(self._drainer)
 
     def shutdown(self) -> None:
         """Ask `wait_stopped` to return and open WatchTasks streams to end, so that stopping
-        the server need not wait them out (idempotent; safe from a signal handler)."""
+        the server need not wait them out (idempotent; safe from a signal handler). Also called
+        when a lifeline dies."""
         self._stop.set()
         self._sessions.wake_all()
         for stream in list(self.idle_streams):
@@ -352,18 +374,19 @@ class Plm:
             event.clear()
 
     def _route_finished(self) -> None:
-        """Hand every task from the completion ring to its session, or hold it."""
+        """Hand every task from the completion ring to its session, and hold it: a result has
+        a deadline from the moment it settles, also one queued for a stream whose client
+        stopped reading (its write never completes); the stream that takes it hands it on to
+        the delivered TTL."""
         assert self._held is not None
         while ids := self.cell.take_finished(FINISHED_BATCH):
             if self._commits is not None:
                 self._commits.settled(_outcomes(self.cell.read_settled(ids)))
             # Before the results are delivered: until then nothing releases them.
             self._dependents.settled(ids)
-            now = time.time()
             for task_id in ids:
-                session = self._sessions.settle(task_id)
-                if session is None or session.streams == 0:
-                    self._held.hold(task_id, now)
+                self._sessions.settle(task_id)
+            self._held.hold_many(ids)
             if len(ids) < FINISHED_BATCH:
                 return
 
@@ -372,16 +395,17 @@ class Plm:
             self._commits.started(records)
 
     def _release(self, task_ids: Sequence[int]) -> None:
-        """Free these results in the cell and delete them from the journal."""
+        """Free these results in the cell, delete them from the journal and forget them in
+        the sessions (one may have adopted a delivered result again since)."""
         if task_ids:
             self.cell.release(task_ids)
+            self._sessions.forget(task_ids)
             if self._commits is not None:
                 self._commits.forget(task_ids)
 
     def _release_unwatched(self, task_ids: Sequence[int]) -> None:
-        """The TTL of results nobody watched ran out: free them, and forget them in sessions."""
+        """The TTL of results nobody took ran out: free them."""
         self._release(task_ids)
-        self._sessions.forget(task_ids)
 
 
 def _outcomes(batch: Sequence[tuple[int, shm.TaskInfo | None, bytes | None]]) -> list[Settled]:

@@ -2,7 +2,9 @@
 
 Deadlines are FIFO (one TTL for all, counted from when a result is held), so a deque and a
 single timer at its head suffice. A result handed on before its deadline is `discard`ed: its
-queue entry stays until its deadline passes and is then skipped.
+queue entry stays until its deadline passes and is then skipped, or until such stale entries
+outnumber the live ones and the queue is compacted (at 100,000 results a second and a TTL of
+ten minutes, stale entries kept to their deadline would number 60 million).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+
+COMPACT_AT = 4096  # stale queue entries tolerated, whatever the number held
 
 
 class HeldResults:
@@ -43,6 +47,7 @@ class HeldResults:
         for task_id in task_ids:
             self._deadline[task_id] = deadline
             self._queue.append((deadline, task_id))
+        self._compact_if_stale()
         if self._timer is None:
             self._arm()
 
@@ -51,6 +56,18 @@ class HeldResults:
         if self._deadline:
             for task_id in task_ids:
                 self._deadline.pop(task_id, None)
+            self._compact_if_stale()
+
+    def queued(self) -> int:
+        """Entries in the deadline queue, stale ones included (bounded by `_compact_if_stale`)."""
+        return len(self._queue)
+
+    def _compact_if_stale(self) -> None:
+        """Drop the entries of results no longer held (or held again since) once they are over
+        half the queue: amortized O(1) per entry, and the queue stays FIFO."""
+        if len(self._queue) > 2 * len(self._deadline) + COMPACT_AT:
+            deadline = self._deadline
+            self._queue = deque(e for e in self._queue if deadline.get(e[1]) == e[0])
 
     def close(self) -> None:
         """Stop the timer (held results stay in the cell for a restarted PLM)."""

@@ -38,6 +38,9 @@ class Sessions:
         self._sessions: dict[str, Session] = {}
         self._owner: dict[int, str] = {}
         self._queued_in: dict[int, Session] = {}
+        # Further sessions a result is queued in (rare: adopted by another session before the
+        # first took it); each delivers it, and its release forgets it in all.
+        self._also_in: dict[int, list[Session]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -73,8 +76,11 @@ class Sessions:
             return None
         session = self._sessions.setdefault(name, Session(name))
         session.owned -= 1
-        session.queued[task_id] = None
-        self._queued_in[task_id] = session
+        if task_id not in session.queued:
+            session.queued[task_id] = None
+            first = self._queued_in.setdefault(task_id, session)
+            if first is not session:  # adopted by a second session before the first took it
+                self._also_in.setdefault(task_id, []).append(session)
         session.event.set()
         return session
 
@@ -83,18 +89,34 @@ class Sessions:
         taken = list(session.queued)
         session.queued.clear()
         session.event.clear()
+        also = self._also_in
         for task_id in taken:
-            self._queued_in.pop(task_id, None)
+            if not also or task_id not in also:
+                self._queued_in.pop(task_id, None)
+            else:
+                self._unlink(task_id, session)
         return taken
+
+    def _unlink(self, task_id: int, session: Session) -> None:
+        """`session` no longer queues `task_id`, which other sessions still do."""
+        others = self._also_in[task_id]
+        if self._queued_in.get(task_id) is session:
+            self._queued_in[task_id] = others.pop()
+        elif session in others:
+            others.remove(session)
+        if not others:
+            del self._also_in[task_id]
 
     def forget(self, task_ids: Iterable[int]) -> None:
         """These results were released: nothing left to deliver (a session idle after this is
         dropped)."""
         for task_id in task_ids:
             session = self._queued_in.pop(task_id, None)
-            if session is not None:
-                session.queued.pop(task_id, None)
-                self._drop_if_idle(session)
+            if session is None:
+                continue
+            for each in (session, *self._also_in.pop(task_id, ())):
+                each.queued.pop(task_id, None)
+                self._drop_if_idle(each)
 
     def attach(self, name: str) -> Session:
         """A stream opens on session `name`."""

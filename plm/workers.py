@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from heapd.runtime import channels
+from heapd.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,9 @@ CancelCall = Callable[[grpc.aio.Channel, int, int, float], Awaitable[bool]]
 class WorkerCanceller:
     """Sends WorkerService.CancelTask over one cached channel per worker address."""
 
-    def __init__(self, call: CancelCall) -> None:
+    def __init__(self, call: CancelCall, security: Security | None = None) -> None:
         self._call = call
+        self._security = security
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def cancel(self, address: str, task_id: int, attempt: int) -> bool:
@@ -47,5 +49,5 @@ class WorkerCanceller:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = channels.channel(address)
+            channel = self._channels[address] = channels.channel(address, self._security)
         return channel

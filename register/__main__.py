@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from heapd import shm
 from heapd.register import convert, metrics, service
 from heapd.register.daemon import Register
-from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.runtime import channels, config, entry, logs, ready, security, server, signals
 from heapd.runtime import endpoint as endpoint_mod
+from heapd.runtime.security import RoleSecurity
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,16 +31,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
+async def serve(cfg: config.RegisterConfig, cell: shm.Cell, sec: RoleSecurity) -> None:
     """Run until SIGTERM/SIGINT."""
     outcomes = convert.TaskOutcomes()
     async with Register(cell, cfg.heartbeat_interval_s, cfg.deadline_s, outcomes) as register:
         grpc_server, port = await server.start(
-            cfg.host, cfg.port, [service.registration(register)], [service.SERVICE_NAME]
+            cfg.host, cfg.port, [service.registration(register, cfg)], [service.SERVICE_NAME], sec
         )
         signals.install(asyncio.get_running_loop(), register.shutdown)
         endpoint, metrics_at = await endpoint_mod.serve_if_asked(
-            cfg.host, cfg.metrics_port, metrics.registry(register)
+            cfg.host, cfg.metrics_port, metrics.registry(register), security=sec
         )
         ready.announce("register", channels.format_address(cfg.host, port), metrics_at)
         await register.wait_stopped()
@@ -50,9 +51,11 @@ async def serve(cfg: config.RegisterConfig, cell: shm.Cell) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
-    cfg = config.from_args(config.RegisterConfig, "register", parser().parse_args(argv), os.environ)
+    args = parser().parse_args(argv)
+    cfg = config.from_args(config.RegisterConfig, "register", args, os.environ)
     logs.setup("register", cfg.log_level)
-    return entry.run_attached("register", cfg.cell, lambda cell: serve(cfg, cell))
+    sec = security.for_role("register", args, [cfg.host])
+    return entry.run_attached("register", cfg.cell, lambda cell: serve(cfg, cell, sec))
 
 
 if __name__ == "__main__":

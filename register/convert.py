@@ -8,26 +8,28 @@ from google.protobuf.message import DecodeError
 from heapd import shm
 from heapd.errors import InvalidArgument
 from heapd.options import label_pairs, resource_amounts
+from heapd.register.address import check_worker_address
 from heapd.register.beats import Beat, Registration
-from heapd.shm.layout import ADDRESS_BYTES, HOSTNAME_BYTES
+from heapd.runtime.config import RegisterConfig
+from heapd.shm.layout import HOSTNAME_BYTES
 from heapd.v1 import register_service_pb2 as pb
 from heapd.v1 import task_pb2
 
-MAX_SLOTS = 65535
 SETTLED = {task_pb2.SUCCEEDED: shm.TaskState.SUCCEEDED, task_pb2.FAILED: shm.TaskState.FAILED}
 
 
-def registration_from_proto(request: pb.RegisterWorkerRequest) -> Registration:
-    """Validate a RegisterWorker request (within what the worker table can hold)."""
-    host, sep, port = request.address.rpartition(":")
-    if not (host and sep and port.isdigit()):
-        raise InvalidArgument(f"worker address {request.address!r} is not HOST:PORT")
-    if len(request.address.encode()) > ADDRESS_BYTES:
-        raise InvalidArgument(f"worker address is over {ADDRESS_BYTES} bytes of utf-8")
+def registration_from_proto(
+    request: pb.RegisterWorkerRequest, max_slots: int = RegisterConfig.max_slots
+) -> Registration:
+    """Validate a RegisterWorker request: an address the scheduler may dial (see
+    `heapd.register.address`), at most `max_slots` slots, within what the worker table holds."""
+    check_worker_address(request.address)
     if len(request.hostname.encode()) > HOSTNAME_BYTES:
         raise InvalidArgument(f"hostname is over {HOSTNAME_BYTES} bytes of utf-8")
-    if not 1 <= request.slots <= MAX_SLOTS:
-        raise InvalidArgument(f"slots {request.slots} must be between 1 and {MAX_SLOTS}")
+    if not 1 <= request.slots <= max_slots:
+        raise InvalidArgument(
+            f"slots {request.slots} must be between 1 and {max_slots} (max_slots)"
+        )
     if request.pid < 0:
         raise InvalidArgument(f"pid {request.pid} is negative")
     return Registration(
@@ -41,14 +43,15 @@ def registration_from_proto(request: pb.RegisterWorkerRequest) -> Registration:
 
 
 def registered_to_proto(
-    info: shm.WorkerInfo, interval_s: float, deadline_s: float
+    info: shm.WorkerInfo, secret: bytes, interval_s: float, deadline_s: float
 ) -> pb.RegisterWorkerResponse:
-    """The worker's identity and liveness contract."""
+    """The worker's identity, the secret that proves it, and its liveness contract."""
     return pb.RegisterWorkerResponse(
         worker_id=info.worker_id,
         epoch=info.epoch,
         heartbeat_interval_s=interval_s,
         deadline_s=deadline_s,
+        secret=secret,
     )
 
 
@@ -82,9 +85,9 @@ def beat_reply(
     )
 
 
-def deregister_from_proto(request: pb.DeregisterRequest) -> tuple[int, int]:
-    """The (worker id, epoch) leaving."""
-    return request.worker_id, request.epoch
+def deregister_from_proto(request: pb.DeregisterRequest) -> tuple[int, int, bytes]:
+    """The (worker id, epoch) leaving, and the secret that proves it."""
+    return request.worker_id, request.epoch, request.secret
 
 
 def deregistered_to_proto(requeued: int) -> pb.DeregisterResponse:

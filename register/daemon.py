@@ -15,6 +15,8 @@ from heapd.register.history import AttemptHistory
 from heapd.register.leases import LEASE_GRACE_S, Lease, Leases
 from heapd.register.liveness import Deadlines
 from heapd.register.outcomes import OutcomeCodec
+from heapd.register.stalls import LoopStalls
+from heapd.runtime.lifelines import Lifelines
 from heapd.shm.histogram import BATCH_SIZES, Histogram
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ class Register:
     `outcomes` encodes the failures the register decides itself (the boundary's
     `convert.TaskOutcomes`); `lease_grace_s` is how long past a task's timeout the register
     waits for the worker's report before settling the attempt itself.
+
+    Each registration has a secret (`registration_secret`), handed to the worker once; the
+    boundary accepts a Heartbeat stream or a Deregister only from a caller that `proves` it, so
+    knowing a worker's (public) id and epoch is never enough to speak for it.
     """
 
     def __init__(
@@ -50,6 +56,9 @@ class Register:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
         self._leases: Leases | None = None
+        self._stalls: LoopStalls | None = None
+        self._lifelines = Lifelines("register", self.shutdown)
+        self._retry_guarded = self._lifelines.guard(self._retry_due, "register-retries")
         self._cancels: dict[int, list[tuple[int, int]]] = {}
         self._history = AttemptHistory(outcomes)
         self.stale_total = 0
@@ -60,6 +69,8 @@ class Register:
         self.worker_losses: collections.Counter[str] = collections.Counter()  # by reason
         self.retries = 0  # failed attempts put back for another try
         self.leases_expired = 0
+        self.refused: collections.Counter[str] = collections.Counter()  # calls refused, by why
+        self.reprieves = 0  # deadlines that fired after a stall of our own loop, not buried
         self.results_per_beat = Histogram(BATCH_SIZES)
         self.heartbeat_gaps = Histogram(GAP_SECONDS)
 
@@ -71,12 +82,27 @@ class Register:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+        self._lifelines.raise_if_failed()
 
     def start(self) -> None:
         """Arm a deadline for every worker the cell already knows, and a lease for every running
         attempt with a timeout (after a register restart: timers live only in memory)."""
-        self._deadlines = Deadlines(asyncio.get_running_loop(), self._expired)
-        self._leases = Leases(asyncio.get_running_loop(), self._lease_expired, self._lease_grace_s)
+        # Every timer callback is a lifeline: one that raised would never fire again (a dead
+        # worker never buried, a lease never expired), so its death ends the register instead.
+        guard = self._lifelines.guard
+        self._deadlines = Deadlines(
+            asyncio.get_running_loop(), guard(self._expired, "register-deadlines")
+        )
+        self._leases = Leases(
+            asyncio.get_running_loop(),
+            guard(self._lease_expired, "register-leases"),
+            self._lease_grace_s,
+        )
+        # Stalls longer than half an interval are noticed; see `_expired`.
+        self._stalls = LoopStalls(
+            asyncio.get_running_loop(), self.interval_s / 4, self.interval_s / 4
+        )
+        self._stalls.start()
         now = time.time()
         self._retry_due()  # retries left waiting by a previous register
         for w in self.cell.workers():
@@ -121,6 +147,21 @@ class Register:
             self._retry_timer.cancel()
         if self._leases is not None:
             self._leases.close()
+        if self._stalls is not None:
+            self._stalls.close()
+
+    @property
+    def loop_stalls(self) -> int:
+        """Stalls of this register's event loop noticed so far."""
+        return self._stalls.count if self._stalls is not None else 0
+
+    def registration_secret(self, worker_id: int, epoch: int) -> bytes:
+        """The secret of registration (worker_id, epoch), for the worker that made it."""
+        return self.cell.registration_secret(worker_id, epoch)
+
+    def proves(self, worker_id: int, epoch: int, secret: bytes) -> bool:
+        """Whether `secret` is that registration's (constant time)."""
+        return self.cell.proves_registration(worker_id, epoch, secret)
 
     def admit(self, reg: Registration) -> shm.WorkerInfo:
         """Register a worker under a new id and epoch and start its deadline."""
@@ -179,8 +220,6 @@ class Register:
         if beat.started:
             started = self.cell.mark_running(beat.worker_id, beat.epoch, beat.started, now)
             self._grant_leases(beat, started)
-        if self._leases is not None and beat.completions and len(self._leases):
-            self._leases.settle((c.task_id, c.attempt) for c in beat.completions)
         if not beat.completions:
             return shm.CompleteOutcome(0, 0, 0)
         self.results_per_beat.observe(len(beat.completions))
@@ -190,8 +229,19 @@ class Register:
         self, worker_id: int, epoch: int, completions: Sequence[shm.Completion], now: float
     ) -> shm.CompleteOutcome:
         """The one way finished attempts enter the cell, reported (heartbeats) or decided here
-        (expired leases): earlier failures attached, stale ones counted, retries timed."""
-        outcome = self.cell.complete(worker_id, epoch, self._history.annotate(completions), now)
+        (expired leases): earlier failures attached, stale ones counted, retries timed.
+
+        Fence first, then act: only the attempts `cell.complete` accepted end their leases and
+        change the retry history; a stale or forged (task, attempt) changes nothing here."""
+        annotated, changes = self._history.annotate(completions)
+        outcome = self.cell.complete(worker_id, epoch, annotated, now)
+        if changes:
+            self._history.commit(changes, outcome.stale_at)
+        if self._leases is not None and len(self._leases) and outcome.accepted:
+            fenced = set(outcome.stale_at)
+            self._leases.settle(
+                (c.task_id, c.attempt) for i, c in enumerate(completions) if i not in fenced
+            )
         self.stale_total += outcome.stale
         self.retries += outcome.requeued
         self._count_results(completions, outcome)
@@ -200,10 +250,13 @@ class Register:
         return outcome
 
     def leave(self, worker_id: int, epoch: int) -> int:
-        """A worker deregisters; its unfinished tasks are requeued. Returns how many."""
+        """A worker deregisters; its unfinished tasks are requeued (those it never reported
+        started without counting a loss). Returns how many. The cell fences the call first: a
+        stale epoch raises StaleEpoch and leaves the worker's deadline armed."""
+        failure = self._lost_outcome("it left")
+        lost = self.cell.deregister(worker_id, epoch, time.time(), failure, count_unstarted=False)
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
-        lost = self.cell.deregister(worker_id, epoch, time.time(), self._lost_outcome("it left"))
         log.info(
             "worker left",
             extra={
@@ -217,9 +270,13 @@ class Register:
         return len(lost.requeued)
 
     def stream_broken(self, worker_id: int, epoch: int) -> None:
-        """The worker's heartbeat stream ended without a Deregister: it is dead."""
+        """The worker's heartbeat stream ended without a Deregister: it is dead.
+
+        Its connection was up and closed under it (the process or its host died): the tasks
+        it was sent but had not yet reported started count a loss too, or a task that kills
+        its worker at once would never reach the poison-task cap."""
         if not self.stopping:
-            self._bury(worker_id, epoch, "heartbeat stream broke", "stream_broken")
+            self._bury(worker_id, epoch, "heartbeat stream broke", "stream_broken", True)
 
     def take_cancels(self, worker_id: int) -> list[tuple[int, int]]:
         """Attempts the worker must stop (their lease ran out); sent with the next reply."""
@@ -257,7 +314,7 @@ class Register:
             self._retry_timer.cancel()
         self._retry_at = at
         delay = max(0.0, at - time.time())
-        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_due)
+        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_guarded)
 
     def _retry_due(self) -> None:
         self._retry_timer = None
@@ -270,10 +327,45 @@ class Register:
             self._deadlines.arm(worker_id, epoch, self.deadline_s)
 
     def _expired(self, worker_id: int, epoch: int) -> None:
-        self._bury(worker_id, epoch, "heartbeat deadline passed", "deadline")
+        """The worker's deadline passed on our clock: bury it, unless the silence may be ours.
 
-    def _bury(self, worker_id: int, epoch: int, reason: str, label: str) -> None:
-        """Declare the worker dead for `reason` (`label`: the same, as a metric label)."""
+        Silence, unlike a broken stream, may mean the worker never got what it was sent (cut
+        off, or never a worker at all): its unstarted tasks go back without counting a loss."""
+        delay = self._reprieve(worker_id, epoch)
+        if delay > 0 and self._deadlines is not None:
+            self._deadlines.arm(worker_id, epoch, delay)
+            return
+        self._bury(worker_id, epoch, "heartbeat deadline passed", "deadline", False)
+
+    def _reprieve(self, worker_id: int, epoch: int) -> float:
+        """Seconds more to give a worker whose deadline timer fired; 0.0 = bury it.
+
+        If our own loop stalled, the worker's beats may be waiting unread in its socket: it
+        gets one more interval from the end of the stall. And the cell's record of its last
+        heartbeat is checked (a beat applied without this timer, by an earlier register)."""
+        if self._stalls is not None:
+            loop = asyncio.get_running_loop()
+            grace = self._stalls.ended_at() + self.interval_s - loop.time()
+            if grace > 0:
+                self.reprieves += 1
+                log.warning(
+                    "deadline of a worker passed during a stall of the register; one more interval",
+                    extra={"fields": {"worker_id": worker_id, "grace_s": round(grace, 3)}},
+                )
+                return grace
+        try:
+            info = self.cell.worker(worker_id)
+        except shm.WorkerNotFound:
+            return 0.0
+        if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
+            return 0.0
+        return min(max(0.0, info.deadline - time.time()), self.deadline_s)
+
+    def _bury(
+        self, worker_id: int, epoch: int, reason: str, label: str, count_unstarted: bool
+    ) -> None:
+        """Declare the worker dead for `reason` (`label`: the same, as a metric label);
+        `count_unstarted`: see `shm.Cell.worker_lost`."""
         if self._deadlines is not None:
             self._deadlines.disarm(worker_id)
         try:
@@ -282,7 +374,8 @@ class Register:
             return
         if info.epoch != epoch or info.state not in shm.LIVE_WORKER_STATES:
             return  # already buried, or a newer registration
-        lost = self.cell.worker_lost(worker_id, epoch, time.time(), self._lost_outcome(reason))
+        failure = self._lost_outcome(reason)
+        lost = self.cell.worker_lost(worker_id, epoch, time.time(), failure, count_unstarted)
         self.worker_losses[label] += 1
         fields = {"worker_id": worker_id, "reason": reason, "requeued": len(lost.requeued)}
         log.warning("worker dead", extra={"fields": fields})

@@ -1,5 +1,6 @@
 """The register's Prometheus metrics: heartbeats and their gaps, attempt results by kind,
-worker losses, retries, fenced stale results, expired leases, and its lock use."""
+worker losses, retries, fenced stale results, expired leases, refused calls, stalls of its own
+loop, and its lock use."""
 
 from __future__ import annotations
 
@@ -63,6 +64,27 @@ class RegisterCollector(Collector):
             "heapd_leases_expired",
             "Attempts the register settled as timed out because the worker never reported.",
             r.leases_expired,
+        )
+        yield metrics.labelled(
+            CounterMetricFamily(
+                "heapd_register_refused",
+                "Calls refused, by reason: secret (does not prove the registration it names),"
+                " rebound (a heartbeat stream naming another registration), oversized (too"
+                " many results in one heartbeat), registration (a bad RegisterWorker).",
+                labels=["reason"],
+            ),
+            sorted(r.refused.items()),
+        )
+        yield metrics.counter(
+            "heapd_register_loop_stalls",
+            "Stalls of the register's own event loop (heartbeats may have waited unread).",
+            r.loop_stalls,
+        )
+        yield metrics.counter(
+            "heapd_register_reprieves",
+            "Worker deadlines that passed during a stall of the register; given one more"
+            " interval instead of being buried.",
+            r.reprieves,
         )
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from heapd.security import Security
+
 MAX_MESSAGE_BYTES = 64 << 20
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -20,9 +22,10 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """An aio channel to another role with heapd's message limits and keepalive."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, security: Security | None = None) -> grpc.aio.Channel:
+    """An aio channel to another role with heapd's message limits and keepalive, sending the
+    token and speaking TLS as `security` says."""
+    return (security or Security()).aio_channel(address, CHANNEL_OPTIONS)
 
 
 def format_address(host: str, port: int) -> str:

@@ -94,6 +94,12 @@ class RegisterConfig:
     missed_heartbeats: int = 4
     metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
     log_level: LogLevel = LogLevel.INFO
+    # Most slots one worker may announce (more is refused: a rogue announcing 65,535 would
+    # draw in the whole queue).
+    max_slots: int = 1024
+    # Most completions, and most started refs, one Heartbeat message may carry (more is
+    # refused before any is applied; workers send at most 1,000 per message).
+    max_results_per_heartbeat: int = 10_000
 
     @property
     def deadline_s(self) -> float:
@@ -115,8 +121,25 @@ class WorkerConfig:
     # (no cpus: it offers cpus = slots).
     resources: str = ""
     labels: str = ""
+    # The largest encoded result it sends (larger: BAD_RESULT naming this limit; command output
+    # is truncated instead). `heapd up` sets its workers' to the cell's --max-blob-kb.
+    max_result_bytes: int = 1 << 20
     metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
     log_level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Every role's and `heapd up`'s trust settings (section `[security]`, HEAPD_TOKEN_FILE,
+    HEAPD_TLS_CERT, ...): the token file, TLS files, and `insecure` to listen beyond loopback
+    without them. The token itself may also come from HEAPD_TOKEN (never a flag: argv is
+    public)."""
+
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""  # with a CA, peers must present certificates it signed (mutual TLS)
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +172,9 @@ class UpConfig:
     state_dir: str = ""  # empty: default_state_dir(cell)
     durability: Durability = Durability.FSYNC
     log_level: LogLevel = LogLevel.INFO
+    # "token": every port requires the cell's token (given, or made in the state directory);
+    # "none": no token at all (loopback only, unless --insecure).
+    auth: str = "token"
 
 
 def load(
@@ -213,6 +239,7 @@ def add_common_flags(parser: argparse.ArgumentParser, default_port: int) -> None
     )
     parser.add_argument("--config", type=Path, help="TOML configuration file (or HEAPD_CONFIG)")
     add_log_level_flag(parser)
+    add_security_flags(parser)
 
 
 def add_journal_flags(parser: argparse.ArgumentParser) -> None:
@@ -239,6 +266,32 @@ def add_metrics_flag(parser: argparse.ArgumentParser, what: str = "/metrics") ->
         type=int,
         help=f"serve {what} over HTTP on this port, on the same host (HEAPD_METRICS_PORT;"
         " default off; 0 = any port)",
+    )
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """--token-file, --tls-cert, --tls-key, --tls-ca and --insecure (see SecurityConfig)."""
+    parser.add_argument(
+        "--token-file",
+        dest="token_file",
+        help="the cell's bearer token, required of every caller and sent on every call"
+        " (HEAPD_TOKEN_FILE, or the token itself in HEAPD_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-cert", dest="tls_cert", help="PEM certificate for TLS (HEAPD_TLS_CERT)"
+    )
+    parser.add_argument("--tls-key", dest="tls_key", help="its PEM private key (HEAPD_TLS_KEY)")
+    parser.add_argument(
+        "--tls-ca",
+        dest="tls_ca",
+        help="PEM CA certificate: peers must present certificates it signed, mutual TLS"
+        " (HEAPD_TLS_CA)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without TLS and a token (logged as a warning)",
     )
 
 

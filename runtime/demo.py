@@ -54,7 +54,7 @@ def run(console: Console) -> int:
         console.print(
             f"[bold]heapd demo[/bold]: cell up, PLM at {cell.address} (2 workers x 2 slots)"
         )
-        with Client(cell.address) as client:
+        with Client(cell.address, security=cell.security) as client:
             started = time.perf_counter()
             futures = client.map(collatz_steps, range(1, COLLATZ_TASKS + 1))
             futures += [

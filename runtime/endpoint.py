@@ -6,14 +6,20 @@ rendered in a worker thread: its collectors only read shared memory and plain co
 scrape of a cell holding a million tasks then never stalls the loop. One request per
 connection (`Connection: close`); heads and bodies are bounded; at most MAX_CONNECTIONS are
 served at once, more are closed unanswered.
+
+It follows the role's gRPC security: with a token, every request needs
+`Authorization: Bearer <token>` (401 otherwise); with a certificate, it speaks HTTPS, and with a
+CA, clients must present a certificate it signed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import inspect
 import logging
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
@@ -22,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from heapd.runtime.channels import format_address
+from heapd.runtime.security import RoleSecurity
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +43,25 @@ Route = Callable[[], Body | Awaitable[Body]]
 class Endpoint:
     """Serves `registry` at /metrics and `routes` (path -> handler) beside it."""
 
-    def __init__(self, registry: CollectorRegistry, routes: Mapping[str, Route] | None = None):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        routes: Mapping[str, Route] | None = None,
+        security: RoleSecurity | None = None,
+    ):
         self._registry = registry
+        self._security = security or RoleSecurity()
+        token = self._security.token
+        self._authorization = f"Bearer {token}".encode() if token else None
         self._routes: dict[str, Route] = {"/metrics": self._metrics, **(routes or {})}
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 = any); returns the bound port (OSError if it cannot)."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=HEAD_LIMIT)
+        self._server = await asyncio.start_server(
+            self._serve, host, port, limit=HEAD_LIMIT, ssl=_tls_context(self._security)
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -70,7 +87,7 @@ class Endpoint:
         try:
             status, content_type, body, head_only = await self._answer(reader)
             await _respond(writer, status, content_type, b"" if head_only else body, len(body))
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
             pass
         finally:
             self._open.discard(task)
@@ -87,6 +104,8 @@ class Endpoint:
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return _text(HTTPStatus.BAD_REQUEST, "malformed request line")
         method, target = parts[0], parts[1].decode("latin-1")
+        if not self._authorized(head):
+            return _text(HTTPStatus.UNAUTHORIZED, "missing or invalid bearer token")
         if method not in (b"GET", b"HEAD"):
             return _text(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD")
         route = self._routes.get(target.split("?", 1)[0])
@@ -101,16 +120,43 @@ class Endpoint:
             return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the role's log)")
         return HTTPStatus.OK, content_type, body, method == b"HEAD"
 
+    def _authorized(self, head: bytes) -> bool:
+        if self._authorization is None:
+            return True
+        given = b""
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                given = value.strip()
+                break
+        return hmac.compare_digest(given, self._authorization)
+
+
+def _tls_context(security: RoleSecurity) -> ssl.SSLContext | None:
+    """HTTPS with the role's certificate; client certificates required when it has a CA."""
+    if not (security.tls_cert and security.tls_key):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(security.tls_cert, security.tls_key)
+    if security.tls_ca:
+        context.load_verify_locations(security.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
 
 async def serve_if_asked(
-    host: str, port: int, registry: CollectorRegistry, routes: Mapping[str, Route] | None = None
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    routes: Mapping[str, Route] | None = None,
+    security: RoleSecurity | None = None,
 ) -> tuple[Endpoint | None, str]:
     """Start an endpoint on host:port unless `port` is negative (metrics off): (endpoint or
     None, its "host:port" or ""). A port that cannot be bound ends the role with a one-line
     message (exit 2), as a bad flag does."""
     if port < 0:
         return None, ""
-    endpoint = Endpoint(registry, routes)
+    endpoint = Endpoint(registry, routes, security)
     try:
         bound = await endpoint.start(host, port)
     except OSError as exc:

@@ -7,6 +7,7 @@ benchmarks and the end-to-end tests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -20,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from heapd import shm
+from heapd.security import Security, read_token
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -58,6 +60,17 @@ class LocalCell:
     def address(self) -> str:
         """The PLM's HOST:PORT."""
         return str(self.info["address"])
+
+    @property
+    def security(self) -> Security:
+        """How a client proves itself to this cell: the token file `heapd up` named (else
+        the environment's settings, e.g. HEAPD_TOKEN)."""
+        token_file = self.info.get("token_file")
+        if token_file:
+            return dataclasses.replace(
+                Security.from_env(self.env), token=read_token(Path(token_file))
+            )
+        return Security.from_env(self.env)
 
     @property
     def register(self) -> str:
@@ -108,6 +121,8 @@ class LocalCell:
             *launcher, sys.executable, "-m", "heapd.worker", "--register", self.register,
             "--slots", str(slots), "--port", "0",
         ]  # fmt: skip
+        if self.info.get("token_file"):
+            argv += ["--token-file", str(self.info["token_file"])]
         with contextlib.ExitStack() as files:
             log = None  # None: its log goes where ours does
             if self.log_dir is not None:

@@ -1,4 +1,5 @@
-"""gRPC aio server setup shared by every daemon: health checking, reflection, message limits.
+"""gRPC aio server setup shared by every daemon: health checking, reflection, message limits,
+the token check and TLS (`heapd.runtime.security`).
 
 Server-side only: clients import `heapd.runtime.channels`, never this module (it pulls in the
 health and reflection services).
@@ -13,11 +14,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.runtime import status
+from heapd.runtime.channels import CHANNEL_OPTIONS, format_address
+from heapd.runtime.limits import Limits
+from heapd.runtime.security import RoleSecurity
 
+# The transport limits first: of an option given twice, gRPC takes the first.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *Limits().server_options(),
     *CHANNEL_OPTIONS,
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -25,17 +30,31 @@ Registration = Callable[[grpc.aio.Server], None]
 
 
 async def start(
-    host: str, port: int, registrations: Sequence[Registration], service_names: Sequence[str]
+    host: str,
+    port: int,
+    registrations: Sequence[Registration],
+    service_names: Sequence[str],
+    security: RoleSecurity | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start an aio server with these services plus health and reflection: (server, port)."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Start an aio server with these services plus health and reflection: (server, port).
+    With `security`, every call but health checks needs its token, and the port speaks TLS
+    (mutual TLS with a CA) when it has a certificate."""
+    security = security or RoleSecurity()
+    # The token is checked first (nothing of a stranger is parsed), then requests that do not
+    # parse are refused as INVALID_ARGUMENT without a traceback per message.
+    interceptors = [*security.interceptors(), status.DecodeGuard()]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     for register in registrations:
         register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = format_address(host, port)
+    if security.tls:
+        bound = server.add_secure_port(address, security.server_credentials())
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -26,9 +25,17 @@ from pathlib import Path
 from typing import IO
 
 from heapd import shm
+from heapd.runtime import pidfile as pidfiles
 from heapd.runtime import signals
-from heapd.runtime.config import DEFAULT_PLM_PORT, DEFAULT_REGISTER_PORT, Durability
+from heapd.runtime.config import (
+    DEFAULT_PLM_PORT,
+    DEFAULT_REGISTER_PORT,
+    Durability,
+    SecurityConfig,
+)
 from heapd.runtime.logs import LogLevel
+from heapd.worker.execute import MIN_RESULT_BYTES
+from heapd.worker.pool import MAX_RESULT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,42 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 RESTART_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 STABLE_S = 30.0  # a role that ran this long before exiting starts the backoff over
+
+
+@dataclass(frozen=True)
+class CellSecurity:
+    """The token and TLS files handed to every role and local worker of a cell."""
+
+    token_file: str = ""  # "": the roles read HEAPD_TOKEN from the environment they inherit
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    insecure: bool = False
+
+    @classmethod
+    def of(cls, cfg: SecurityConfig) -> CellSecurity:
+        """The files of a loaded SecurityConfig, as absolute paths (roles may run elsewhere)."""
+        return cls(
+            token_file=_absolute(cfg.token_file),
+            tls_cert=_absolute(cfg.tls_cert),
+            tls_key=_absolute(cfg.tls_key),
+            tls_ca=_absolute(cfg.tls_ca),
+            insecure=cfg.insecure,
+        )
+
+    def flags(self) -> list[str]:
+        """Each role's security flags."""
+        given: dict[str, object | None] = {
+            "--token-file": self.token_file or None,
+            "--tls-cert": self.tls_cert or None,
+            "--tls-key": self.tls_key or None,
+            "--tls-ca": self.tls_ca or None,
+        }
+        return _given_flags(given) + (["--insecure"] if self.insecure else [])
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,7 @@ class CellPlan:
     # HTTP endpoints: the PLM on this port, then the scheduler, the register and each worker on
     # the ports after it; -1 = off, 0 = any ports (each kept across restarts once bound).
     metrics_port: int = -1
+    security: CellSecurity = field(default_factory=CellSecurity)
 
     def metrics_problem(self) -> str:
         """Why the metrics ports cannot be used ("" if they can): past 65535, or one of them
@@ -87,6 +131,10 @@ class CellPlan:
                 f" the PLM's or register's port {min(taken)}"
             )
         return ""
+
+    def max_result_bytes(self) -> int:
+        """The local workers' result cap: the cell's largest blob, within what a pool takes."""
+        return min(max(self.capacities.max_blob_bytes, MIN_RESULT_BYTES), MAX_RESULT_BYTES)
 
     def metrics_flags(self, offset: int) -> list[str]:
         """The `--metrics-port` of the role at `offset` (PLM 0, scheduler 1, register 2,
@@ -171,7 +219,7 @@ class Supervisor:
 
     async def _start_all(self) -> bool:
         plan = self.plan
-        common = ["--cell", plan.cell]
+        common = ["--cell", plan.cell, *plan.security.flags()]
         if plan.config is not None:
             common += ["--config", str(plan.config)]
         register_args = [*common, "--host", plan.host, "--port", str(plan.register_port)]
@@ -208,6 +256,8 @@ class Supervisor:
         if plan.port == 0:
             _pin_port(plm.argv, "--port", plm.address)
         worker_args = ["--register", register.address, "--slots", str(plan.slots), "--port", "0"]
+        worker_args += plan.security.flags()
+        worker_args += ["--max-result-bytes", str(plan.max_result_bytes())]
         if plan.config is not None:
             worker_args += ["--config", str(plan.config)]
         worker_args += _given_flags(
@@ -305,7 +355,10 @@ class Supervisor:
             "workers": self.plan.workers,
             "pid": os.getpid(),
             "pids": {c.name: c.process.pid for c in self._children if c.process is not None},
+            "tls": bool(self.plan.security.tls_cert),
         }
+        if self.plan.security.token_file:
+            message["token_file"] = self.plan.security.token_file
         endpoints = {c.name: c.metrics for c in self._children if c.metrics}
         if endpoints:
             message["metrics"] = endpoints
@@ -423,8 +476,7 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 def pidfile(cell: str) -> Path:
     """Where `heapd up` records its pid for `heapd down`."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return Path(base) / f"heapd-{cell}.pid"
+    return pidfiles.path(cell)
 
 
 async def _main(plan: CellPlan) -> int:
@@ -441,34 +493,19 @@ def up(plan: CellPlan) -> int:
 def _claim_pidfile(cell: str) -> None:
     """Record this `heapd up` for `heapd down`: only once the cell is ours (a refused second
     `heapd up` must not take the running one's pidfile away)."""
-    pidfile(cell).write_text(str(os.getpid()))
+    pidfiles.claim(cell)
 
 
 def _release_pidfile(cell: str) -> None:
-    path = pidfile(cell)
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_text() == str(os.getpid()):
-            path.unlink()
+    pidfiles.release(cell)
 
 
 def down(cell: str, timeout_s: float = 30.0) -> int:
-    """Stop the cell's `heapd up` (SIGTERM, wait), then remove any shared memory left."""
-    path = pidfile(cell)
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        pid = int(path.read_text())
-        os.kill(pid, signal.SIGTERM)
-        _wait_gone(pid, timeout_s)
+    """Stop the cell's `heapd up` (SIGTERM, wait) if its pid file really names it (see
+    `runtime.pidfile`), then remove any shared memory left."""
+    pidfiles.stop(cell, timeout_s)
     removed = shm.Cell.unlink(cell)
     return 0 if removed or not shm.Cell.exists(cell) else 1
-
-
-def _wait_gone(pid: int, timeout_s: float) -> None:
-    """Wait for a process that is not our child to exit (pidfd: no polling)."""
-    fd = os.pidfd_open(pid)
-    try:
-        select.select([fd], [], [], timeout_s)
-    finally:
-        os.close(fd)
 
 
 def _given_flags(flags: dict[str, object | None]) -> list[str]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import os
 import sys
 from collections.abc import Sequence
 
 from heapd import shm
-from heapd.runtime import channels, config, entry, logs, ready, server, signals
+from heapd.runtime import channels, config, entry, logs, ready, security, server, signals
 from heapd.runtime import endpoint as endpoint_mod
+from heapd.runtime.security import RoleSecurity
 from heapd.scheduler import convert, metrics
 from heapd.scheduler.daemon import Scheduler
 
@@ -47,21 +49,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
+async def serve(cfg: config.SchedulerConfig, cell: shm.Cell, sec: RoleSecurity) -> None:
     """Run until SIGTERM/SIGINT; serves health and reflection only."""
     scheduler = Scheduler(
         cell,
         cfg.batch,
         cfg.prefetch_per_slot,
-        convert.AssignCall,
+        functools.partial(convert.AssignCall, security=sec.client()),
         shm.Policy.parse(cfg.policy),
         cfg.aging_s,
     )
     async with scheduler:
-        grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES)
+        grpc_server, port = await server.start(cfg.host, cfg.port, [], SERVICE_NAMES, sec)
         signals.install(asyncio.get_running_loop(), scheduler.shutdown)
         endpoint, metrics_at = await endpoint_mod.serve_if_asked(
-            cfg.host, cfg.metrics_port, metrics.registry(scheduler)
+            cfg.host, cfg.metrics_port, metrics.registry(scheduler), security=sec
         )
         ready.announce("scheduler", channels.format_address(cfg.host, port), metrics_at)
         await scheduler.wait_stopped()
@@ -72,10 +74,10 @@ async def serve(cfg: config.SchedulerConfig, cell: shm.Cell) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
-    cfg = config.from_args(
-        config.SchedulerConfig, "scheduler", parser().parse_args(argv), os.environ
-    )
+    args = parser().parse_args(argv)
+    cfg = config.from_args(config.SchedulerConfig, "scheduler", args, os.environ)
     logs.setup("scheduler", cfg.log_level)
+    sec = security.for_role("scheduler", args, [cfg.host])
     try:
         shm.Policy.parse(cfg.policy)
         if not (cfg.aging_s >= 0.0 and math.isfinite(cfg.aging_s)):
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"heapd scheduler: {exc}", file=sys.stderr)
         return 2
-    return entry.run_attached("scheduler", cfg.cell, lambda cell: serve(cfg, cell))
+    return entry.run_attached("scheduler", cfg.cell, lambda cell: serve(cfg, cell, sec))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from heapd.runtime import channels
 from heapd.scheduler.dispatcher import Answer, Request, Revoke
+from heapd.security import Security
 from heapd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 
@@ -52,8 +53,8 @@ def answer_from_proto(reply: worker_service_pb2.AssignTasksResponse) -> Answer:
 class AssignCall:
     """One AssignStream to the worker at `address`, on a channel of its own."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = channels.channel(address)
+    def __init__(self, address: str, security: Security | None = None) -> None:
+        self._channel = channels.channel(address, security)
         self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).AssignStream()
 
     async def send(self, request: Request) -> None:

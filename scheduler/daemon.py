@@ -18,6 +18,7 @@ from types import TracebackType
 
 from heapd import shm
 from heapd.runtime.bells import BellListener
+from heapd.runtime.lifelines import Lifelines, RoleFailed
 from heapd.scheduler.dispatcher import Dispatcher, OpenStream, Revoke
 from heapd.scheduler.prefetched import Overtaken, Prefetched
 from heapd.shm.histogram import BATCH_SIZES, Histogram
@@ -74,9 +75,10 @@ class Scheduler:
         self._prefetched = Prefetched(cell.unstarted, cell.still_dispatched, self._room_of)
         self._worker_seq = -1
         self._maybe_surplus = False  # a worker may hold more tasks than slots (see _idle_slot_work)
-        self._dispatcher = Dispatcher(cell, open_stream)
-        self._rate = TaskRate()
         self._stop = asyncio.Event()
+        self._lifelines = Lifelines("scheduler", self.shutdown)
+        self._dispatcher = Dispatcher(cell, open_stream, self._lifelines)
+        self._rate = TaskRate()
         self._listener: BellListener | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -94,7 +96,16 @@ class Scheduler:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close; then, unless the body raised, raise RoleFailed if a lifeline died (the
+        dispatch loop): the entry point exits non-zero and the supervisor restarts us."""
         await self.close()
+        if kind is None:
+            self._lifelines.raise_if_failed()
+
+    @property
+    def failure(self) -> RoleFailed | None:
+        """Why the scheduler stopped on its own (its dispatch loop died), None otherwise."""
+        return self._lifelines.failure
 
     def start(self) -> None:
         """Take back what a previous scheduler may have left half-sent, listen to the doorbell
@@ -104,10 +115,13 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         self._listener = BellListener(self.cell.scheduler_bell, loop, "scheduler")
         self._listener.start()
+        # A lifeline: if it dies, nothing dispatches any more; the scheduler must stop.
         self._loop_task = asyncio.create_task(self._run(), name="scheduler-dispatch")
+        self._lifelines.watch(self._loop_task)
 
     def shutdown(self) -> None:
-        """Ask `wait_stopped` to return (idempotent; safe from a signal handler)."""
+        """Ask `wait_stopped` to return (idempotent; safe from a signal handler). Also called
+        when a lifeline dies."""
         self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -124,10 +138,8 @@ class Scheduler:
         if self._listener is not None:
             await self._listener.close()
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            [ended] = await asyncio.gather(self._loop_task, return_exceptions=True)
-            if isinstance(ended, Exception):
-                log.error("dispatch loop failed", exc_info=ended)
+            self._loop_task.cancel()  # a death was logged by the lifeline already
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         await self._dispatcher.close()
 
     def _reclaim_unsent(self) -> int:

@@ -11,6 +11,12 @@ requeued here, fenced by attempt (a copy the worker did get is harmless: its lat
 dropped as stale). Counting here too would count an attempt twice, or count a dispatch to a
 worker that was already dead and never ran it; requeueing here at once would feed a dead worker
 its task again before the register buried it.
+
+A feed's writer or reader that fails unexpectedly (not a stream error) closes its feed like a
+broken stream, so its tasks go back to the queue. A feed's closing and a delayed requeue are the
+scheduler's lifelines (`heapd.runtime.lifelines`): if one raised, tasks would stay DISPATCHED
+with nobody to move them, so the scheduler stops and is restarted (a new scheduler requeues every
+DISPATCHED task).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Protocol
 import grpc
 
 from heapd import shm
+from heapd.runtime.lifelines import Lifelines
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +92,10 @@ class WorkerFeed:
         on_lost: Requeue,
         on_closed: Callable[[WorkerFeed], None],
         on_revoked: Callable[[list[Ref]], None],
+        lifelines: Lifelines,
     ) -> None:
         self.address = address
+        self._lifelines = lifelines
         self._on_lost = on_lost
         self._on_closed = on_closed
         self._on_revoked = on_revoked
@@ -96,6 +105,8 @@ class WorkerFeed:
         self._wake = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
         self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
 
     def send(self, group: list[shm.Dispatch]) -> None:
         """Queue one group for this worker (never blocks). A feed that is closing hands it back
@@ -122,8 +133,16 @@ class WorkerFeed:
 
     def _start_closing(self) -> asyncio.Task[None]:
         if self._closing is None:
-            self._closing = asyncio.create_task(self._close())
+            self._closing = asyncio.create_task(self._close(), name=f"feed-close {self.address}")
+            self._lifelines.watch(self._closing, may_return=True)
         return self._closing
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer or reader that raised something other than a stream error (a bug) would
+        leave the feed half alive: tasks queued in an outbox nobody writes. Close it instead
+        (its closing logs the exception)."""
+        if not task.cancelled() and task.exception() is not None:
+            self._start_closing()
 
     async def _close(self) -> None:
         for task in self._tasks:
@@ -188,9 +207,11 @@ class WorkerFeed:
 class Dispatcher:
     """Groups dispatches by worker and feeds them to that worker's stream."""
 
-    def __init__(self, cell: shm.Cell, open_stream: OpenStream) -> None:
+    def __init__(self, cell: shm.Cell, open_stream: OpenStream, lifelines: Lifelines) -> None:
+        """`lifelines` are the scheduler's: a feed's closing or a requeue that fails stops it."""
         self._cell = cell
         self._open_stream = open_stream
+        self._lifelines = lifelines
         self._feeds: dict[str, WorkerFeed] = {}
         self._pending_requeues: set[asyncio.Task[None]] = set()
         self.requeued = 0
@@ -231,7 +252,14 @@ class Dispatcher:
         feed = self._feeds.get(address)
         if feed is None:
             stream = self._open_stream(address)
-            feed = WorkerFeed(address, stream, self._requeue_later, self._forget, self._take_back)
+            feed = WorkerFeed(
+                address,
+                stream,
+                self._requeue_later,
+                self._forget,
+                self._take_back,
+                self._lifelines,
+            )
             self._feeds[address] = feed
         return feed
 
@@ -242,7 +270,10 @@ class Dispatcher:
     def _requeue_later(self, lost: list[shm.Dispatch], delay_s: float) -> None:
         if not lost:
             return
-        task = asyncio.get_running_loop().create_task(self._requeue(lost, delay_s))
+        task = asyncio.get_running_loop().create_task(
+            self._requeue(lost, delay_s), name="scheduler-requeue"
+        )
+        self._lifelines.watch(task, may_return=True)
         self._pending_requeues.add(task)
         task.add_done_callback(self._pending_requeues.discard)
 

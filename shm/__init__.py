@@ -15,6 +15,7 @@ from heapd.shm.errors import (
     StaleEpoch,
     TableFull,
     TaskNotFound,
+    UntrustedObject,
     WorkerNotFound,
 )
 from heapd.shm.latency import Latency
@@ -85,6 +86,7 @@ __all__ = [
     "TaskInfo",
     "TaskNotFound",
     "TaskState",
+    "UntrustedObject",
     "WorkerInfo",
     "WorkerNotFound",
     "WorkerSample",

@@ -516,19 +516,33 @@ class Cell:
             self.scheduler_bell.ring()
         return next_due
 
-    def worker_lost(self, worker_id: int, epoch: int, now: float, failure: bytes) -> LostTasks:
+    def worker_lost(
+        self,
+        worker_id: int,
+        epoch: int,
+        now: float,
+        failure: bytes,
+        count_unstarted: bool = True,
+    ) -> LostTasks:
         """Declare a worker DEAD and requeue its tasks; a task that has now lost its worker
-        more than MAX_WORKER_LOSSES times ends FAILED with `failure` as its result.
-        Idempotent."""
+        more than MAX_WORKER_LOSSES times ends FAILED with `failure` as its result. Its
+        DISPATCHED (not started) tasks count a loss only with `count_unstarted`. Idempotent."""
         with self._locked() as mem:
-            lost = workers.worker_lost(mem, worker_id, epoch, now, failure)
+            lost = workers.worker_lost(mem, worker_id, epoch, now, failure, count_unstarted)
         self._announce(lost)
         return lost
 
-    def deregister(self, worker_id: int, epoch: int, now: float, failure: bytes) -> LostTasks:
+    def deregister(
+        self,
+        worker_id: int,
+        epoch: int,
+        now: float,
+        failure: bytes,
+        count_unstarted: bool = True,
+    ) -> LostTasks:
         """Like worker_lost, then free the worker's slot."""
         with self._locked() as mem:
-            lost = workers.deregister(mem, worker_id, epoch, now, failure)
+            lost = workers.deregister(mem, worker_id, epoch, now, failure, count_unstarted)
         self._announce(lost)
         return lost
 

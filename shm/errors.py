@@ -4,6 +4,8 @@
      ├─ CellNotFound        attach to a cell that does not exist
      ├─ CellExists          create when the cell (or a leftover of it) exists
      ├─ LayoutMismatch      foreign, truncated or other-version segment
+     ├─ UntrustedObject     (also PermissionError) an object of the cell is another user's,
+     │                      or readable/writable by others (.path, .why)
      ├─ InvalidCapacity     (also ValueError) capacities <= 0 or absurd
      ├─ TaskNotFound        (also KeyError) unknown or released task id
      ├─ WorkerNotFound      unknown worker id
@@ -55,6 +57,24 @@ class LayoutMismatch(ShmError):
             f"version; remove it with `heapd down --cell {cell}` and start the cell again"
         )
         self.cell = cell
+
+
+class UntrustedObject(ShmError, PermissionError):
+    """An object of the cell (segment, semaphore, doorbell) is not this user's own 0600 object:
+    someone else made it, or could read or write it, so nothing in it can be trusted."""
+
+    def __init__(self, cell: str, path: str, why: str) -> None:
+        super().__init__(
+            f"cell {cell!r}: refusing {path}: {why}; heapd uses only objects of its own user with"
+            f" mode 0600. Find out who made it; remove it (`heapd down --cell {cell}` as its"
+            f" owner, or root) and start the cell again"
+        )
+        self.cell = cell
+        self.path = path
+        self.why = why
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class InvalidCapacity(ShmError, ValueError):

@@ -3,7 +3,8 @@
 A cell `NAME` owns `/heapd.NAME.shm` (the segment), two semaphores `/heapd.NAME.lock` and
 `.repair`, and two doorbells, FIFOs `/dev/shm/heapd.NAME.sched.bell` and `.plm.bell`. Linux
 shows the segment as `/dev/shm/heapd.NAME.shm` and each semaphore as
-`/dev/shm/sem.heapd.NAME.<x>`.
+`/dev/shm/sem.heapd.NAME.<x>`; those files' owner and mode are what attach checks (only this
+user's own 0600 objects are used, see `shm.segment`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,17 @@ class CellNames:
         """Every object of the cell: POSIX names of the segment and semaphores, bell paths."""
         return [self.segment, *self.semaphores(), *self.bells()]
 
+    def path(self, name: str) -> str:
+        """Where Linux shows one object of the cell (one of `all()`) under /dev/shm: the file
+        whose owner and mode say whether the object can be trusted."""
+        if name == self.segment:
+            return f"{DEV_SHM}/{name[1:]}"
+        if name in self.semaphores():
+            return f"{DEV_SHM}/sem.{name[1:]}"
+        if name in self.bells():
+            return name
+        raise ValueError(f"{name!r} is not an object of cell {self.cell!r}")
+
     def dev_shm_paths(self) -> list[str]:
-        """Where Linux shows each object under /dev/shm."""
-        paths = [f"{DEV_SHM}/{self.segment[1:]}"]
-        paths += [f"{DEV_SHM}/sem.{name[1:]}" for name in self.semaphores()]
-        return paths + self.bells()
+        """Where Linux shows each object under /dev/shm: segment, semaphores, bells."""
+        return [self.path(name) for name in self.all()]

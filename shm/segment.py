@@ -8,6 +8,14 @@ magic written last, then the lock is posted. Any failure unlinks exactly what th
 created.
 An attacher that finds the segment missing or its magic still 0 waits (bounded) on
 the lock semaphore for the creator to finish instead of polling.
+
+Trust: an attacher uses only objects that belong to its own (effective) user with mode
+exactly 0600, checked on the open descriptor for the segment and the doorbells, and on the
+file before and after opening for the semaphores (sem_open gives no descriptor; /dev/shm is
+sticky, so nobody else can swap our own file between the two checks). Anything else (another
+user's segment with a valid header, a 0644 segment anyone could have written) is refused with
+UntrustedObject before it is mapped or used. Creation sets the modes explicitly, so the umask
+cannot widen or narrow them.
 """
 
 from __future__ import annotations
@@ -19,13 +27,21 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
 import posix_ipc
 
 from heapd.shm import secret
-from heapd.shm.errors import CellExists, CellNotFound, InvalidCapacity, LayoutMismatch, ShmError
+from heapd.shm.errors import (
+    CellExists,
+    CellNotFound,
+    InvalidCapacity,
+    LayoutMismatch,
+    ShmError,
+    UntrustedObject,
+)
 from heapd.shm.layout import HEADER_BYTES, HEADER_WORDS, MAGIC, VERSION, H, Layout
 from heapd.shm.names import DEV_SHM, CellNames
 from heapd.shm.types import CHUNK_BYTES, Capacities
@@ -115,32 +131,76 @@ def _new_fifo(names: CellNames, path: str) -> None:
         os.mkfifo(path, MODE)
     except FileExistsError:
         raise CellExists(names.cell, f"a leftover doorbell {path} exists") from None
+    try:
+        os.chmod(path, MODE)  # exactly 0600 whatever the umask (ours: /dev/shm is sticky)
+    except BaseException:
+        os.unlink(path)
+        raise
 
 
 def _open_fifo(names: CellNames, path: str) -> int:
-    """Open a doorbell read-write, non-blocking; refuse anything but our own 0600 FIFO."""
+    """Open a doorbell read-write, non-blocking; refuse anything but our own 0600 FIFO.
+
+    A FIFO is checked before it is opened (opening a planted device or symlink target could
+    have effects of its own) and again on the descriptor: the object used is the one checked."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise LayoutMismatch(names.cell, f"doorbell {path} is missing") from None
+    if not stat.S_ISFIFO(before.st_mode):
+        raise UntrustedObject(names.cell, path, "it is not a doorbell FIFO")
+    require_private(names.cell, path, before)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise LayoutMismatch(names.cell, f"doorbell {path} is missing") from None
     except PermissionError:
         raise _denied(names.cell, path) from None
-    st = os.fstat(fd)
-    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.getuid():
+    except OSError as exc:  # ELOOP: replaced by a symlink since the check
+        raise UntrustedObject(names.cell, path, f"it changed while being opened ({exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or (st.st_dev, st.st_ino) != (
+            before.st_dev,
+            before.st_ino,
+        ):
+            raise UntrustedObject(names.cell, path, "it was replaced while being opened")
+        require_private(names.cell, path, st)
+    except BaseException:
         os.close(fd)
-        raise ShmError(f"cell {names.cell!r}: {path} is not a doorbell FIFO of this user")
+        raise
     return fd
+
+
+def require_private(cell: str, path: str, st: os.stat_result) -> None:
+    """Refuse (UntrustedObject) an object that is not this user's own with mode 0600: another
+    user may have planted it (a valid header is easy to forge) or may read and write it."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UntrustedObject(
+            cell, path, f"it belongs to uid {st.st_uid}, not to this user (uid {uid})"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != MODE:
+        raise UntrustedObject(cell, path, f"its mode is {mode:04o}, not {MODE:04o}")
 
 
 def _new_semaphore(names: CellNames, name: str, value: int, first: bool) -> posix_ipc.Semaphore:
     try:
-        return posix_ipc.Semaphore(name, posix_ipc.O_CREX, MODE, value)
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, MODE, value)
     except posix_ipc.PermissionsError:
         raise CellExists(names.cell, f"{name} exists and belongs to another user") from None
     except posix_ipc.ExistentialError:
         if first:
             raise CellExists(names.cell) from None
         raise CellExists(names.cell, f"a leftover semaphore {name} exists") from None
+    try:
+        os.chmod(names.path(name), MODE)  # exactly 0600 whatever the umask
+    except BaseException:
+        sem.close()
+        posix_ipc.unlink_semaphore(name)
+        raise
+    return sem
 
 
 def _new_segment(names: CellNames, size: int) -> mmap.mmap:
@@ -151,7 +211,11 @@ def _new_segment(names: CellNames, size: int) -> mmap.mmap:
     except posix_ipc.ExistentialError:
         raise CellExists(names.cell, f"a leftover segment {names.segment} exists") from None
     try:
+        os.fchmod(shm.fd, MODE)  # exactly 0600 whatever the umask
         return mmap.mmap(shm.fd, size)
+    except BaseException:
+        posix_ipc.unlink_shared_memory(names.segment)
+        raise
     finally:
         shm.close_fd()
 
@@ -184,13 +248,18 @@ def attach(names: CellNames) -> Segment:
             _wait_for_creator(names)
             header = np.frombuffer(mm, dtype=np.int64, count=HEADER_WORDS).copy()
         caps, layout = _validate_header(names.cell, header, len(mm))
-        sems = [_open_semaphore(names, name) for name in names.semaphores()]
+        sems: list[posix_ipc.Semaphore] = []
         fds: list[int] = []
-        try:
-            fds = [_open_fifo(names, path) for path in names.bells()]
+        try:  # appended one by one: a refusal closes exactly what was opened before it
+            for name in names.semaphores():
+                sems.append(_open_semaphore(names, name))
+            for path in names.bells():
+                fds.append(_open_fifo(names, path))
         except BaseException:
             for sem in sems:
                 sem.close()
+            for fd in fds:
+                os.close(fd)
             raise
     except BaseException:
         mm.close()
@@ -209,6 +278,7 @@ def _open_segment(names: CellNames) -> mmap.mmap:
                 break
             continue
         try:
+            require_private(names.cell, names.path(names.segment), os.fstat(shm.fd))
             size = shm.size
             if size < HEADER_BYTES:
                 raise LayoutMismatch(
@@ -222,9 +292,8 @@ def _open_segment(names: CellNames) -> mmap.mmap:
 
 def _wait_for_creator(names: CellNames) -> bool:
     """Wait (bounded) until a creator posts the lock; False if there is no lock at all."""
-    try:
-        sem = posix_ipc.Semaphore(names.lock)
-    except posix_ipc.ExistentialError:
+    sem = _open_semaphore(names, names.lock, missing_ok=True)
+    if sem is None:
         return False
     try:
         sem.acquire(CREATION_WAIT_S)
@@ -268,17 +337,46 @@ def _validate_header(
     return caps, layout
 
 
-def _open_semaphore(names: CellNames, name: str) -> posix_ipc.Semaphore:
+@overload
+def _open_semaphore(names: CellNames, name: str) -> posix_ipc.Semaphore: ...
+@overload
+def _open_semaphore(
+    names: CellNames, name: str, missing_ok: bool
+) -> posix_ipc.Semaphore | None: ...
+
+
+def _open_semaphore(
+    names: CellNames, name: str, missing_ok: bool = False
+) -> posix_ipc.Semaphore | None:
+    """Open one of the cell's semaphores if it is our own 0600 file, checked before opening
+    and again after (same file): sem_open gives no descriptor to check instead."""
+    path = names.path(name)
     try:
-        return posix_ipc.Semaphore(name)
-    except posix_ipc.PermissionsError:
-        raise _denied(names.cell, name) from None
-    except posix_ipc.ExistentialError:
+        before = os.lstat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise UntrustedObject(names.cell, path, "it is not a semaphore file")
+        require_private(names.cell, path, before)
+        sem = posix_ipc.Semaphore(name)
+    except (FileNotFoundError, posix_ipc.ExistentialError):
+        if missing_ok:
+            return None
         raise LayoutMismatch(names.cell, f"semaphore {name} is missing") from None
+    except posix_ipc.PermissionsError:
+        raise _denied(names.cell, path) from None
+    try:
+        after = os.lstat(path)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            raise UntrustedObject(names.cell, path, "it was replaced while being opened")
+    except BaseException as exc:
+        sem.close()
+        if isinstance(exc, FileNotFoundError):
+            raise UntrustedObject(names.cell, path, "it was removed while being opened") from None
+        raise
+    return sem
 
 
-def _denied(cell: str, name: str) -> ShmError:
-    return ShmError(f"cell {cell!r}: permission denied on {name}: it belongs to another user")
+def _denied(cell: str, path: str) -> ShmError:
+    return UntrustedObject(cell, path, "permission denied: it belongs to another user")
 
 
 def _unlink_one(names: CellNames, name: str) -> bool:

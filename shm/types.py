@@ -225,6 +225,7 @@ class CompleteOutcome:
     requeued: int
     retry_at: float = 0.0  # earliest time a failed attempt waiting out its backoff is due; 0 = none
     failed_at: tuple[int, ...] = ()  # indexes of the accepted completions that said FAILED
+    stale_at: tuple[int, ...] = ()  # indexes of the completions fenced off (not applied)
 
 
 @dataclass(frozen=True, slots=True)

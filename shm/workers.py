@@ -182,11 +182,13 @@ def complete(
     w = live_slot(mem, worker_id, epoch)
     accepted = stale = requeued = 0
     failed_at: list[int] = []
+    stale_at: list[int] = []
     retry_at = 0.0
     for i, done in enumerate(completions):
         slot = _owned_slot(mem, done.task_id, done.attempt, worker_id, epoch)
         if slot < 0:
             stale += 1
+            stale_at.append(i)
             continue
         accepted += 1
         if done.state == TaskState.FAILED:
@@ -204,6 +206,7 @@ def complete(
         requeued=requeued,
         retry_at=retry_at,
         failed_at=tuple(failed_at),
+        stale_at=tuple(stale_at),
     )
     return outcome, accepted > requeued
 
@@ -242,10 +245,17 @@ def _finish_with(mem: CellMemory, slot: int, state: TaskState, result: bytes, no
 
 
 def worker_lost(
-    mem: CellMemory, worker_id: int, epoch: int, now: float, failure: bytes
+    mem: CellMemory,
+    worker_id: int,
+    epoch: int,
+    now: float,
+    failure: bytes,
+    count_unstarted: bool = True,
 ) -> LostTasks:
     """DEAD, off the heap, its running tasks requeued, or failed with `failure` once their
-    worker was lost more than MAX_WORKER_LOSSES times; idempotent."""
+    worker was lost more than MAX_WORKER_LOSSES times; idempotent. A DISPATCHED task (never
+    reported started) counts a loss only with `count_unstarted`: a delivery that may never
+    have reached the worker is not the task's fault."""
     workers = mem.workers
     try:
         w = workers.slot_of(worker_id)
@@ -257,14 +267,16 @@ def worker_lost(
         return LostTasks([], [])
     if w in mem.worker_heap:
         mem.worker_heap.remove(w)
-    lost = _take_back_all(mem, worker_id, now, failure)
+    lost = _take_back_all(mem, worker_id, now, failure, count_unstarted)
     workers.in_flight[w] = 0
     workers.rec["used_milli"][w] = 0
     workers.state[w] = DEAD
     return lost
 
 
-def _take_back_all(mem: CellMemory, worker_id: int, now: float, failure: bytes) -> LostTasks:
+def _take_back_all(
+    mem: CellMemory, worker_id: int, now: float, failure: bytes, count_unstarted: bool
+) -> LostTasks:
     tasks = mem.tasks
     state = tasks.rec["state"]
     mine = np.flatnonzero(
@@ -272,22 +284,28 @@ def _take_back_all(mem: CellMemory, worker_id: int, now: float, failure: bytes) 
     )
     lost = LostTasks([], [])
     for slot in mine.tolist():
-        losses = tasks.losses[slot] + 1
-        tasks.losses[slot] = losses
-        if losses > MAX_WORKER_LOSSES:
-            lost.failed.append(int(tasks.id[slot]))
-            _finish_with(mem, slot, TaskState.FAILED, failure, now)
-        else:
-            lost.requeued.append(int(tasks.id[slot]))
-            transitions.requeue_active(mem, slot)
+        if count_unstarted or state[slot] == RUNNING:
+            losses = tasks.losses[slot] + 1
+            tasks.losses[slot] = losses
+            if losses > MAX_WORKER_LOSSES:
+                lost.failed.append(int(tasks.id[slot]))
+                _finish_with(mem, slot, TaskState.FAILED, failure, now)
+                continue
+        lost.requeued.append(int(tasks.id[slot]))
+        transitions.requeue_active(mem, slot)
     return lost
 
 
 def deregister(
-    mem: CellMemory, worker_id: int, epoch: int, now: float, failure: bytes
+    mem: CellMemory,
+    worker_id: int,
+    epoch: int,
+    now: float,
+    failure: bytes,
+    count_unstarted: bool = True,
 ) -> LostTasks:
     """Like worker_lost, then the slot becomes FREE."""
-    lost = worker_lost(mem, worker_id, epoch, now, failure)
+    lost = worker_lost(mem, worker_id, epoch, now, failure, count_unstarted)
     workers = mem.workers
     try:
         w = workers.slot_of(worker_id)

@@ -15,17 +15,22 @@ from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.launch import LocalCell
 from tests.helpers import MARK, kill_all, marked_processes, shm_entries
 
+TEST_TOKEN = f"test-{uuid.uuid4().hex}"
+
 
 @pytest.fixture(autouse=True)
 def _no_heapd_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Tests never see the developer's HEAPD_* settings, and never write a journal into the
-    developer's ~/.local/state (a cell's default state directory)."""
+    developer's ~/.local/state (a cell's default state directory). Every cell and client of
+    a test shares one token through HEAPD_TOKEN, as a deployment may hand it out (the token
+    files `heapd up` makes itself are tested in test_auth without it)."""
     for key in list(os.environ):
         if key.startswith("HEAPD_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+    monkeypatch.setenv("HEAPD_TOKEN", TEST_TOKEN)
 
 
 @pytest.fixture

@@ -15,6 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
+from heapd.runtime.channels import CHANNEL_OPTIONS
+from heapd.security import Security
+
 T = TypeVar("T")
 
 MARK = "HEAPD_TEST_MARK"
@@ -178,3 +183,8 @@ def release_gate(fifo: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def authed_channel(address: str) -> grpc.Channel:
+    """A synchronous channel to a test cell's role that sends the test token (HEAPD_TOKEN)."""
+    return Security.from_env().channel(address, CHANNEL_OPTIONS)

@@ -17,6 +17,7 @@ from heapd.v1 import (
 )
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
+from tests.helpers import authed_channel
 
 
 def test_unknown_task_id_is_not_found(start_cell: StartCell) -> None:
@@ -88,7 +89,7 @@ def test_malformed_requests_are_invalid_argument(
     start_cell: StartCell, spec: task_pb2.TaskSpec, options: task_pb2.TaskOptions, message: str
 ) -> None:
     cell = start_cell(workers=0)
-    with grpc.insecure_channel(cell.address) as channel:
+    with authed_channel(cell.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.SubmitTask(
@@ -123,7 +124,7 @@ def test_options_out_of_bounds_are_invalid_argument_on_every_submit_path(
     cell = start_cell(workers=0)
     spec = task_pb2.TaskSpec(builtin=task_pb2.BuiltinCall(name="sleep"))
     good = task_service_pb2.TaskSubmission(spec=spec)
-    with grpc.insecure_channel(cell.address) as channel:
+    with authed_channel(cell.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         for options, message in OUT_OF_BOUNDS:
             with pytest.raises(grpc.RpcError) as one:
@@ -152,7 +153,7 @@ def test_malformed_queries_and_worker_requests_are_invalid_argument(
     """ListTasks (unknown state, limit too high), WatchTasks without a session, and a worker's
     malformed RegisterWorker or Heartbeat are refused as INVALID_ARGUMENT, not as INTERNAL."""
     cell = start_cell(workers=0)
-    with grpc.insecure_channel(cell.address) as channel:
+    with authed_channel(cell.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         for request, message in [
             (task_service_pb2.ListTasksRequest(states=[99]), "unknown task state"),
@@ -166,7 +167,7 @@ def test_malformed_queries_and_worker_requests_are_invalid_argument(
             list(stub.WatchTasks(task_service_pb2.WatchTasksRequest(), timeout=10))
         assert watched.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "session" in watched.value.details()
-    with grpc.insecure_channel(cell.register) as channel:
+    with authed_channel(cell.register) as channel:
         register = register_service_pb2_grpc.RegisterServiceStub(channel)
         for join, message in [
             (register_service_pb2.RegisterWorkerRequest(address="nowhere", slots=1), "HOST:PORT"),
@@ -194,7 +195,23 @@ def test_malformed_queries_and_worker_requests_are_invalid_argument(
             task_id=1, attempt=1, state=task_pb2.QUEUED
         )
         beat = register_service_pb2.HeartbeatRequest(worker_id=1, epoch=1, completions=[completion])
-        with pytest.raises(grpc.RpcError) as beaten:
+        with pytest.raises(grpc.RpcError) as beaten:  # a stranger is refused before parsing
+            list(register.Heartbeat(iter([beat]), timeout=10))
+        assert beaten.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        joined_ok = register.RegisterWorker(
+            register_service_pb2.RegisterWorkerRequest(address="127.0.0.1:1", slots=1), timeout=10
+        )
+        beat = register_service_pb2.HeartbeatRequest(
+            worker_id=joined_ok.worker_id,
+            epoch=joined_ok.epoch,
+            secret=joined_ok.secret,
+            completions=[completion],
+        )
+        with pytest.raises(grpc.RpcError) as beaten:  # the worker itself, malformed: refused
             list(register.Heartbeat(iter([beat]), timeout=10))
         assert beaten.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "SUCCEEDED/FAILED" in beaten.value.details()
+        leave = register_service_pb2.DeregisterRequest(
+            worker_id=joined_ok.worker_id, epoch=joined_ok.epoch, secret=joined_ok.secret
+        )
+        register.Deregister(leave, timeout=10)

@@ -29,6 +29,9 @@ V1_IMPORTERS = {
     "heapd.scheduler.convert": "the scheduler's boundary (it serves no service of its own)",
     "heapd.worker.convert": "the worker's boundary",
     "heapd.worker.service": "subclasses the generated WorkerService base and registers it",
+    "heapd.runtime.bench.fuzz": "the fuzzer speaks the wire itself: it sends raw messages",
+    "heapd.runtime.bench.fuzz_guard": "rewrites fuzzed messages so none can do harm",
+    "heapd.runtime.bench.fuzz_requests": "draws messages from the protobuf descriptors",
 }
 
 ROLES = ("plm", "register", "scheduler", "worker")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from typing import Any
 
 import grpc
 import pytest
 
 from heapd import convert
+from heapd import core as core_mod
 from heapd.core import ClientCore, ResultRouter, RetryPolicy, fail_closed, settle
 from heapd.errors import ClientClosed, InvalidArgument
 from heapd.futures import AsyncTaskFuture, TaskFuture
@@ -100,7 +102,9 @@ def test_the_core_settles_futures_from_stream_messages_in_any_order() -> None:
     assert (before.result(0), after.result(0)) == ("one", "two")
     waiting = _future(3)
     core.track([waiting])
-    assert list(convert.watch_request("s", [3]).task_ids) == list(core.watch_request().task_ids)
+    request, adopts = core.watch_request()
+    assert list(convert.watch_request("s", [3]).task_ids) == list(request.task_ids)
+    assert adopts == []
     core.close()
     with pytest.raises(ClientClosed, match="task 3"):
         waiting.result(0)
@@ -220,3 +224,18 @@ def test_a_bad_address_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         ClientCore("")
     assert len(ClientCore("h:1").session) == 32, "a fresh session name"
+
+
+def test_a_reconnect_awaiting_more_than_one_request_may_name_adopts_the_rest_in_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The PLM refuses a WatchTasks naming over max_ids_per_request ids: the client names the
+    first ones and adopts the rest in chunks, so a reconnect never fails for good."""
+    monkeypatch.setattr(core_mod, "WATCH_IDS", 4)
+    core = ClientCore[Any]("127.0.0.1:1", "s")
+    core.track([_future(i) for i in range(1, 11)])
+    request, adopts = core.watch_request()
+    assert list(request.task_ids) == [1, 2, 3, 4]
+    assert [list(a.adopt) for a in adopts] == [[5, 6, 7, 8], [9, 10]]
+    assert all(a.session == "s" and not a.tasks for a in adopts)
+    core.close()

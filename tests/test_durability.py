@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import pytest
 
 from heapd import Client, TaskLost
@@ -27,7 +26,7 @@ from heapd.shm import Cell
 from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests import tasks_for_faults as f
 from tests.conftest import StartCell
-from tests.helpers import assert_eventually, kill_all, marked_processes, role_pids
+from tests.helpers import assert_eventually, authed_channel, kill_all, marked_processes, role_pids
 
 TASKS = 240
 SECONDS = 0.01
@@ -134,7 +133,7 @@ def test_an_acknowledged_result_is_gone_after_a_restart_and_another_comes_back(
     first = start_cell(workers=1, slots=1, state_dir=state)
     spec = task_pb2.TaskSpec(builtin=task_pb2.BuiltinCall(name="sleep", params={"seconds": 0}))
     submissions = [task_service_pb2.TaskSubmission(spec=spec)] * 2
-    with grpc.insecure_channel(first.address) as channel:
+    with authed_channel(first.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         request = task_service_pb2.SubmitTasksRequest(tasks=submissions, session="s")
         acked, kept = stub.SubmitTasks(request, timeout=30).task_ids
@@ -143,7 +142,7 @@ def test_an_acknowledged_result_is_gone_after_a_restart_and_another_comes_back(
         stub.SubmitTasks(ack, timeout=30)
     power_cut(first)
     second = start_cell(workers=1, slots=1, name=first.name, state_dir=state)
-    with grpc.insecure_channel(second.address) as channel:
+    with authed_channel(second.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         got = watch_one(stub, "new", [acked, kept])
     assert got == {acked: task_pb2.TASK_STATE_UNSPECIFIED, kept: task_pb2.SUCCEEDED}

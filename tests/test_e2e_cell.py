@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from heapd import AsyncClient, Client, CommandResult, InvalidArgument
@@ -22,6 +21,7 @@ from tests.conftest import StartCell
 from tests.helpers import (
     MARK,
     assert_eventually,
+    authed_channel,
     gated_command,
     is_running,
     json_lines,
@@ -166,7 +166,7 @@ def test_a_delivered_result_waits_for_its_acknowledgement(start_cell: StartCell)
         (result,) = reply.results
         return result.task_id, result.state
 
-    with grpc.insecure_channel(cell.address) as channel:
+    with authed_channel(cell.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         request = task_service_pb2.SubmitTasksRequest(tasks=[submission], session="first")
         (task_id,) = stub.SubmitTasks(request, timeout=30).task_ids

@@ -28,9 +28,15 @@ SCHEDULER = [sys.executable, "-m", "heapd.scheduler"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+def authed(url: str, data: bytes | None = None) -> urllib.request.Request:
+    """A request carrying the test token, as a Prometheus scrape config's bearer token."""
+    token = os.environ["HEAPD_TOKEN"]
+    return urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {token}"})
+
+
 def scrape(address: str) -> Samples:
     """GET /metrics and parse it as Prometheus text: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+    with urllib.request.urlopen(authed(f"http://{address}/metrics"), timeout=10) as reply:
         assert reply.headers["Content-Type"].startswith("text/plain")
         text = reply.read().decode()
     samples: Samples = {}
@@ -44,9 +50,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def get(address: str, path: str) -> tuple[int, str, str]:
+def get(address: str, path: str, token: bool = True) -> tuple[int, str, str]:
+    url = f"http://{address}{path}"
     try:
-        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as reply:
+        with urllib.request.urlopen(authed(url) if token else url, timeout=10) as reply:
             return reply.status, reply.headers["Content-Type"], reply.read().decode()
     except urllib.error.HTTPError as exc:
         with exc:  # the error holds the response: close it
@@ -205,7 +212,11 @@ def test_endpoint_refuses_what_it_does_not_serve(
     assert code == 404 and "/metrics" in body
     code, _, _ = get(endpoints["scheduler"], "/status")
     assert code == 404  # the cell's status is the PLM's
-    request = urllib.request.Request(f"http://{endpoints['plm']}/metrics", data=b"x")
+    for role, address in endpoints.items():  # the endpoints follow the cell's token
+        for path in ("/metrics", "/status", "/"):
+            code, _, body = get(address, path, token=False)
+            assert code == 401 and "token" in body, (role, path)
+    request = authed(f"http://{endpoints['plm']}/metrics", data=b"x")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     with refused.value:

@@ -25,7 +25,7 @@ from heapd.plm.intake import Intake
 from heapd.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests import tasks_for_tests as t
 from tests.conftest import StartCell
-from tests.helpers import assert_eventually, is_running, role_pids
+from tests.helpers import assert_eventually, authed_channel, is_running, role_pids
 
 SPEC = task_pb2.TaskSpec(builtin=task_pb2.BuiltinCall(name="sleep"))
 
@@ -118,7 +118,7 @@ def test_result_of_a_client_whose_stream_closed_is_released_after_the_ttl(
     (and its payload) once `result_ttl_s` has passed, not keep it until the PLM restarts."""
     monkeypatch.setenv("HEAPD_PLM_RESULT_TTL_S", "1.0")  # inherited by the PLM process
     cell = start_cell(workers=0)
-    with grpc.insecure_channel(cell.address) as channel:
+    with authed_channel(cell.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
 
         def submit() -> int:

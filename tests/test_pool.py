@@ -13,6 +13,7 @@ import pytest
 
 from heapd import convert as client_convert
 from heapd import errors
+from heapd.errors import FailureInfo, FailureKind
 from heapd.results import TaskState, decode_outcome
 from heapd.worker.pool import Job, JobResult, Pool
 from tests import tasks_for_worker as t
@@ -60,6 +61,17 @@ class Harness:
             while not check():
                 self._changed.clear()
                 await self._changed.wait()
+
+    def cancelled(self) -> list[int]:
+        """Task ids reported FAILED CANCELLED_BY_USER, not retryable, in report order."""
+        found = []
+        for r in self.results:
+            outcome = client_convert.outcome_from_bytes(r.outcome)
+            failure = outcome.result if outcome is not None else None
+            if isinstance(failure, FailureInfo) and failure.kind == FailureKind.CANCELLED_BY_USER:
+                assert not r.succeeded and not r.retryable
+                found.append(r.task_id)
+        return found
 
     async def results_for(self, *task_ids: int) -> None:
         await self.until(lambda: set(task_ids) <= {r.task_id for r in self.results})
@@ -185,7 +197,8 @@ def test_cancelling_a_running_job_kills_its_process_within_a_second(
         assert h.pool.cancel(1) is False
         h.pool.submit([python_job(2, t.add, 2)])
         await h.results_for(2)
-        assert [r.task_id for r in h.results] == [2], "no result for a cancelled job"
+        assert [r.task_id for r in h.results] == [1, 2], "one report for the cancelled job"
+        assert h.cancelled() == [1]
 
     run_pool(body, slots=1)
 
@@ -200,7 +213,8 @@ def test_cancelling_queued_and_handed_over_jobs(run_pool: Callable[..., list[int
         assert h.pool.cancel(1) is True  # running: killed; 2 goes back to the queue
         await h.results_for(2, 3)
         await h.pool.wait_idle()
-        assert sorted(r.task_id for r in h.results) == [2, 3]
+        assert sorted(r.task_id for r in h.results) == [1, 2, 3, 4]
+        assert h.cancelled() == [4, 1], "each cancelled job is reported, when it is cancelled"
         assert 4 not in {key[0] for key in h.started}
 
     run_pool(body, slots=1, max_batch=2)
@@ -230,7 +244,8 @@ def test_a_job_cancelled_after_hand_over_is_skipped_by_the_child(
         await eventually(lambda: release_gate(fifo))  # once job 1 has the FIFO open
         await h.results_for(1, 3)
         await h.pool.wait_idle()
-        assert sorted(r.task_id for r in h.results) == [1, 3]
+        assert sorted(r.task_id for r in h.results) == [1, 2, 3]
+        assert h.cancelled() == [2]
         assert 2 not in {key[0] for key in h.started}
         assert h.pool.pids[0] == first_pid, "skipping needs no kill"
 

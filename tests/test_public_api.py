@@ -27,6 +27,7 @@ EXPECTED = {
     "RemoteError",
     "ResourceExhausted",
     "RpcFailed",
+    "Security",
     "TaskCancelled",
     "TaskCrashed",
     "TaskFailed",

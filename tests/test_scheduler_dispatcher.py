@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from heapd import shm
+from heapd.runtime.lifelines import Lifelines, RoleFailed
 from heapd.scheduler.daemon import Scheduler
 from heapd.scheduler.dispatcher import Answer, Dispatcher, Request, Revoke
 from tests.shm_helpers import SMALL, scratch_cell_name
@@ -95,6 +96,11 @@ class RequeueLog:
         return len(refs)
 
 
+def lifelines() -> Lifelines:
+    """The scheduler's lifelines, for a dispatcher alone: a death is logged and recorded."""
+    return Lifelines("scheduler", lambda: None)
+
+
 def dispatch(task_id: int, address: str = "w1:1") -> shm.Dispatch:
     return shm.Dispatch(task_id, 1, 5, 2, address, b"spec", 0)
 
@@ -119,7 +125,7 @@ async def settle() -> None:
 def test_a_broken_stream_closes_its_feed_and_close_waits_for_that() -> None:
     async def main() -> None:
         streams, cell = Streams(), RequeueLog()
-        dispatcher = Dispatcher(cell, streams)  # type: ignore[arg-type]
+        dispatcher = Dispatcher(cell, streams, lifelines())  # type: ignore[arg-type]
         dispatcher.send([dispatch(1), dispatch(2)])
         [stream] = streams.opened
         await stream.until_sent(1)
@@ -144,7 +150,7 @@ def test_a_broken_stream_closes_its_feed_and_close_waits_for_that() -> None:
 def test_tasks_sent_to_a_closing_feed_go_back_to_the_queue() -> None:
     async def main() -> None:
         streams, cell = Streams(), RequeueLog()
-        dispatcher = Dispatcher(cell, streams)  # type: ignore[arg-type]
+        dispatcher = Dispatcher(cell, streams, lifelines())  # type: ignore[arg-type]
         dispatcher.send([dispatch(1)])
         [stream] = streams.opened
         await stream.until_sent(1)
@@ -166,7 +172,7 @@ def test_tasks_sent_to_a_closing_feed_go_back_to_the_queue() -> None:
 def test_a_refused_group_goes_back_after_a_short_delay() -> None:
     async def main() -> None:
         streams, cell = Streams(), RequeueLog()
-        dispatcher = Dispatcher(cell, streams)  # type: ignore[arg-type]
+        dispatcher = Dispatcher(cell, streams, lifelines())  # type: ignore[arg-type]
         dispatcher.send([dispatch(1)])
         dispatcher.send([dispatch(2)])
         [stream] = streams.opened
@@ -188,7 +194,11 @@ def test_a_writer_that_fails_unexpectedly_is_logged_when_its_feed_closes(
     bug = RuntimeError("bug in send")
 
     async def main() -> None:
-        dispatcher = Dispatcher(RequeueLog(), lambda a: FakeStream(a, send_error=bug))  # type: ignore[arg-type]
+        dispatcher = Dispatcher(
+            RequeueLog(),  # type: ignore[arg-type]
+            lambda a: FakeStream(a, send_error=bug),
+            lifelines(),
+        )
         dispatcher.send([dispatch(1)])
         await settle()
         await dispatcher.close()
@@ -227,7 +237,7 @@ def test_closing_the_scheduler_leaves_no_task_and_requeues_what_was_unanswered(
     assert cell.get(task_id).state == shm.TaskState.QUEUED
 
 
-def test_a_dispatch_loop_that_died_is_logged_on_close(
+def test_a_dispatch_loop_that_died_stops_the_scheduler_which_then_fails(
     cell: shm.Cell, caplog: pytest.LogCaptureFixture
 ) -> None:
     now = time.time()
@@ -241,10 +251,13 @@ def test_a_dispatch_loop_that_died_is_logged_on_close(
         raise bug
 
     async def main() -> None:
-        async with Scheduler(cell, 64, 8, open_stream):
-            await opened.wait()
+        with pytest.raises(RoleFailed, match="scheduler-dispatch failed") as failed:
+            async with Scheduler(cell, 64, 8, open_stream) as scheduler:
+                await opened.wait()
+                await scheduler.wait_stopped()  # the loop's death stopped it
+        assert failed.value.__cause__ is bug
         assert not others()
 
-    with caplog.at_level(logging.ERROR, logger="heapd.scheduler.daemon"):
+    with caplog.at_level(logging.ERROR, logger="heapd.runtime.lifelines"):
         asyncio.run(main())
-    assert [r.exc_info[1] for r in caplog.records if r.exc_info] == [bug]
+    assert [r.exc_info[1] for r in caplog.records if r.exc_info] == [bug], "logged once"

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from heapd.errors import InvalidArgument
 from heapd.options import label_pairs, pairs_from_text, resource_amounts, resources_from_text
-from heapd.runtime import channels, config, logs, server, signals
+from heapd.runtime import channels, config, logs, security, server, signals
 from heapd.runtime import endpoint as endpoint_mod
+from heapd.runtime.security import RoleSecurity
 from heapd.worker import convert, metrics, service
 from heapd.worker.daemon import Worker
 from heapd.worker.pool import Pool
@@ -51,8 +52,16 @@ def parser() -> argparse.ArgumentParser:
         help="exit after the register is unreachable this long (default 30)",
     )
     p.add_argument("--config", help="TOML configuration file (or HEAPD_CONFIG)")
+    p.add_argument(
+        "--max-result-bytes",
+        dest="max_result_bytes",
+        type=int,
+        help="largest result sent back (default 1 MiB; set to the cell's --max-blob-kb): above"
+        " it a task fails with BAD_RESULT, command output is truncated",
+    )
     config.add_metrics_flag(p)
     config.add_log_level_flag(p)
+    config.add_security_flags(p)
     return p
 
 
@@ -68,18 +77,20 @@ async def serve(
     pool: Pool,
     resources: dict[str, float] | None = None,
     labels: dict[str, str] | None = None,
+    sec: RoleSecurity | None = None,
 ) -> int:
     """Serve WorkerService and stay in the cell until drained (SIGTERM) or cut off from the
     register; returns the exit code."""
-    async with channels.channel(cfg.register) as channel:
+    sec = sec or RoleSecurity()
+    async with channels.channel(cfg.register, sec.client()) as channel:
         register = convert.RegisterCalls(channel, cfg.register, resources, labels)
         worker = Worker(pool, register, cfg.slots, cfg.register_timeout_s)
         signals.install(asyncio.get_running_loop(), worker.shutdown)
         grpc_server, port = await server.start(
-            cfg.host, cfg.port, [service.registration(worker)], [service.SERVICE_NAME]
+            cfg.host, cfg.port, [service.registration(worker)], [service.SERVICE_NAME], sec
         )
         endpoint, worker.metrics_address = await endpoint_mod.serve_if_asked(
-            cfg.host, cfg.metrics_port, metrics.registry(worker)
+            cfg.host, cfg.metrics_port, metrics.registry(worker), security=sec
         )
         try:
             return await worker.run(channels.format_address(cfg.advertise_host or cfg.host, port))
@@ -91,7 +102,8 @@ async def serve(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. The pool's children are spawned before any gRPC object exists."""
-    cfg = config.from_args(config.WorkerConfig, "worker", parser().parse_args(argv), os.environ)
+    args = parser().parse_args(argv)
+    cfg = config.from_args(config.WorkerConfig, "worker", args, os.environ)
     if cfg.slots < 1:
         print("heapd worker: --slots must be at least 1", file=sys.stderr)
         return 2
@@ -101,10 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"heapd worker: {exc}", file=sys.stderr)
         return 2
     logs.setup("worker", cfg.log_level)
-    pool = Pool(cfg.slots)
+    sec = security.for_role("worker", args, [cfg.host])
+    try:
+        pool = Pool(cfg.slots, max_result_bytes=cfg.max_result_bytes)
+    except ValueError as exc:
+        print(f"heapd worker: {exc}", file=sys.stderr)
+        return 2
     pool.start()
     try:
-        return asyncio.run(serve(cfg, pool, resources, labels))
+        return asyncio.run(serve(cfg, pool, resources, labels, sec))
     finally:
         pool.close()
 

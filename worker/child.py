@@ -32,8 +32,8 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple
 
 from heapd.worker import convert
-from heapd.worker.execute import bad_spec, run_task
-from heapd.worker.failure import FailureInfo
+from heapd.worker.execute import DEFAULT_MAX_RESULT_BYTES, bad_spec, capped, run_task
+from heapd.worker.failure import FailureInfo, FailureKind, type_name
 from heapd.worker.outcomes import CommandResult, Outcome
 from heapd.worker.specs import BadSpec
 
@@ -75,15 +75,38 @@ class Execution(NamedTuple):
     outcome: bytes  # serialized heapd.v1.TaskOutcome
 
 
-def execute(spec: bytes) -> Execution:
-    """Run the task described by serialized TaskSpec bytes; never raises."""
+def execute(spec: bytes, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Execution:
+    """Run the task described by serialized TaskSpec bytes; never raises. The outcome weighs
+    at most `max_result_bytes` (see `heapd.worker.execute.capped`)."""
     started_at = time.time()
     try:
-        verdict = run_task(convert.spec_from_bytes(spec))
+        verdict = capped(run_task(convert.spec_from_bytes(spec)), max_result_bytes)
+        outcome = outcome_bytes(verdict.result, started_at)
     except BadSpec as exc:
         verdict = bad_spec(exc)
-    return Execution(
-        verdict.succeeded, verdict.retryable, outcome_bytes(verdict.result, started_at)
+        outcome = outcome_bytes(verdict.result, started_at)
+    except BaseException as exc:  # user code escaping every net (a __str__ raising SystemExit)
+        return Execution(False, False, outcome_bytes(_escaped(exc), started_at))
+    if len(outcome) > max_result_bytes:  # never, unless ENVELOPE_BYTES is wrong: stay safe
+        verdict = verdict._replace(succeeded=False, retryable=False)
+        outcome = outcome_bytes(_oversized(len(outcome), max_result_bytes), started_at)
+    return Execution(verdict.succeeded, verdict.retryable, outcome)
+
+
+def _escaped(exc: BaseException) -> FailureInfo:
+    """A failure built without calling the exception's own code again."""
+    return FailureInfo(
+        FailureKind.EXCEPTION,
+        type_name=type_name(type(exc)),
+        message=f"the task raised {type(exc).__name__}, which could not be reported",
+    )
+
+
+def _oversized(size: int, max_result_bytes: int) -> FailureInfo:
+    return FailureInfo(
+        FailureKind.BAD_RESULT,
+        message=f"the task's outcome is {size} bytes, more than the limit of {max_result_bytes}"
+        " bytes for one result (the worker's max_result_bytes)",
     )
 
 
@@ -94,20 +117,23 @@ def outcome_bytes(result: bytes | CommandResult | FailureInfo, started_at: float
     return convert.outcome_to_bytes(outcome)
 
 
-def main(conn: Connection, parent_pid: int) -> None:
-    """Child entry point: lead a process group, say ready, serve jobs until told or orphaned."""
+def main(
+    conn: Connection, parent_pid: int, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+) -> None:
+    """Child entry point: lead a process group, say ready, serve jobs until told or orphaned;
+    each job's outcome weighs at most `max_result_bytes`."""
     os.setsid()  # a new session and group led by this pid; grandchildren inherit the group
     _die_with_parent(parent_pid)
     try:
         conn.send(Ready(os.getpid()))
-        _serve(conn)
+        _serve(conn, max_result_bytes)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the worker went away: nobody is left to report to
     finally:
         conn.close()
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, max_result_bytes: int) -> None:
     pending: deque[JobTuple] = deque()
     done: list[ResultTuple] = []
     while True:
@@ -125,7 +151,7 @@ def _serve(conn: Connection) -> None:
         task_id, attempt, spec = pending.popleft()
         conn.send(Report((task_id, attempt), done))
         done = []
-        succeeded, retryable, outcome = execute(spec)
+        succeeded, retryable, outcome = execute(spec, max_result_bytes)
         done.append((task_id, attempt, succeeded, retryable, outcome))
 
 

@@ -155,7 +155,7 @@ def refused_reply(reason: str) -> worker_service_pb2.AssignTasksResponse:
 
 
 def cancel_from_proto(request: worker_service_pb2.WorkerCancelRequest) -> tuple[int, int]:
-    """The (task_id, attempt) to kill; attempt 0 means whichever runs."""
+    """The (task_id, attempt) to kill; the servicer refuses 0 for either."""
     return request.task_id, request.attempt
 
 
@@ -193,7 +193,9 @@ def register_request(
 
 def membership_from_proto(reply: register_service_pb2.RegisterWorkerResponse) -> Membership:
     """The register's answer as a plain value."""
-    return Membership(reply.worker_id, reply.epoch, reply.heartbeat_interval_s, reply.deadline_s)
+    return Membership(
+        reply.worker_id, reply.epoch, reply.heartbeat_interval_s, reply.deadline_s, reply.secret
+    )
 
 
 def heartbeat_request(
@@ -207,6 +209,7 @@ def heartbeat_request(
     return register_service_pb2.HeartbeatRequest(
         worker_id=member.worker_id,
         epoch=member.epoch,
+        secret=member.secret,
         started=[register_service_pb2.TaskRef(task_id=t, attempt=a) for t, a in started],
         completions=[
             register_service_pb2.TaskCompletion(
@@ -230,7 +233,9 @@ def heartbeat_ack_from_proto(reply: register_service_pb2.HeartbeatResponse) -> H
 
 def deregister_request(member: Membership) -> register_service_pb2.DeregisterRequest:
     """Leave the cell cleanly."""
-    return register_service_pb2.DeregisterRequest(worker_id=member.worker_id, epoch=member.epoch)
+    return register_service_pb2.DeregisterRequest(
+        worker_id=member.worker_id, epoch=member.epoch, secret=member.secret
+    )
 
 
 class HeartbeatStream:

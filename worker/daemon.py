@@ -29,7 +29,22 @@ from heapd.worker.pool import Pool
 
 log = logging.getLogger(__name__)
 
-FENCED = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+# The register no longer knows this membership (declared dead, or a new cell whose key does not
+# prove our registration's secret: PERMISSION_DENIED): register again.
+FENCED = (
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+# The register will not have us whatever we retry: no or a wrong token, a refused address or
+# slot count. One line and exit EXIT_REFUSED instead of a traceback.
+REFUSED = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 REGISTER_CALL_TIMEOUT_S = 5.0
 
@@ -56,7 +71,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         self._assign_streams: set[asyncio.Task[object]] = set()
-        self._joined = asyncio.Event()  # set while this worker holds a membership
+        # Set while this worker holds a membership whose heartbeat the register has answered.
+        self._joined = asyncio.Event()
         # Read by heapd.worker.metrics at scrape time; updated once per message or batch.
         self.assigned = 0
         self.revoked = 0
@@ -77,14 +93,18 @@ class Worker:
         """Why an assignment for (worker_id, epoch) is refused, None if it is accepted.
 
         The register rings the scheduler when it has registered this worker, so an assignment
-        can arrive before this worker has read its own registration's answer: while it holds no
-        membership, it waits for one (briefly) before judging."""
-        if self.member is None and not self._draining:
+        can arrive before this worker has read its own registration's answer: until the register
+        has answered this membership's first heartbeat, it waits (briefly) before judging. No
+        task starts before the register holds this worker's stream, so that a task killing its
+        worker at once breaks that stream and counts a loss (see `Register.stream_broken`)."""
+        if not self._joined.is_set() and not self._draining:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._joined.wait(), REGISTER_CALL_TIMEOUT_S)
         member = self.member
         if self._draining:
             return "worker is draining"
+        if not self._joined.is_set():
+            return "worker has no heartbeat stream to its register yet"
         if member is None or (member.worker_id, member.epoch) != (worker_id, epoch):
             return f"worker {worker_id} epoch {epoch} is not this worker's current membership"
         return None
@@ -124,8 +144,10 @@ class Worker:
         return self._link
 
     def cancel(self, task_id: int, attempt: int) -> bool:
-        """Kill a running attempt (or drop a queued one)."""
-        return self._pool.cancel(task_id, attempt or None)
+        """Kill a running attempt (or drop a queued one); the pool reports it FAILED
+        CANCELLED_BY_USER on the next heartbeat. `attempt` is one attempt (>= 1), never "any".
+        """
+        return self._pool.cancel(task_id, attempt)
 
     def drain(self) -> int:
         """Take no new tasks, finish running ones, then leave the cell."""
@@ -177,8 +199,8 @@ class Worker:
                         busy=self._pool_busy,
                         draining=lambda: self._draining,
                         on_cancel=self.cancel,
+                        on_heard=self._joined.set,
                     )
-                    self._joined.set()
                     if not announced:
                         ready.announce("worker", self._address, self.metrics_address)
                         announced = True
@@ -186,7 +208,16 @@ class Worker:
         except RegisterUnreachable as exc:
             log.error("register unreachable; stopping", extra={"fields": {"error": str(exc)}})
             self._pool.cancel_all()
-            return 3
+            return EXIT_UNREACHABLE
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in REFUSED:
+                raise
+            log.error(
+                "the register refused this worker; stopping",
+                extra={"fields": {"code": exc.code().name, "error": exc.details()}},
+            )
+            self._pool.cancel_all()
+            return EXIT_REFUSED
         return 0
 
     async def _join(self) -> Membership:

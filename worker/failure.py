@@ -70,7 +70,7 @@ def pickle_exception(exc: BaseException) -> bytes:
         try:
             data = dumps(exc)
             pickle.loads(data)
-        except Exception:  # any failure means: try the next way, or give up
+        except BaseException:  # any failure (SystemExit from a __reduce__ too): next, or give up
             continue
         return data
     return b""
@@ -80,6 +80,14 @@ def timed_out(timeout_s: float) -> FailureInfo:
     """The failure of an attempt killed for running past its timeout."""
     return FailureInfo(
         FailureKind.TIMEOUT, message=f"task exceeded its timeout of {timeout_s:g} s and was killed"
+    )
+
+
+def cancelled() -> FailureInfo:
+    """The failure of an attempt cancelled on its worker (WorkerService.CancelTask, or the
+    register's word that its lease ran out)."""
+    return FailureInfo(
+        FailureKind.CANCELLED_BY_USER, message="the attempt was cancelled on its worker"
     )
 
 
@@ -115,7 +123,7 @@ def signal_name(signum: int) -> str:
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except BaseException:
         return f"<{type(exc).__name__}: str() failed>"
 
 

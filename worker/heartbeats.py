@@ -3,7 +3,9 @@
 Everything that happens between two turns of the event loop goes out in one message; with
 nothing to report a message still goes out every interval. Each reply acknowledges one request
 in order, so results sent but not acknowledged when a stream breaks are sent again on the next
-stream (the register drops duplicates as stale).
+stream (the register drops duplicates as stale). A backlog too large for one message (many
+results at once, or what a broken stream left unacknowledged) goes out over several, back to back:
+never a heartbeat too big to send (`BEAT_RESULT_BYTES`, `BEAT_RESULTS`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from heapd.runtime.channels import MAX_MESSAGE_BYTES
 from heapd.worker.jobs import JobResult
 from heapd.worker.membership import HeartbeatCall, Membership, Register
 
 COALESCE_S = 0.002
+# What one heartbeat carries at most: half the message limit in outcomes (each weighs at most
+# the pool's max_result_bytes, a quarter of it), and a count the register accepts.
+BEAT_RESULT_BYTES = MAX_MESSAGE_BYTES // 2
+BEAT_RESULTS = 1024
 
 
 class HeartbeatLink:
@@ -29,8 +36,12 @@ class HeartbeatLink:
         busy: Callable[[], bool],
         draining: Callable[[], bool],
         on_cancel: Callable[[int, int], object],
+        on_heard: Callable[[], object] = lambda: None,
     ) -> None:
+        """`on_heard` is called once, on the register's first answer: from then on the register
+        holds this worker's stream (and learns at once if the worker dies)."""
         self.member = member
+        self._on_heard: Callable[[], object] | None = on_heard
         self._running = running
         self._busy = busy
         self._draining = draining
@@ -104,6 +115,9 @@ class HeartbeatLink:
                     self._unacked.popleft()
                 self.stale_results += ack.stale
                 self.acked_at = time.monotonic()
+                if self._on_heard is not None:
+                    heard, self._on_heard = self._on_heard, None
+                    heard()
                 for task_id, attempt in ack.cancel:
                     self._on_cancel(task_id, attempt)
                 self._acked.set()
@@ -121,8 +135,21 @@ class HeartbeatLink:
         """What the next message carries; its results count as unacknowledged from now."""
         self._wake.clear()
         self._cancel_flush_timer()
-        started, self._started = self._started, []
-        results, self._results = self._results, []
+        started, self._started = self._started[:BEAT_RESULTS], self._started[BEAT_RESULTS:]
+        results, self._results = _packed(self._results)
+        if self._results or self._started:
+            self._wake.set()  # the rest goes in the next message, at once
         self._unacked.append(results)
         self.sent_results += len(results)
         return started, results
+
+
+def _packed(results: list[JobResult]) -> tuple[list[JobResult], list[JobResult]]:
+    """(what fits one heartbeat, the rest): at most BEAT_RESULTS results and BEAT_RESULT_BYTES
+    of outcomes, and at least one result."""
+    size = 0
+    for count, result in enumerate(results[:BEAT_RESULTS]):
+        size += len(result.outcome)
+        if size > BEAT_RESULT_BYTES and count > 0:
+            return results[:count], results[count:]
+    return results[:BEAT_RESULTS], results[BEAT_RESULTS:]

@@ -9,7 +9,7 @@ daemon and its heartbeat stream work on these plain types only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from heapd.worker.jobs import JobResult
@@ -17,12 +17,15 @@ from heapd.worker.jobs import JobResult
 
 @dataclass(frozen=True, slots=True)
 class Membership:
-    """What the register granted: identity and liveness contract."""
+    """What the register granted: identity, liveness contract, and the registration's secret
+    (sent on every heartbeat and on Deregister: the id and epoch are public, the secret proves
+    this worker made the registration)."""
 
     worker_id: int
     epoch: int
     interval_s: float
     deadline_s: float
+    secret: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,17 @@ What the pool reports, through the two callbacks given to `bind`:
 
 - `on_started([(task_id, attempt), ...])` when children start jobs;
 - `on_results([JobResult, ...])` for every job that finishes, times out (FAILED TIMEOUT) or loses
-  its child (FAILED CRASHED, with the decoded exit status). Both failures are retryable.
+  its child (FAILED CRASHED, with the decoded exit status) — both retryable — or is cancelled
+  (FAILED CANCELLED_BY_USER, not retryable). The control plane has usually settled a cancelled
+  attempt already (the PLM's cancel, an expired lease) and drops that report as stale; but
+  whoever else cancels it here must not leave the task RUNNING until the worker dies.
 
-A cancelled job is reported by nobody: the caller already knows. A child that is killed (timeout,
-cancel) or dies is replaced at once; the jobs it had not started go back to the front of the
-local queue, so they keep their turn.
+A job given back (`revoke`) or dropped with everything (`cancel_all`: the worker lost its
+membership) is reported by nobody. A child that is killed (timeout, cancel) or dies is replaced
+at once; the jobs it had not started go back to the front of the local queue, so they keep
+their turn.
+
+Each outcome a child reports weighs at most `max_result_bytes` (`heapd.worker.execute.capped`).
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import cast
 
+from heapd.runtime.channels import MAX_MESSAGE_BYTES
 from heapd.worker import child as child_main
 from heapd.worker.child import Ready, Report, ResultTuple, Run, Skip
-from heapd.worker.failure import FailureInfo, crashed, describe_exitcode, timed_out
+from heapd.worker.execute import DEFAULT_MAX_RESULT_BYTES, MIN_RESULT_BYTES
+from heapd.worker.failure import FailureInfo, cancelled, crashed, describe_exitcode, timed_out
 from heapd.worker.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,8 @@ Key = tuple[int, int]  # (task_id, attempt)
 _START_TIMEOUT_S = 60.0  # a child that is not ready by then is broken (bad sys.path, no memory)
 _REAP_TIMEOUT_S = 1.0  # after SIGKILL a child is gone in microseconds; bound it all the same
 _RESPAWN_RETRY_S = 1.0  # fork/exec failed, or a child died starting: retry without spinning
+# One result must fit a heartbeat with room to spare (heapd.worker.heartbeats packs by size).
+MAX_RESULT_BYTES = MAX_MESSAGE_BYTES // 4
 
 
 @dataclass(eq=False)
@@ -91,11 +101,23 @@ class _Events:
 class Pool:
     """`slots` child processes running jobs for the worker daemon; see the module docstring."""
 
-    def __init__(self, slots: int, *, max_batch: int = 8) -> None:
+    def __init__(
+        self,
+        slots: int,
+        *,
+        max_batch: int = 8,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
         if slots < 1 or max_batch < 1:
             raise ValueError("slots and max_batch must be at least 1")
+        if not MIN_RESULT_BYTES <= max_result_bytes <= MAX_RESULT_BYTES:
+            raise ValueError(
+                f"max_result_bytes={max_result_bytes} is out of range"
+                f" {MIN_RESULT_BYTES}..{MAX_RESULT_BYTES}"
+            )
         self._slots = slots
         self._max_batch = max_batch
+        self._max_result_bytes = max_result_bytes
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[_Child | None] = [None] * slots
         self._queue: list[tuple[int, int, int, Job]] = []  # heap of (-priority, id, attempt, job)
@@ -189,20 +211,23 @@ class Pool:
         """Drop or kill the job(s) of `task_id` (every attempt when `attempt` is None).
 
         Queued locally: dropped. Running: its child's process group is killed and the child
-        replaced. Handed to a child but not started: the child is told to skip it. No result is
-        reported for a cancelled job. Returns whether any job was found.
+        replaced. Handed to a child but not started: the child is told to skip it. Each job
+        found is reported FAILED CANCELLED_BY_USER. Returns whether any job was found.
         """
         self._require_bound()
 
         def wanted(key: Key) -> bool:
             return key[0] == task_id and (attempt is None or key[1] == attempt)
 
-        found = bool(self._drop_queued(wanted))
+        now = time.time()
+        found = {key: now for key in self._drop_queued(wanted)}  # key -> when it started
         for child in self._live():
             targets = [key for key in child.assigned if wanted(key)]
             if not targets:
                 continue
-            found = True
+            found.update(
+                (key, child.started_at if key == child.running else now) for key in targets
+            )
             if child.running not in targets:
                 for key in targets:
                     self._skip(child, key)
@@ -213,7 +238,12 @@ class Pool:
             self._stop(child)
             self._replace(child, None)
         self._update_idle()
-        return found
+        if found:
+            failure = cancelled()
+            self._emit(
+                _Events(results=[_failed_key(key, failure, at) for key, at in found.items()])
+            )
+        return bool(found)
 
     def cancel_all(self) -> None:
         """Drop the local queue and kill every busy child; nothing is reported."""
@@ -264,7 +294,7 @@ class Pool:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=child_main.main,
-            args=(child_conn, os.getpid()),
+            args=(child_conn, os.getpid(), self._max_result_bytes),
             name=f"heapd-slot-{index}",
         )
         try:
@@ -551,8 +581,15 @@ def _expect_ready(child: _Child) -> None:
 
 
 def _failed(job: Job, failure: FailureInfo, started_at: float) -> JobResult:
+    """A retryable failure the pool decided (timeout, crash)."""
     outcome = child_main.outcome_bytes(failure, started_at)
     return JobResult(job.task_id, job.attempt, False, True, outcome)
+
+
+def _failed_key(key: Key, failure: FailureInfo, started_at: float) -> JobResult:
+    """A failure that is not retried (a cancel)."""
+    outcome = child_main.outcome_bytes(failure, started_at)
+    return JobResult(key[0], key[1], False, False, outcome)
 
 
 def _kill_group(process: BaseProcess) -> None:

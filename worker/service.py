@@ -1,17 +1,20 @@
 """WorkerService servicer: the scheduler assigns tasks, the PLM cancels them, operators drain.
 
-Thin: requests go through `convert`, the Worker decides, replies come from `convert`; errors
-map to status codes in `heapd.runtime.status`. The entry point (`heapd.worker.__main__`) adds it
-to the worker's server.
+Thin: requests go through `convert`, are checked here (INVALID_ARGUMENT naming the field), the
+Worker decides, replies come from `convert`; errors map to status codes in
+`heapd.runtime.status`. The entry point (`heapd.worker.__main__`) adds it to the worker's server,
+behind the cell's token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import grpc
 
+from heapd import errors
 from heapd.runtime import status
 from heapd.runtime.server import Registration
 from heapd.v1 import worker_service_pb2 as pb
@@ -33,7 +36,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
     async def AssignTasks(
         self, request: pb.AssignTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssignTasksResponse:
-        assignment = convert.assignment_from_proto(request)
+        assignment = checked(convert.assignment_from_proto(request))
         refusal = await self._worker.refusal(assignment.worker_id, assignment.epoch)
         if refusal is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
@@ -54,7 +57,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         self._worker.assign_stream_opened()
         try:
             async for request in request_iterator:
-                assignment = convert.assignment_from_proto(request)
+                assignment = checked(convert.assignment_from_proto(request))
                 refusal = await self._worker.refusal(assignment.worker_id, assignment.epoch)
                 if refusal is not None:
                     yield convert.refused_reply(refusal)
@@ -70,6 +73,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         self, request: pb.WorkerCancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerCancelResponse:
         task_id, attempt = convert.cancel_from_proto(request)
+        check_ref(task_id, attempt, "cancel")
         return convert.cancel_reply(self._worker.cancel(task_id, attempt))
 
     @status.unary
@@ -77,6 +81,31 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         self, request: pb.DrainRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainResponse:
         return convert.drain_reply(self._worker.drain())
+
+
+def check_ref(task_id: int, attempt: int, what: str) -> None:
+    """One attempt of one task: both numbered from 1 (0 would name no task, or every attempt)."""
+    if task_id < 1:
+        raise errors.InvalidArgument(f"{what}: task_id must be given (>= 1), got {task_id}")
+    if attempt < 1:
+        raise errors.InvalidArgument(
+            f"{what}: attempt must be >= 1 (one attempt of task {task_id}), got {attempt}"
+        )
+
+
+def checked(assignment: Assignment) -> Assignment:
+    """`assignment` if every task and revocation in it names one attempt and every timeout is
+    a finite number >= 0; else InvalidArgument naming the first bad one."""
+    for job in assignment.jobs:
+        check_ref(job.task_id, job.attempt, "assign")
+        if not (math.isfinite(job.timeout_s) and job.timeout_s >= 0):
+            raise errors.InvalidArgument(
+                f"assign: timeout_s of task {job.task_id} must be a finite number >= 0,"
+                f" got {job.timeout_s}"
+            )
+    for task_id, attempt in assignment.revoke:
+        check_ref(task_id, attempt, "revoke")
+    return assignment
 
 
 def registration(worker: Worker) -> Registration:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -10,8 +11,9 @@ from pathlib import Path
 
 from heapd import __version__, shm
 from heapd.cli import run, show
-from heapd.runtime import config, logs, supervisor
+from heapd.runtime import config, logs, security, supervisor
 from heapd.runtime.config import DEFAULT_PLM_PORT
+from heapd.security import TOKEN_FILE_NAME, Security, SecurityError, read_token
 
 ROLES = ("plm", "scheduler", "register", "worker")
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PLM_PORT}"
@@ -50,13 +52,18 @@ def parser() -> argparse.ArgumentParser:
         " (default $XDG_STATE_HOME/heapd/CELL or ~/.local/state/heapd/CELL)",
     )
     _add_profile(sub)
+    _add_certs(sub)
     bench = sub.add_parser("bench", help="run the benchmark workloads (BENCHMARKS.md)")
     bench.add_argument(
         "--workload",
         default="W1,W2",
         help="comma-separated: W1, W2, W3 (makespan per placement policy, 4x1 and 1+2+3"
-        " slots), W4 (worker SIGKILL), W4H (hang), W7 (high priority behind 2,000 low),"
-        " RECOVER (rebuild a cell of --recover-tasks queued tasks from its journal)",
+        " slots), W4 (worker SIGKILL), W4H (hang), W5 (queue scale: submit 1e3..--queue-tasks"
+        " to a cell without workers, then drain), W6 (worker scale: scheduler CPU per dispatch"
+        " with 1..--scale-workers workers), W7 (high priority behind 2,000 low),"
+        " RECOVER (rebuild a cell of --recover-tasks queued tasks from its journal), FUZZ"
+        " (--n fuzzed requests and garbage to every RPC of a cell; counts by status code,"
+        " crashes, fsck)",
     )
     bench.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the median is reported"
@@ -70,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--recover-tasks", type=int, default=1_000_000, help="queued tasks for RECOVER"
+    )
+    bench.add_argument("--n", type=int, default=10_000, help="fuzzed requests for FUZZ")
+    bench.add_argument(
+        "--queue-tasks", type=int, default=1_000_000, help="W5's largest queue (1e3, 1e5, 1e6)"
+    )
+    bench.add_argument(
+        "--scale-workers", type=int, default=100, help="W6's most workers (1, 10, 100)"
     )
     bench.add_argument(
         "--experiment",
@@ -137,6 +151,14 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         " it), the PLM's /status and its status page /",
     )
     config.add_log_level_flag(up)
+    config.add_security_flags(up)
+    up.add_argument(
+        "--auth",
+        choices=["token", "none"],
+        help="token: every port requires the cell's token (--token-file, HEAPD_TOKEN, else one"
+        " made in the state directory); none: no token (loopback only unless --insecure)"
+        f" (HEAPD_AUTH; default {d.auth})",
+    )
     # Settings of one role, forwarded as that role's flags (the role's config holds them).
     scheduler, register = config.SchedulerConfig, config.RegisterConfig
     up.add_argument(
@@ -225,6 +247,22 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
 
+def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    certs = sub.add_parser(
+        "certs", help="make a CA and TLS certificates for a cell (ca.pem, server.pem, client.pem)"
+    )
+    certs.add_argument("--cell", default=os.environ.get("HEAPD_CELL", "default"))
+    certs.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or IP address the roles are reached at, besides localhost, 127.0.0.1,"
+        " ::1 and this host's name (repeatable)",
+    )
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+
+
 def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`heapd profile`: the columns are documented in `heapd.runtime.profile`."""
     profile = sub.add_parser(
@@ -256,7 +294,33 @@ def _with_address(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=os.environ.get("HEAPD_ADDRESS", DEFAULT_ADDRESS),
         help="the PLM's HOST:PORT",
     )
+    p.add_argument(
+        "--cell",
+        help="find the token `heapd up` wrote for this cell (HEAPD_CELL; default 'default')",
+    )
+    p.add_argument(
+        "--token-file", help="the cell's token (HEAPD_TOKEN_FILE, or the token in HEAPD_TOKEN)"
+    )
+    p.add_argument("--tls-ca", help="CA certificate: talk TLS to the PLM (HEAPD_TLS_CA)")
+    p.add_argument("--tls-cert", help="client certificate, mutual TLS (HEAPD_TLS_CERT)")
+    p.add_argument("--tls-key", help="its private key (HEAPD_TLS_KEY)")
     return p
+
+
+def client_security(args: argparse.Namespace) -> Security:
+    """A command's `Security`: its flags over the environment (`Security.from_env`)."""
+    found = Security.from_env(os.environ, cell=args.cell)
+    try:
+        token = read_token(Path(args.token_file)) if args.token_file else found.token
+    except SecurityError as exc:
+        print(f"heapd: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return Security(
+        token=token,
+        tls_ca=args.tls_ca or found.tls_ca,
+        tls_cert=args.tls_cert or found.tls_cert,
+        tls_key=args.tls_key or found.tls_key,
+    )
 
 
 def up_config(args: argparse.Namespace, env: Mapping[str, str]) -> config.UpConfig:
@@ -292,11 +356,38 @@ def _cmd_up(args: argparse.Namespace) -> int:
         missed_heartbeats=args.missed_heartbeats,
         result_ttl_s=args.result_ttl_s,
         metrics_port=cfg.metrics_port,
+        security=up_security(args, cfg),
     )
     if problem := plan.metrics_problem():
         print(f"heapd up: {problem}", file=sys.stderr)
         return 2
     return supervisor.up(plan)
+
+
+def up_security(args: argparse.Namespace, cfg: config.UpConfig) -> supervisor.CellSecurity:
+    """The token and TLS files every role of the cell gets. Without a token (no --token-file,
+    no HEAPD_TOKEN), the cell's own token file in its state directory: made on first use,
+    kept across restarts. Refuses (exit 2) TLS files that cannot be read, and a non-loopback
+    --host without TLS and a token unless --insecure. `--auth none`: no token at all."""
+    sec_cfg = config.from_args(config.SecurityConfig, "security", args, os.environ)
+    if cfg.auth not in ("token", "none"):
+        print(f"heapd up: auth={cfg.auth!r}: expected token or none", file=sys.stderr)
+        raise SystemExit(2)
+    if cfg.auth == "none":
+        sec_cfg = dataclasses.replace(sec_cfg, token_file="")
+        os.environ.pop("HEAPD_TOKEN", None)  # the roles inherit this environment
+    elif not sec_cfg.token_file and not os.environ.get("HEAPD_TOKEN"):
+        path = config.state_dir(cfg.cell, cfg.state_dir, os.environ) / TOKEN_FILE_NAME
+        if not path.exists():
+            security.new_token_file(path)
+        sec_cfg = dataclasses.replace(sec_cfg, token_file=str(path))
+    try:
+        role = security.RoleSecurity.from_config(sec_cfg)
+        role.check_binding("up", cfg.host)
+    except (SecurityError, security.InsecureBinding) as exc:
+        print(f"heapd up: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return supervisor.CellSecurity.of(sec_cfg)
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
@@ -321,6 +412,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         args.labels,
         args.after,
         args.count,
+        client_security(args),
     )
 
 
@@ -337,6 +429,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         plot_dir=args.plot,
         tasks=args.tasks,
+        fuzz_requests=args.n,
+        queue_tasks=args.queue_tasks,
+        scale_workers=args.scale_workers,
     )
 
 
@@ -346,18 +441,25 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return profile.main(args.cell, args.interval, args.out, args.duration)
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from heapd.runtime import certs  # cryptography only when making certificates
+
+    return certs.run(args.cell, args.out, args.host, args.force)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _cmd_up,
     "down": _cmd_down,
     "submit": _cmd_submit,
-    "status": lambda a: show.status(a.address, a.json),
-    "tasks": lambda a: show.tasks(a.address, a.state, a.limit, a.json),
-    "cancel": lambda a: run.cancel(a.address, a.task_id),
+    "status": lambda a: show.status(a.address, a.json, client_security(a)),
+    "tasks": lambda a: show.tasks(a.address, a.state, a.limit, a.json, client_security(a)),
+    "cancel": lambda a: run.cancel(a.address, a.task_id, client_security(a)),
     "fsck": lambda a: show.fsck(
         a.cell, a.repair, config.state_dir(a.cell, a.state_dir or "", os.environ)
     ),
     "bench": _cmd_bench,
     "profile": _cmd_profile,
+    "certs": _cmd_certs,
 }
 
 

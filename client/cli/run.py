@@ -14,6 +14,7 @@ from heapd.client import Client
 from heapd.futures import TaskFuture
 from heapd.options import pairs_from_text, resources_from_text
 from heapd.results import CommandResult
+from heapd.security import Security
 
 INDEX_ENV = "HEAPD_TASK_INDEX"  # each copy of `heapd submit --count N` learns its index here
 
@@ -29,6 +30,7 @@ def submit(
     labels: str = "",
     after: Sequence[int] = (),
     count: int = 1,
+    security: Security | None = None,
 ) -> int:
     """Run a command task, wait, print its output, exit with its code. With a key the cell
     already knows, it waits for that first task instead (a safe retry).
@@ -43,7 +45,7 @@ def submit(
         console.print(f"[red]heapd submit:[/red] --count must be at least 1, not {count}")
         return 2
     try:
-        with Client(address) as client:
+        with Client(address, security=security) as client:
             futures = [
                 client.submit_command(
                     argv,
@@ -100,10 +102,10 @@ def _report(futures: list[TaskFuture], console: Console) -> int:
     return code
 
 
-def cancel(address: str, task_id: int) -> int:
+def cancel(address: str, task_id: int, security: Security | None = None) -> int:
     """Cancel one task; exit 0 if it is now CANCELLED, 1 if it had already settled."""
     try:
-        with Client(address) as client:
+        with Client(address, security=security) as client:
             cancelled = client.cancel(task_id)
     except errors.HeapdError as exc:
         print(f"heapd cancel: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from heapd import errors, shm
 from heapd.client import Client
 from heapd.plm import recovery
 from heapd.plm.journal import Journal, JournalError
+from heapd.security import Security
 from heapd.status import ClusterStatus, TaskStatus, status_document
 
 RECHECK_S = 0.5  # fsck looks again at a journal disagreement after this long
@@ -24,10 +25,10 @@ UNSCHEDULABLE_SCAN = 1000  # queued tasks looked at to find them (oldest first)
 DEPENDENCIES_SHOWN = 5  # dependencies of a PENDING task named in `heapd tasks` (--json: all)
 
 
-def status(address: str, as_json: bool) -> int:
+def status(address: str, as_json: bool, security: Security | None = None) -> int:
     """Print the cell's workers, queue and totals."""
     try:
-        with Client(address) as client:
+        with Client(address, security=security) as client:
             cluster = client.cluster_status()
             stuck = _unschedulable(client) if cluster.unschedulable else []
     except errors.HeapdError as exc:
@@ -107,10 +108,16 @@ def _workers_table(cluster: ClusterStatus) -> Table:
     return table
 
 
-def tasks(address: str, states: Sequence[str], limit: int, as_json: bool) -> int:
+def tasks(
+    address: str,
+    states: Sequence[str],
+    limit: int,
+    as_json: bool,
+    security: Security | None = None,
+) -> int:
     """List tasks, oldest first."""
     try:
-        with Client(address) as client:
+        with Client(address, security=security) as client:
             found = client.list_tasks(states, limit)
     except (errors.HeapdError, ValueError) as exc:
         print(f"heapd tasks: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ Every target is a ratio to a floor measured in the same run (the machines are sh
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -18,7 +19,17 @@ from rich.table import Table
 
 from heapd.cli.progress import task_progress
 from heapd.client import Client
-from heapd.runtime.bench import cells, fault, floors, makespan, priority, profiling, recover
+from heapd.runtime.bench import (
+    cells,
+    fault,
+    floors,
+    makespan,
+    priority,
+    profiling,
+    queue_scale,
+    recover,
+    worker_scale,
+)
 from heapd.runtime.bench.workloads import noop
 from heapd.runtime.config import Durability
 from heapd.runtime.launch import LocalCell
@@ -42,7 +53,7 @@ def _no_tick(done: int) -> None:
 
 def run_w1(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     """W1: 20,000 no-op calls submitted in batches; wait for all; tasks/s."""
-    with Client(cell.address) as client:
+    with Client(cell.address, security=cell.security) as client:
         start = time.perf_counter()
         futures = client.map(noop, range(W1_TASKS))
         results: list[Any] = []
@@ -58,7 +69,7 @@ def run_w1(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
 def run_w2(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     """W2: 1,000 sequential round trips of one no-op after 50 warm-ups; p50/p90/p99 ms."""
     samples = []
-    with Client(cell.address) as client:
+    with Client(cell.address, security=cell.security) as client:
         for i in range(W2_WARMUP + W2_ROUNDS):
             start = time.perf_counter()
             value = client.submit(noop, i).result(timeout=30)
@@ -89,6 +100,8 @@ COUNTED: dict[str, tuple[Callable[[LocalCell, Tick], Figures], int]] = {
 # figures per setting.
 MULTI_CELL: dict[str, Callable[[int, Callable[[str], None], cells.OpenCell], dict[str, Any]]] = {
     "W3": makespan.measure,
+    "W5": queue_scale.measure,  # queue sizes up to measure()'s queue_tasks
+    "W6": worker_scale.measure,  # worker counts up to measure()'s scale_workers
 }
 # counts: summed over runs, not medians
 SUMMED = (
@@ -122,16 +135,22 @@ def measure(
     recover_tasks: int = 1_000_000,
     profile_dir: Path | None = None,
     progress: Progress | None = None,
+    fuzz_requests: int = 10_000,
+    queue_tasks: int = queue_scale.MAX_TASKS,
+    scale_workers: int = worker_scale.MAX_WORKERS,
 ) -> dict[str, Any]:
     """Floors, then each workload against its own fresh cell (journal as `durability` says);
     medians of `repeat` runs. `profile_dir`: each run's cell sampled into a CSV there
     (`profiling`; RECOVER's cells are not). `progress`: a bar over the steps, and one over the
-    tasks of each run of W1 and W2."""
+    tasks of each run of W1 and W2. FUZZ runs once, `fuzz_requests` requests. W5 queues up to
+    `queue_tasks` tasks, W6 attaches up to `scale_workers` workers."""
     unknown = [
-        w for w in workloads if w not in WORKLOADS and w not in MULTI_CELL and w != "RECOVER"
+        w
+        for w in workloads
+        if w not in WORKLOADS and w not in MULTI_CELL and w not in ("RECOVER", "FUZZ")
     ]
     if unknown:
-        known = sorted([*WORKLOADS, *MULTI_CELL, "RECOVER"])
+        known = sorted([*WORKLOADS, *MULTI_CELL, "RECOVER", "FUZZ"])
         raise ValueError(f"unknown workload(s) {unknown}; available: {known}")
     bars = _Bars(progress, steps=3 + len(workloads))
     log("F0: process pool round trip floor")
@@ -157,9 +176,20 @@ def measure(
             report[name] = median_of(runs)
             bars.step_done()
             continue
+        if name == "FUZZ":  # counts at volume, not a timing: one run, no median
+            from heapd.runtime.bench import fuzz  # needs hypothesis (heapd[test])
+
+            report[name] = fuzz.bench(fuzz_requests, log, durability)
+            bars.step_done()
+            continue
         if name in MULTI_CELL:
             open_cell = profiling.opener(cells.opener(durability), profile_dir, name)
-            report[name] = MULTI_CELL[name](repeat, log, open_cell)
+            run_multi = MULTI_CELL[name]
+            if name == "W5":
+                run_multi = functools.partial(queue_scale.measure, max_tasks=queue_tasks)
+            elif name == "W6":
+                run_multi = functools.partial(worker_scale.measure, max_workers=scale_workers)
+            report[name] = run_multi(repeat, log, open_cell)
             bars.step_done()
             continue
         run, workers, slots = WORKLOADS[name]
@@ -238,6 +268,8 @@ def _add_rows(table: Table, prefix: str, figures: dict[str, Any]) -> None:
 
 
 def _number(value: float) -> str:
+    if isinstance(value, int):  # a count
+        return f"{value:,}"
     return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
 
 
@@ -252,6 +284,9 @@ def main(
     experiment: str | None = None,
     plot_dir: Path | None = None,
     tasks: int = makespan.TASKS,
+    fuzz_requests: int = 10_000,
+    queue_tasks: int = queue_scale.MAX_TASKS,
+    scale_workers: int = worker_scale.MAX_WORKERS,
 ) -> int:
     """`heapd bench`: print the table (or one JSON object); with `experiment`, run that
     instead (`heapd.runtime.bench.experiment`: its table, and plots in `plot_dir`)."""
@@ -271,6 +306,9 @@ def main(
             recover_tasks,
             profile_dir,
             progress,
+            fuzz_requests,
+            queue_tasks,
+            scale_workers,
         )
     if as_json:
         print(json.dumps(report))
