@@ -318,10 +318,11 @@ def main(
     plot_dir: Path | None,
     log: Callable[[str], None],
     tasks: int = makespan.TASKS,
+    policies: Sequence[str] = makespan.POLICIES,
 ) -> int:
-    """`heapd bench --experiment NAME [--plot DIR]`: run it, print the Markdown table, and
-    with `plot_dir` write the PNGs and results.md there (saying where). Bad arguments: a
-    message and 2."""
+    """`heapd bench --experiment NAME [--plot DIR]`: run it (on `policies`), print the
+    Markdown table, and with `plot_dir` write the PNGs and results.md there (saying where).
+    Bad arguments: a message and 2."""
     if name not in EXPERIMENTS:
         what = "--plot needs --experiment" if name is None else f"no experiment {name!r}"
         log(f"{what}; experiments: {', '.join(EXPERIMENTS)}")
@@ -337,7 +338,7 @@ def main(
             log(str(exc))
             return 2
         write = plots.write
-    runs = measure(open_cell, repeat, log, tasks)
+    runs = measure(open_cell, repeat, log, tasks, policies)
     if write is None or plot_dir is None:
         print(markdown(runs))
         return 0
