@@ -32,7 +32,9 @@ _RESOURCE_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{RESOURCE_NAME_MAX}}}")
 RETRY_ON_MAX = 64
 KEY_MAX_CHARS = 256  # an idempotency key
 DEPENDENCIES_MAX = 1000  # tasks one task waits on: after= and the futures among its arguments
-TASK_ID_MAX = (1 << 64) - 1  # task ids are uint64 on the wire; 0 is no task
+# Task ids are uint64 on the wire, but no task has one past 2**63 - 1 (the journal keys them as
+# SQLite's signed 64-bit integers); 0 is no task.
+TASK_ID_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from heapd.runtime import config
+
 TOKEN_FILE_NAME = "token"  # in the cell's state directory
 AUTH_HEADER = "authorization"
 BEARER = "Bearer "
@@ -110,12 +112,9 @@ class Security:
 
 
 def cell_token_file(cell: str, env: Mapping[str, str]) -> Path:
-    """Where `heapd up` keeps a cell's token by default: `<state dir>/token`."""
-    state = env.get("HEAPD_STATE_DIR")
-    if state:
-        return Path(state).expanduser() / TOKEN_FILE_NAME
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local/state")
-    return Path(base) / "heapd" / cell / TOKEN_FILE_NAME
+    """Where `heapd up` keeps a cell's token: `<state dir>/token` (HEAPD_STATE_DIR, else the
+    cell's default state directory, as the PLM finds its journal)."""
+    return config.state_dir(cell, env.get("HEAPD_STATE_DIR", ""), env) / TOKEN_FILE_NAME
 
 
 def read_token(path: Path) -> str:
@@ -157,12 +156,16 @@ class _Details(NamedTuple):
     compression: Any
 
 
+def _merged(metadata: Any, token: tuple[tuple[str, str], ...]) -> Any:
+    """A call's metadata with the token added."""
+    return (*metadata, *token) if metadata else token
+
+
 def _with_token(details: Any, token: tuple[tuple[str, str], ...]) -> _Details:
-    metadata = (*details.metadata, *token) if details.metadata else token
     return _Details(
         details.method,
         details.timeout,
-        metadata,
+        _merged(details.metadata, token),
         details.credentials,
         details.wait_for_ready,
         details.compression,
@@ -194,9 +197,12 @@ class _AioTokenMixin:
         self._token = token
 
     async def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        metadata = (*details.metadata, *self._token) if details.metadata else self._token
         aio_details = grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            details.method,
+            details.timeout,
+            _merged(details.metadata, self._token),
+            details.credentials,
+            details.wait_for_ready,
         )
         return await continuation(aio_details, request)
 

@@ -56,7 +56,12 @@ async def serve(
         sec.client(),
     ) as plm:
         grpc_server, port = await server.start(
-            cfg.host, cfg.port, [service.registration(plm, limits)], [service.SERVICE_NAME], sec
+            cfg.host,
+            cfg.port,
+            [service.registration(plm, limits)],
+            [service.SERVICE_NAME],
+            sec,
+            limits,
         )
         signals.install(asyncio.get_running_loop(), plm.shutdown)
         pages = Pages(plm)

@@ -20,6 +20,7 @@ from heapd.options import (
     LABELS_PER_TASK,
     RESOURCES_PER_TASK,
     RETRY_ON_MAX,
+    TASK_ID_MAX,
     dependency_ids,
     idempotency_key,
     task_options,
@@ -31,7 +32,6 @@ from heapd.v1 import task_pb2, worker_service_pb2, worker_service_pb2_grpc
 from heapd.v1 import task_service_pb2 as pb
 
 BUILTINS = frozenset({"sleep", "cpu"})
-MAX_TASK_ID = (1 << 63) - 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 100_000
 DEFAULT_LIMITS = Limits()
@@ -184,7 +184,7 @@ def stream_refused_to_proto(code: grpc.StatusCode, message: str) -> pb.SubmitStr
 def check_task_ids(field: str, task_ids: Sequence[int]) -> None:
     """Refuse ids no task can have (the wire allows any uint64; ids, and the journal's
     signed 64-bit keys, stay below 2**63), before any of them reaches the cell or journal."""
-    if task_ids and max(task_ids) > MAX_TASK_ID:
+    if task_ids and max(task_ids) > TASK_ID_MAX:
         raise InvalidArgument(f"{field}: task id {max(task_ids)} is out of range")
 
 

@@ -275,8 +275,7 @@ class Plm:
         assert self._held is not None and self._delivered is not None
         self._held.discard(task_ids)
         self._delivered.discard(task_ids)
-        self._release(task_ids)
-        self._sessions.forget(task_ids)
+        self._release(task_ids)  # forgets them in the sessions too
 
     def get(self, task_id: int) -> tuple[shm.TaskInfo, bytes | None, str]:
         """A task's status with its needs and labels; once settled and still held, its outcome;

@@ -81,8 +81,10 @@ class Register:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close; then, unless the body raised, raise RoleFailed if a lifeline died."""
         self.close()
-        self._lifelines.raise_if_failed()
+        if kind is None:
+            self._lifelines.raise_if_failed()
 
     def start(self) -> None:
         """Arm a deadline for every worker the cell already knows, and a lease for every running

@@ -37,10 +37,6 @@ class AttemptHistory:
     def __len__(self) -> int:
         return len(self._failures)
 
-    def failures(self, task_id: int) -> list[bytes]:
-        """The remembered failures of a task (a copy; for tests and inspection)."""
-        return list(self._failures.get(task_id, []))
-
     def annotate(
         self, completions: Sequence[shm.Completion]
     ) -> tuple[Sequence[shm.Completion], list[Change]]:

@@ -38,6 +38,14 @@ class Durability(enum.StrEnum):
     NONE = "none"
 
 
+class Auth(enum.StrEnum):
+    """`heapd up --auth`: `token` makes every port require the cell's token (given, or made
+    in the state directory); `none` runs without one (loopback only, unless --insecure)."""
+
+    TOKEN = "token"
+    NONE = "none"
+
+
 def default_state_dir(cell: str, env: Mapping[str, str]) -> Path:
     """`$XDG_STATE_HOME/heapd/<cell>`, else `~/.local/state/heapd/<cell>` (HOME from `env`)."""
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local/state")
@@ -172,9 +180,7 @@ class UpConfig:
     state_dir: str = ""  # empty: default_state_dir(cell)
     durability: Durability = Durability.FSYNC
     log_level: LogLevel = LogLevel.INFO
-    # "token": every port requires the cell's token (given, or made in the state directory);
-    # "none": no token at all (loopback only, unless --insecure).
-    auth: str = "token"
+    auth: Auth = Auth.TOKEN
 
 
 def load(

@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from heapd.runtime.channels import format_address
 from heapd.runtime.security import RoleSecurity
+from heapd.security import BEARER
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Endpoint:
         self._registry = registry
         self._security = security or RoleSecurity()
         token = self._security.token
-        self._authorization = f"Bearer {token}".encode() if token else None
+        self._authorization = (BEARER + token).encode() if token else None
         self._routes: dict[str, Route] = {"/metrics": self._metrics, **(routes or {})}
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.Task[None]] = set()

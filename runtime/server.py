@@ -19,12 +19,14 @@ from heapd.runtime.channels import CHANNEL_OPTIONS, format_address
 from heapd.runtime.limits import Limits
 from heapd.runtime.security import RoleSecurity
 
-# The transport limits first: of an option given twice, gRPC takes the first.
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    *Limits().server_options(),
-    *CHANNEL_OPTIONS,
-    ("grpc.so_reuseport", 0),
-]
+
+def server_options(limits: Limits) -> list[tuple[str, Any]]:
+    """A server's options: the transport limits first (of an option given twice, gRPC takes
+    the first), then the channel settings every role shares."""
+    return [*limits.server_options(), *CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
+
+SERVER_OPTIONS = server_options(Limits())
 
 Registration = Callable[[grpc.aio.Server], None]
 
@@ -35,15 +37,18 @@ async def start(
     registrations: Sequence[Registration],
     service_names: Sequence[str],
     security: RoleSecurity | None = None,
+    limits: Limits | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start an aio server with these services plus health and reflection: (server, port).
     With `security`, every call but health checks needs its token, and the port speaks TLS
-    (mutual TLS with a CA) when it has a certificate."""
+    (mutual TLS with a CA) when it has a certificate; `limits` sets its transport limits
+    (the defaults without)."""
     security = security or RoleSecurity()
     # The token is checked first (nothing of a stranger is parsed), then requests that do not
     # parse are refused as INVALID_ARGUMENT without a traceback per message.
     interceptors = [*security.interceptors(), status.DecodeGuard()]
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    options = SERVER_OPTIONS if limits is None else server_options(limits)
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     for register in registrations:
         register(server)
     health_servicer = health.aio.HealthServicer()

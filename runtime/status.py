@@ -172,6 +172,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, log_every: LogEvery | None = None) -> None:
         self._log_every = log_every or LogEvery(GARBAGE_LOG_INTERVAL_S)
+        # method -> (its registered handler, the guarded one): built once, not per call
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -179,7 +181,16 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler  # unknown method, or a handler that takes raw bytes
-        refuse = functools.partial(self._refuse, details.method)
+        cached = self._guarded.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = self._guard(details.method, handler)
+        self._guarded[details.method] = (handler, guarded)
+        return guarded
+
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` with a deserializer that never raises, refusing what does not parse."""
+        refuse = functools.partial(self._refuse, method)
         options = {
             "request_deserializer": _never_raising(handler.request_deserializer),
             "response_serializer": handler.response_serializer,

@@ -49,40 +49,16 @@ RESTART_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 STABLE_S = 30.0  # a role that ran this long before exiting starts the backoff over
 
 
-@dataclass(frozen=True)
-class CellSecurity:
-    """The token and TLS files handed to every role and local worker of a cell."""
-
-    token_file: str = ""  # "": the roles read HEAPD_TOKEN from the environment they inherit
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_ca: str = ""
-    insecure: bool = False
-
-    @classmethod
-    def of(cls, cfg: SecurityConfig) -> CellSecurity:
-        """The files of a loaded SecurityConfig, as absolute paths (roles may run elsewhere)."""
-        return cls(
-            token_file=_absolute(cfg.token_file),
-            tls_cert=_absolute(cfg.tls_cert),
-            tls_key=_absolute(cfg.tls_key),
-            tls_ca=_absolute(cfg.tls_ca),
-            insecure=cfg.insecure,
-        )
-
-    def flags(self) -> list[str]:
-        """Each role's security flags."""
-        given: dict[str, object | None] = {
-            "--token-file": self.token_file or None,
-            "--tls-cert": self.tls_cert or None,
-            "--tls-key": self.tls_key or None,
-            "--tls-ca": self.tls_ca or None,
-        }
-        return _given_flags(given) + (["--insecure"] if self.insecure else [])
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).resolve()) if path else ""
+def security_flags(cfg: SecurityConfig) -> list[str]:
+    """The security flags `heapd up` hands every role and local worker: the token file ("":
+    the roles read HEAPD_TOKEN from the environment they inherit), TLS files, --insecure."""
+    given: dict[str, object | None] = {
+        "--token-file": cfg.token_file or None,
+        "--tls-cert": cfg.tls_cert or None,
+        "--tls-key": cfg.tls_key or None,
+        "--tls-ca": cfg.tls_ca or None,
+    }
+    return _given_flags(given) + (["--insecure"] if cfg.insecure else [])
 
 
 @dataclass(frozen=True)
@@ -114,7 +90,7 @@ class CellPlan:
     # HTTP endpoints: the PLM on this port, then the scheduler, the register and each worker on
     # the ports after it; -1 = off, 0 = any ports (each kept across restarts once bound).
     metrics_port: int = -1
-    security: CellSecurity = field(default_factory=CellSecurity)
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # files as absolute paths
 
     def metrics_problem(self) -> str:
         """Why the metrics ports cannot be used ("" if they can): past 65535, or one of them
@@ -202,7 +178,9 @@ class Supervisor:
             return EXIT_CELL_EXISTS
         self._created = True
         cell.close()
-        _claim_pidfile(self.plan.cell)
+        # Only once the cell is ours: a refused second `heapd up` must not take the running
+        # one's pid file away.
+        pidfiles.claim(self.plan.cell)
         try:
             if await self._start_all():
                 self._announce()
@@ -210,7 +188,7 @@ class Supervisor:
         finally:
             await self._stop_all()
             shm.Cell.unlink(self.plan.cell)
-            _release_pidfile(self.plan.cell)
+            pidfiles.release(self.plan.cell)
         if self._killed:
             return EXIT_KILLED
         return EXIT_ROLE_FAILED if self._failed else EXIT_OK
@@ -219,7 +197,7 @@ class Supervisor:
 
     async def _start_all(self) -> bool:
         plan = self.plan
-        common = ["--cell", plan.cell, *plan.security.flags()]
+        common = ["--cell", plan.cell, *security_flags(plan.security)]
         if plan.config is not None:
             common += ["--config", str(plan.config)]
         register_args = [*common, "--host", plan.host, "--port", str(plan.register_port)]
@@ -256,7 +234,7 @@ class Supervisor:
         if plan.port == 0:
             _pin_port(plm.argv, "--port", plm.address)
         worker_args = ["--register", register.address, "--slots", str(plan.slots), "--port", "0"]
-        worker_args += plan.security.flags()
+        worker_args += security_flags(plan.security)
         worker_args += ["--max-result-bytes", str(plan.max_result_bytes())]
         if plan.config is not None:
             worker_args += ["--config", str(plan.config)]
@@ -474,11 +452,6 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
-def pidfile(cell: str) -> Path:
-    """Where `heapd up` records its pid for `heapd down`."""
-    return pidfiles.path(cell)
-
-
 async def _main(plan: CellPlan) -> int:
     supervisor = Supervisor(plan)
     signals.install(asyncio.get_running_loop(), supervisor.request_stop, supervisor.kill)
@@ -488,16 +461,6 @@ async def _main(plan: CellPlan) -> int:
 def up(plan: CellPlan) -> int:
     """Run a cell in the foreground until SIGINT/SIGTERM."""
     return asyncio.run(_main(plan))
-
-
-def _claim_pidfile(cell: str) -> None:
-    """Record this `heapd up` for `heapd down`: only once the cell is ours (a refused second
-    `heapd up` must not take the running one's pidfile away)."""
-    pidfiles.claim(cell)
-
-
-def _release_pidfile(cell: str) -> None:
-    pidfiles.release(cell)
 
 
 def down(cell: str, timeout_s: float = 30.0) -> int:

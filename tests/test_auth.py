@@ -3,6 +3,7 @@ file `heapd up` makes, the refusal to listen beyond loopback without TLS and a t
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import stat
@@ -155,9 +156,13 @@ def test_a_role_refuses_a_public_address_without_tls_and_a_token() -> None:
     assert done.returncode == 2 and "--insecure" in done.stderr
 
 
-def test_insecure_lets_it_through_with_a_warning() -> None:
+def test_insecure_lets_it_through_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     sec = security.RoleSecurity(token="x", insecure=True)
-    sec.check_binding("plm", "0.0.0.0")  # no TLS, but told so
+    with caplog.at_level(logging.WARNING, logger="heapd.runtime.security"):
+        sec.check_binding("plm", "0.0.0.0")  # no TLS, but told so
+    assert [r.getMessage() for r in caplog.records] == [
+        "listening on 0.0.0.0 without TLS (--insecure): anyone who can reach it can run code"
+    ]
     with pytest.raises(security.InsecureBinding):
         security.RoleSecurity(token="x").check_binding("plm", "0.0.0.0")
     security.RoleSecurity().check_binding("plm", "127.0.0.1")  # loopback needs nothing

@@ -119,18 +119,6 @@ def test_run_reports_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "cell name" in capsys.readouterr().err
 
 
-def test_the_credentials_load_into_grpc(tmp_path: Path) -> None:
-    paths = make_certs("tcell", tmp_path)
-    grpc.ssl_server_credentials(
-        [(paths.server_key.read_bytes(), paths.server.read_bytes())],
-        root_certificates=paths.ca.read_bytes(),
-        require_client_auth=True,
-    )
-    grpc.ssl_channel_credentials(
-        paths.ca.read_bytes(), paths.client_key.read_bytes(), paths.client.read_bytes()
-    )
-
-
 def test_mutual_tls_accepts_the_cells_certificates_and_refuses_another_ca(
     tmp_path: Path,
 ) -> None:

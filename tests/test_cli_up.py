@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from heapd.cli import main
-from heapd.runtime import config, supervisor
+from heapd.runtime import config, pidfile, supervisor
 from heapd.runtime.logs import LogLevel
 from tests.conftest import StartCell
 
@@ -58,7 +58,7 @@ def test_unknown_log_level_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
 def test_a_refused_second_up_leaves_the_running_cells_pidfile(start_cell: StartCell) -> None:
     """`heapd up` of a cell that runs exits 2 and must not take the pidfile `heapd down` uses."""
     cell = start_cell(workers=0)
-    recorded = supervisor.pidfile(cell.name).read_text()
+    recorded = pidfile.path(cell.name).read_text()
     assert cell.process is not None and recorded == str(cell.process.pid)
     second = subprocess.run(
         [sys.executable, "-m", "heapd", "up", "--cell", cell.name, "--port", "0",
@@ -67,4 +67,4 @@ def test_a_refused_second_up_leaves_the_running_cells_pidfile(start_cell: StartC
         timeout=60,
     )  # fmt: skip
     assert second.returncode == supervisor.EXIT_CELL_EXISTS
-    assert supervisor.pidfile(cell.name).read_text() == recorded
+    assert pidfile.path(cell.name).read_text() == recorded

@@ -41,10 +41,10 @@ from heapd.plm.daemon import Plm
 from heapd.plm.held import COMPACT_AT, HeldResults
 from heapd.plm.intake import Intake
 from heapd.plm.sessions import Sessions
-from heapd.runtime import status
+from heapd.runtime import config, status
 from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.limits import Limits, PeerStreams, peer_host
-from heapd.runtime.server import SERVER_OPTIONS
+from heapd.runtime.server import SERVER_OPTIONS, server_options
 from heapd.v1 import (
     register_service_pb2_grpc,
     task_pb2,
@@ -317,6 +317,15 @@ def test_server_options_carry_the_transport_limits_first() -> None:
     assert first["grpc.max_concurrent_streams"] == LIMITS.max_concurrent_streams
     assert first["grpc.http2.min_ping_interval_without_data_ms"] == LIMITS.min_ping_interval_ms
     assert first["grpc.http2.max_ping_strikes"] == LIMITS.max_ping_strikes
+
+
+def test_a_configured_limit_reaches_the_server_options() -> None:
+    """`[plm] max_receive_bytes` (HEAPD_PLM_MAX_RECEIVE_BYTES) sets the PLM's gRPC option."""
+    limits = config.load(Limits, "plm", {}, {"HEAPD_PLM_MAX_RECEIVE_BYTES": "4096"})
+    first: dict[str, Any] = {}
+    for key, value in server_options(limits):
+        first.setdefault(key, value)
+    assert first["grpc.max_receive_message_length"] == 4096
 
 
 @asynccontextmanager

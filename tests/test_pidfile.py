@@ -176,7 +176,7 @@ def test_release_removes_only_its_own_file(cell: str) -> None:
 def test_down_stops_a_real_cell(start_cell: StartCell) -> None:
     cell = start_cell(workers=0)
     assert cell.process is not None
-    assert supervisor.pidfile(cell.name).read_text() == str(cell.process.pid)
+    assert pidfile.path(cell.name).read_text() == str(cell.process.pid)
     assert supervisor.down(cell.name, timeout_s=STOP_S) == 0
     assert cell.process.wait(STOP_S) == supervisor.EXIT_OK
-    assert not supervisor.pidfile(cell.name).exists()
+    assert not pidfile.path(cell.name).exists()

@@ -154,7 +154,7 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config.add_security_flags(up)
     up.add_argument(
         "--auth",
-        choices=["token", "none"],
+        choices=[a.value for a in config.Auth],
         help="token: every port requires the cell's token (--token-file, HEAPD_TOKEN, else one"
         " made in the state directory); none: no token (loopback only unless --insecure)"
         f" (HEAPD_AUTH; default {d.auth})",
@@ -309,8 +309,8 @@ def _with_address(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def client_security(args: argparse.Namespace) -> Security:
     """A command's `Security`: its flags over the environment (`Security.from_env`)."""
-    found = Security.from_env(os.environ, cell=args.cell)
     try:
+        found = Security.from_env(os.environ, cell=args.cell)
         token = read_token(Path(args.token_file)) if args.token_file else found.token
     except SecurityError as exc:
         print(f"heapd: {exc}", file=sys.stderr)
@@ -364,16 +364,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return supervisor.up(plan)
 
 
-def up_security(args: argparse.Namespace, cfg: config.UpConfig) -> supervisor.CellSecurity:
+def up_security(args: argparse.Namespace, cfg: config.UpConfig) -> config.SecurityConfig:
     """The token and TLS files every role of the cell gets. Without a token (no --token-file,
     no HEAPD_TOKEN), the cell's own token file in its state directory: made on first use,
     kept across restarts. Refuses (exit 2) TLS files that cannot be read, and a non-loopback
     --host without TLS and a token unless --insecure. `--auth none`: no token at all."""
     sec_cfg = config.from_args(config.SecurityConfig, "security", args, os.environ)
-    if cfg.auth not in ("token", "none"):
-        print(f"heapd up: auth={cfg.auth!r}: expected token or none", file=sys.stderr)
-        raise SystemExit(2)
-    if cfg.auth == "none":
+    if cfg.auth is config.Auth.NONE:
         sec_cfg = dataclasses.replace(sec_cfg, token_file="")
         os.environ.pop("HEAPD_TOKEN", None)  # the roles inherit this environment
     elif not sec_cfg.token_file and not os.environ.get("HEAPD_TOKEN"):
@@ -387,7 +384,17 @@ def up_security(args: argparse.Namespace, cfg: config.UpConfig) -> supervisor.Ce
     except (SecurityError, security.InsecureBinding) as exc:
         print(f"heapd up: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    return supervisor.CellSecurity.of(sec_cfg)
+    return dataclasses.replace(  # absolute: the roles may run in another directory
+        sec_cfg,
+        token_file=_absolute(sec_cfg.token_file),
+        tls_cert=_absolute(sec_cfg.tls_cert),
+        tls_key=_absolute(sec_cfg.tls_key),
+        tls_ca=_absolute(sec_cfg.tls_ca),
+    )
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
 
 
 def _cmd_down(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ the shared memory consistent (`Cell.check`, what `heapd fsck` runs), a plain tas
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import statistics
 import threading
 import time
@@ -51,7 +50,14 @@ from heapd.runtime.bench.workloads import noop
 from heapd.runtime.channels import CHANNEL_OPTIONS
 from heapd.runtime.config import Durability
 from heapd.runtime.launch import LocalCell
-from heapd.v1 import register_service_pb2, task_pb2, task_service_pb2, worker_service_pb2
+from heapd.shm.lock import process_start
+from heapd.v1 import (
+    register_service_pb2,
+    task_pb2,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    worker_service_pb2,
+)
 
 # Client-side limits well past the servers' own: an oversized request must reach the server
 # and be refused there.
@@ -149,16 +155,9 @@ class Canary:
         tick: Callable[[], None] = lambda: None,
     ) -> None:
         self._tick = tick  # also called every interval
-        self._status = channel.unary_unary(
-            RPCS_BY_NAME["TaskService/GetClusterStatus"].path,
-            request_serializer=task_service_pb2.GetClusterStatusRequest.SerializeToString,
-            response_deserializer=task_service_pb2.ClusterStatus.FromString,
-        )
-        self._submit = channel.unary_unary(
-            RPCS_BY_NAME["TaskService/SubmitTask"].path,
-            request_serializer=task_service_pb2.SubmitTaskRequest.SerializeToString,
-            response_deserializer=task_service_pb2.SubmitTaskResponse.FromString,
-        )
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        self._status = stub.GetClusterStatus
+        self._submit = stub.SubmitTask
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heapd-fuzz-canary", daemon=True)
@@ -229,17 +228,6 @@ class Canary:
             self.failures[f"SubmitTask {exc.code().name}"] += 1
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of live process `pid` (/proc/PID/stat field 22); None if it is gone or a
-    zombie. With the pid, it tells a process from a later one that got the same pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
 class Daemons:
     """The processes of a cell (`heapd up` and each role, from its ready line) as they were,
     and the role processes seen since: the supervisor restarts a role that dies, so a crash
@@ -248,7 +236,7 @@ class Daemons:
     def __init__(self, cell: LocalCell) -> None:
         self.up = int(cell.info["pid"])
         pids = {"up": self.up, **{k: int(v) for k, v in cell.info["pids"].items()}}
-        self.processes = {name: (pid, _start_time(pid)) for name, pid in pids.items()}
+        self.processes = {name: (pid, process_start(pid)) for name, pid in pids.items()}
         self._seen = {(pid, started) for pid, started in self.processes.values()}
         self._lock = threading.Lock()
 
@@ -263,7 +251,7 @@ class Daemons:
         return [
             f"{name} (pid {pid})"
             for name, (pid, started) in self.processes.items()
-            if started is None or _start_time(pid) != started
+            if started is None or process_start(pid) != started
         ]
 
     @property
@@ -274,9 +262,9 @@ class Daemons:
             return len(self._seen) - len(self.processes)
 
 
-def _children(parent: int) -> set[tuple[int, str]]:
+def _children(parent: int) -> set[tuple[int, int | None]]:
     """(pid, start time) of the live children of `parent`."""
-    found = set()
+    found: set[tuple[int, int | None]] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -285,7 +273,7 @@ def _children(parent: int) -> set[tuple[int, str]]:
         except OSError:
             continue
         if fields[0] != "Z" and int(fields[1]) == parent:
-            found.add((int(entry.name), fields[19]))
+            found.add((int(entry.name), int(fields[19])))
     return found
 
 
@@ -363,12 +351,10 @@ class Fuzzer:
         cell: LocalCell,
         *,
         concurrency: int = 8,
-        token: str | None = None,
-        stream_deadline_s: float = STREAM_DEADLINE_S,
     ) -> None:
         self.cell = cell
-        self.security = dataclasses.replace(cell.security, token=token) if token else cell.security
-        self._stream_deadline_s = stream_deadline_s
+        self.security = cell.security
+        self._stream_deadline_s = STREAM_DEADLINE_S
         self._channels: list[grpc.Channel] = []
         self._plm = self._channel(cell.address)
         self._register = self._channel(cell.register)
@@ -446,7 +432,7 @@ class Fuzzer:
             return
         channel = self._channel_for(request.rpc)
         self._room.acquire()
-        sent = [p for p in payloads if p is not None]
+        sent = [p for p in payloads if p is not None]  # all of them: narrows the type
         future = self._pool.submit(self._call, request.rpc, request.garbage, sent, channel)
         future.add_done_callback(self._done)
 
@@ -592,28 +578,19 @@ class _TaskCalls:
     """The two TaskService calls the sweep makes."""
 
     def __init__(self, channel: grpc.Channel) -> None:
-        self._list = channel.unary_unary(
-            RPCS_BY_NAME["TaskService/ListTasks"].path,
-            request_serializer=task_service_pb2.ListTasksRequest.SerializeToString,
-            response_deserializer=task_service_pb2.ListTasksResponse.FromString,
-        )
-        self._cancel = channel.unary_unary(
-            RPCS_BY_NAME["TaskService/CancelTask"].path,
-            request_serializer=task_service_pb2.CancelTaskRequest.SerializeToString,
-            response_deserializer=task_service_pb2.CancelTaskResponse.FromString,
-        )
+        self._stub = task_service_pb2_grpc.TaskServiceStub(channel)
 
     def live(self) -> list[int]:
         """Ids of tasks not settled yet (up to 10,000)."""
         request = task_service_pb2.ListTasksRequest(states=LIVE_STATES, limit=10_000)
-        reply = self._list(request, timeout=CANARY_DEADLINE_S)
+        reply = self._stub.ListTasks(request, timeout=CANARY_DEADLINE_S)
         return [task.task_id for task in reply.tasks]
 
     def cancel(self, task_id: int) -> None:
         """Cancel one (it may have settled meanwhile)."""
         request = task_service_pb2.CancelTaskRequest(task_id=task_id)
         with contextlib.suppress(grpc.RpcError):
-            self._cancel(request, timeout=UNARY_DEADLINE_S)
+            self._stub.CancelTask(request, timeout=UNARY_DEADLINE_S)
 
 
 def _take(replies_in: Iterator[bytes], replies: list[bytes], most: int = 10_000) -> None:

@@ -5,7 +5,6 @@ Every target is a ratio to a floor measured in the same run (the machines are sh
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
 import time
@@ -184,12 +183,8 @@ def measure(
             continue
         if name in MULTI_CELL:
             open_cell = profiling.opener(cells.opener(durability), profile_dir, name)
-            run_multi = MULTI_CELL[name]
-            if name == "W5":
-                run_multi = functools.partial(queue_scale.measure, max_tasks=queue_tasks)
-            elif name == "W6":
-                run_multi = functools.partial(worker_scale.measure, max_workers=scale_workers)
-            report[name] = run_multi(repeat, log, open_cell)
+            knobs = {"W5": {"max_tasks": queue_tasks}, "W6": {"max_workers": scale_workers}}
+            report[name] = MULTI_CELL[name](repeat, log, open_cell, **knobs.get(name, {}))
             bars.step_done()
             continue
         run, workers, slots = WORKLOADS[name]
