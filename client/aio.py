@@ -61,8 +61,11 @@ class AsyncClient:
         *,
         session: str | None = None,
         security: Security | None = None,
+        trace_every: int = 0,
     ) -> None:
-        self._core: ClientCore[AsyncTaskFuture] = ClientCore(address, session)
+        self._core: ClientCore[AsyncTaskFuture] = ClientCore(
+            address, session, trace_every=trace_every
+        )
         self._security = security or Security.from_env()
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()  # CancelTask calls, acknowledgements

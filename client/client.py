@@ -45,7 +45,9 @@ class Client:
 
     `close()` (or leaving `with`) fails the futures still pending with `ClientClosed`; it does
     not cancel their tasks. `security` is the cell's token and TLS files (`heapd.Security`);
-    without it they are found in the environment (`Security.from_env`).
+    without it they are found in the environment (`Security.from_env`). `trace_every=N`
+    traces every Nth task submitted (the cell records its per-hop timestamps, as `heapd bench
+    --trace` reads them); 0, the default, traces none.
     """
 
     def __init__(
@@ -54,8 +56,9 @@ class Client:
         *,
         session: str | None = None,
         security: Security | None = None,
+        trace_every: int = 0,
     ) -> None:
-        self._core: ClientCore[TaskFuture] = ClientCore(address, session)
+        self._core: ClientCore[TaskFuture] = ClientCore(address, session, trace_every=trace_every)
         self._security = security or Security.from_env()
         self._channel = self._security.channel(address, CHANNEL_OPTIONS)
         self._stub = convert.task_stub(self._channel)

@@ -165,10 +165,19 @@ class ClientCore(Generic[F]):
     """The IO-free half of a client: its session, its requests, its result router."""
 
     def __init__(
-        self, address: str, session: str | None = None, retry: RetryPolicy | None = None
+        self,
+        address: str,
+        session: str | None = None,
+        retry: RetryPolicy | None = None,
+        trace_every: int = 0,
     ) -> None:
+        """`trace_every=N`: every Nth task submitted is traced (`heapd.shm.trace`); 0: none."""
         if not isinstance(address, str) or not address:
             raise InvalidArgument(f"the address is HOST:PORT, not {address!r}")
+        if not isinstance(trace_every, int) or isinstance(trace_every, bool) or trace_every < 0:
+            raise InvalidArgument(f"trace_every must be an integer >= 0, not {trace_every!r}")
+        self.trace_every = trace_every
+        self._untraced = 0  # tasks submitted since the last traced one
         self.address = address
         self.session = session or uuid.uuid4().hex
         self.retry = retry or RetryPolicy()
@@ -355,6 +364,13 @@ class ClientCore(Generic[F]):
             specs = convert.python_specs(fn, arg_tuples[start:end], retry_on)
             yield self._request(specs, checked, keys[start:end], waits_on[start:end])
 
+    def _mark_traced(self, submissions: Sequence[Any]) -> None:
+        """Trace every `trace_every`th task, counting across requests."""
+        at = self.trace_every - 1 - self._untraced
+        for index in range(at, len(submissions), self.trace_every):
+            submissions[index].options.trace = True
+        self._untraced = (self._untraced + len(submissions)) % self.trace_every
+
     def _request(
         self,
         specs: Sequence[Any],
@@ -371,4 +387,6 @@ class ClientCore(Generic[F]):
             )
             for spec, key, after in zip(specs, keys, waits_on, strict=True)
         ]
+        if self.trace_every:
+            self._mark_traced(submissions)
         return convert.submit_request(self.session, submissions, self.take_acks())

@@ -26,6 +26,10 @@ from heapd.runtime import config
 TOKEN_FILE_NAME = "token"  # in the cell's state directory
 AUTH_HEADER = "authorization"
 BEARER = "Bearer "
+# gRPC names a unix: target's authority after its path, and TLS checks the server's certificate
+# against that. A server on a Unix socket is on this host: it is checked as "localhost", which
+# `heapd certs` puts in every server certificate.
+UNIX_AUTHORITY = ("grpc.default_authority", "localhost")
 
 
 class SecurityError(ValueError):
@@ -93,6 +97,7 @@ class Security:
 
     def channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
         """A synchronous channel to `address` that sends the token on every call."""
+        options = _target_options(address, options)
         if self.tls:
             base = grpc.secure_channel(address, self.channel_credentials(), options=options)
         else:
@@ -103,12 +108,20 @@ class Security:
 
     def aio_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
         """An asyncio channel to `address` that sends the token on every call."""
+        options = _target_options(address, options)
         interceptors = _aio_interceptors(self.metadata()) if self.token else None
         if self.tls:
             return grpc.aio.secure_channel(
                 address, self.channel_credentials(), options=options, interceptors=interceptors
             )
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+
+
+def _target_options(address: str, options: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """`options`, with the authority of a unix: target (`UNIX_AUTHORITY`)."""
+    if address.startswith("unix:") and all(key != UNIX_AUTHORITY[0] for key, _ in options):
+        return [*options, UNIX_AUTHORITY]
+    return options
 
 
 def cell_token_file(cell: str, env: Mapping[str, str]) -> Path:

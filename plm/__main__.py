@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -14,7 +15,17 @@ from heapd.plm import convert, metrics, service
 from heapd.plm.daemon import Plm
 from heapd.plm.journal import Journal, JournalError
 from heapd.plm.pages import Pages
-from heapd.runtime import channels, config, entry, logs, ready, security, server, signals
+from heapd.runtime import (
+    channels,
+    config,
+    entry,
+    logs,
+    ready,
+    security,
+    server,
+    signals,
+    sockets,
+)
 from heapd.runtime import endpoint as endpoint_mod
 from heapd.runtime.limits import Limits
 from heapd.runtime.security import RoleSecurity
@@ -31,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
         prog="heapd plm", description="Run the PLM (TaskService) of a cell."
     )
     config.add_common_flags(p, config.DEFAULT_PLM_PORT)
+    config.add_socket_flag(p, "plm", "also listen on this Unix socket, for clients of this host")
     p.add_argument(
         "--result-ttl-s", dest="result_ttl_s", type=float, help="hold unwatched results this long"
     )
@@ -62,6 +74,7 @@ async def serve(
             [service.SERVICE_NAME],
             sec,
             limits,
+            socket=cfg.socket,
         )
         signals.install(asyncio.get_running_loop(), plm.shutdown)
         pages = Pages(plm)
@@ -70,7 +83,12 @@ async def serve(
         )
         if endpoint is not None:
             pages.start()
-        ready.announce("plm", channels.format_address(cfg.host, port), metrics_at)
+        ready.announce(
+            "plm",
+            channels.format_address(cfg.host, port),
+            metrics_at,
+            sockets.address(cfg.socket) if cfg.socket else "",
+        )
         await plm.wait_stopped()
         await pages.close()
         if endpoint is not None:
@@ -82,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 2 when the cell cannot be attached."""
     args = parser().parse_args(argv)
     cfg = config.from_args(config.PlmConfig, "plm", args, os.environ)
+    cfg = dataclasses.replace(cfg, socket=sockets.role_socket("plm", cfg.socket))
     logs.setup("plm", cfg.log_level)
     sec = security.for_role("plm", args, [cfg.host])
     limits = config.from_args(Limits, "plm", args, os.environ)

@@ -67,6 +67,7 @@ def new_task_from_proto(
         resources=checked.resources,
         labels=checked.labels,
         after=tuple(dependency_ids(options.after)) if options.after else (),
+        traced=options.trace,
     )
 
 

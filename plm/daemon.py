@@ -36,6 +36,7 @@ from heapd.plm.workers import CancelCall, WorkerCanceller
 from heapd.runtime.bells import BellListener
 from heapd.runtime.lifelines import Lifelines, RoleFailed
 from heapd.security import Security
+from heapd.shm import Hop, Writer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Plm:
         self._journal = journal
         self._commits: GroupCommit | None = None
         self._keys: dict[str, int] = {}  # idempotency key -> the first task submitted with it
+        self._traced: set[int] = set()  # traced tasks (shm.trace) not yet sent to a client
         self._sessions = Sessions()
         self._stop = asyncio.Event()
         self._lifelines = Lifelines("plm", self.shutdown)
@@ -176,13 +178,26 @@ class Plm:
             self.acknowledge(intake.acks)
         if intake.adopt:
             self._adopt(intake.session, intake.adopt, take_over=True)
-        now = time.time()
+        received = time.time_ns()
+        now = received / 1e9
         ids, fresh = self._queue(intake, now) if intake.tasks else ([], [])
+        traced = intake.traced(ids) if ids else []
+        if traced:
+            self._trace(Hop.PLM_RECEIVED, traced, received)
+            self._trace(Hop.PLM_QUEUED, traced)
         if self._commits is not None and fresh:
             await self._journal_submitted(intake, ids, fresh, now)
+            if traced:
+                self._trace(Hop.PLM_COMMITTED, traced)
         elif self._commits is not None and intake.acks:
             await self._journal_acks()  # acknowledged means gone, also after a restart
         return ids
+
+    def _trace(self, hop: Hop, task_ids: list[int], ns: int = 0) -> None:
+        """Record a hop of traced tasks (`shm.trace`); they are traced to their delivery."""
+        if hop is Hop.PLM_RECEIVED:
+            self._traced.update(task_ids)
+        self.cell.trace(Writer.PLM, hop, task_ids, ns)
 
     async def _journal_acks(self) -> None:
         """Wait until the deletions of acknowledged results are committed."""
@@ -346,11 +361,20 @@ class Plm:
                 self._held.discard(known)
                 self._delivered.hold_many(known)
                 self.delivered += len(known)
+                if self._traced:
+                    self._traced_sent(known)
                 yield batch
         finally:
             self._sessions.detach(session)
             if session.streams == 0 and session.queued:
                 self._held.hold_many(session.queued)  # unwatched from now on
+
+    def _traced_sent(self, task_ids: list[int]) -> None:
+        """Traced tasks among these are being written to their client: their last PLM hop."""
+        sent = [task_id for task_id in task_ids if task_id in self._traced]
+        if sent:
+            self._traced.difference_update(sent)
+            self.cell.trace(Writer.PLM, Hop.PLM_SENT, sent)
 
     def _adopt(self, session: str, task_ids: Sequence[int], take_over: bool = False) -> None:
         """A (re)connecting client names tasks it still waits for: own them, push settled ones
@@ -379,12 +403,18 @@ class Plm:
         the delivered TTL."""
         assert self._held is not None
         while ids := self.cell.take_finished(FINISHED_BATCH):
-            if self._commits is not None:
-                self._commits.settled(_outcomes(self.cell.read_settled(ids)))
-            # Before the results are delivered: until then nothing releases them.
-            self._dependents.settled(ids)
+            if self._traced:
+                collected = [task_id for task_id in ids if task_id in self._traced]
+                if collected:
+                    self.cell.trace(Writer.PLM, Hop.PLM_COLLECTED, collected)
+            # The streams waiting for these are woken first, so their writes run before the
+            # journal's commit (in its thread) competes with them for the GIL; the journal and
+            # the dependents read the results in this call, before anything can release them.
             for task_id in ids:
                 self._sessions.settle(task_id)
+            if self._commits is not None:
+                self._commits.settled(_outcomes(self.cell.read_settled(ids)))
+            self._dependents.settled(ids)
             self._held.hold_many(ids)
             if len(ids) < FINISHED_BATCH:
                 return
@@ -397,6 +427,8 @@ class Plm:
         """Free these results in the cell, delete them from the journal and forget them in
         the sessions (one may have adopted a delivered result again since)."""
         if task_ids:
+            if self._traced:
+                self._traced.difference_update(task_ids)
             self.cell.release(task_ids)
             self._sessions.forget(task_ids)
             if self._commits is not None:

@@ -18,6 +18,10 @@ class Intake:
     acks: list[int] = field(default_factory=list)
     adopt: list[int] = field(default_factory=list)
 
+    def traced(self, ids: list[int]) -> list[int]:
+        """Of `ids` (one per task), those of tasks submitted with `trace`."""
+        return [task_id for task, task_id in zip(self.tasks, ids, strict=True) if task.traced]
+
     def key_of(self, index: int) -> str:
         """The idempotency key of task `index` ("" = none)."""
         return self.keys[index] if self.keys else ""

@@ -3,6 +3,9 @@ messages (requests, replies, and the task outcomes the register writes itself)."
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from google.protobuf.message import DecodeError
 
 from heapd import shm
@@ -19,11 +22,12 @@ SETTLED = {task_pb2.SUCCEEDED: shm.TaskState.SUCCEEDED, task_pb2.FAILED: shm.Tas
 
 
 def registration_from_proto(
-    request: pb.RegisterWorkerRequest, max_slots: int = RegisterConfig.max_slots
+    request: pb.RegisterWorkerRequest, max_slots: int = RegisterConfig.max_slots, peer: str = ""
 ) -> Registration:
     """Validate a RegisterWorker request: an address the scheduler may dial (see
-    `heapd.register.address`), at most `max_slots` slots, within what the worker table holds."""
-    check_worker_address(request.address)
+    `heapd.register.address`; a unix: one only from a Unix-socket `peer`, the call's
+    `context.peer()`), at most `max_slots` slots, within what the worker table holds."""
+    check_worker_address(request.address, peer)
     if len(request.hostname.encode()) > HOSTNAME_BYTES:
         raise InvalidArgument(f"hostname is over {HOSTNAME_BYTES} bytes of utf-8")
     if not 1 <= request.slots <= max_slots:
@@ -58,6 +62,7 @@ def registered_to_proto(
 def beat_from_proto(request: pb.HeartbeatRequest) -> Beat:
     """Validate one heartbeat; a completion must say SUCCEEDED or FAILED."""
     completions = []
+    traces: list[tuple[int, tuple[int, ...]]] = []
     for c in request.completions:
         state = SETTLED.get(c.state)
         if state is None:
@@ -65,23 +70,40 @@ def beat_from_proto(request: pb.HeartbeatRequest) -> Beat:
                 f"completion of task {c.task_id} has state {c.state}, not SUCCEEDED/FAILED"
             )
         completions.append(shm.Completion(c.task_id, c.attempt, state, c.outcome, c.retryable))
+        if c.trace_ns:
+            traces.append((c.task_id, _worker_stamps(c.task_id, c.trace_ns)))
     return Beat(
         request.worker_id,
         request.epoch,
         [(s.task_id, s.attempt) for s in request.started],
         completions,
         request.draining,
+        traces,
+        time.time_ns() if traces else 0,
+        request.defer_ack,
     )
 
 
-def beat_reply(
-    outcome: shm.CompleteOutcome, cancels: list[tuple[int, int]]
-) -> pb.HeartbeatResponse:
-    """Acknowledge a heartbeat (results accepted and stale) and name attempts to stop."""
+def _worker_stamps(task_id: int, stamps: Sequence[int]) -> tuple[int, ...]:
+    """A traced completion's worker stamps: one per worker hop, each a unix time in ns (0: the
+    worker did not see that hop)."""
+    if len(stamps) != len(shm.WORKER_HOPS) or min(stamps) < 0:
+        raise InvalidArgument(
+            f"completion of task {task_id}: trace_ns has {len(stamps)} stamps, expected"
+            f" {len(shm.WORKER_HOPS)} non-negative ones"
+        )
+    return tuple(stamps)
+
+
+def beat_reply(acks: tuple[int, int, int], cancels: list[tuple[int, int]]) -> pb.HeartbeatResponse:
+    """Acknowledge heartbeats (`Acks.take`: how many, their results accepted and stale) and
+    name attempts to stop."""
+    messages, accepted, stale = acks
     return pb.HeartbeatResponse(
-        accepted=outcome.accepted,
-        stale=outcome.stale,
+        accepted=accepted,
+        stale=stale,
         cancel=[pb.TaskRef(task_id=t, attempt=a) for t, a in cancels],
+        acks=messages,
     )
 
 

@@ -225,7 +225,22 @@ class Register:
         if not beat.completions:
             return shm.CompleteOutcome(0, 0, 0)
         self.results_per_beat.observe(len(beat.completions))
-        return self._settle(beat.worker_id, beat.epoch, beat.completions, now)
+        outcome = self._settle(beat.worker_id, beat.epoch, beat.completions, now)
+        if beat.traces:
+            self._trace(beat)
+        return outcome
+
+    def _trace(self, beat: Beat) -> None:
+        """Record the hops of the traced attempts of one heartbeat: the worker's, its arrival
+        and their settling (`shm.trace`)."""
+        writer = shm.Writer.REGISTER
+        for task_id, stamps in beat.traces:
+            for hop, ns in zip(shm.WORKER_HOPS, stamps, strict=True):
+                if ns:
+                    self.cell.trace(writer, hop, (task_id,), ns)
+        traced = [task_id for task_id, _ in beat.traces]
+        self.cell.trace(writer, shm.Hop.REGISTER_RECEIVED, traced, beat.received_ns)
+        self.cell.trace(writer, shm.Hop.REGISTER_SETTLED, traced)
 
     def _settle(
         self, worker_id: int, epoch: int, completions: Sequence[shm.Completion], now: float

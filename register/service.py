@@ -17,6 +17,7 @@ import grpc
 
 from heapd.errors import InvalidArgument
 from heapd.register import convert
+from heapd.register.beats import Acks
 from heapd.register.daemon import Register
 from heapd.runtime import config, status
 from heapd.runtime.server import Registration
@@ -57,7 +58,9 @@ class RegisterService(register_service_pb2_grpc.RegisterServiceServicer):  # typ
         self, request: pb.RegisterWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterWorkerResponse:
         try:
-            registration = convert.registration_from_proto(request, self._limits.max_slots)
+            registration = convert.registration_from_proto(
+                request, self._limits.max_slots, context.peer()
+            )
         except InvalidArgument:
             self._register.refused["registration"] += 1
             raise
@@ -73,6 +76,7 @@ class RegisterService(register_service_pb2_grpc.RegisterServiceServicer):  # typ
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.HeartbeatResponse]:
         bound: tuple[int, int] | None = None  # the registration this stream proved
+        acks = Acks()
         try:
             async for request in request_iterator:
                 if bound is None:
@@ -85,8 +89,10 @@ class RegisterService(register_service_pb2_grpc.RegisterServiceServicer):  # typ
                     )
                 self._check_size(request)
                 beat = convert.beat_from_proto(request)
-                outcome = self._register.beat(beat)
-                yield convert.beat_reply(outcome, self._register.take_cancels(beat.worker_id))
+                acks.count(self._register.beat(beat))
+                cancels = self._register.take_cancels(beat.worker_id)
+                if not beat.defer_ack or cancels:
+                    yield convert.beat_reply(acks.take(), cancels)
         except Exception as exc:
             code = _code_for(exc)
             if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -38,6 +38,16 @@ class Durability(enum.StrEnum):
     NONE = "none"
 
 
+class Transport(enum.StrEnum):
+    """`heapd up --transport`: how the roles and local workers of the cell reach each other.
+    `unix` (default): gRPC over Unix domain sockets in the cell's socket directory
+    (`heapd.runtime.sockets`), the PLM and register listening on TCP too for clients and
+    workers of other hosts; `tcp`: everything over TCP, as a multi-host cell does."""
+
+    UNIX = "unix"
+    TCP = "tcp"
+
+
 class Auth(enum.StrEnum):
     """`heapd up --auth`: `token` makes every port require the cell's token (given, or made
     in the state directory); `none` runs without one (loopback only, unless --insecure)."""
@@ -65,6 +75,7 @@ class PlmConfig:
     cell: str = "default"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PLM_PORT
+    socket: str = ""  # also listen on this Unix socket path ("": TCP only)
     result_ttl_s: float = 600.0
     state_dir: str = ""
     durability: Durability = Durability.FSYNC
@@ -98,6 +109,7 @@ class RegisterConfig:
     cell: str = "default"
     host: str = "127.0.0.1"
     port: int = DEFAULT_REGISTER_PORT
+    socket: str = ""  # also listen on this Unix socket path ("": TCP only)
     heartbeat_interval_s: float = 0.5
     missed_heartbeats: int = 4
     metrics_port: int = -1  # the HTTP endpoint (/metrics ...); -1 = off, 0 = any port
@@ -123,6 +135,8 @@ class WorkerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     advertise_host: str = ""
+    # Listen on this Unix socket path only, announced as unix:PATH (needs a unix: register).
+    socket: str = ""
     slots: int = 2
     register_timeout_s: float = 30.0
     # What it offers and carries, as on the command line: "cpus=4,gpu=1", "zone=a,arch=x86_64"
@@ -181,6 +195,7 @@ class UpConfig:
     durability: Durability = Durability.FSYNC
     log_level: LogLevel = LogLevel.INFO
     auth: Auth = Auth.TOKEN
+    transport: Transport = Transport.UNIX
 
 
 def load(
@@ -261,6 +276,15 @@ def add_journal_flags(parser: argparse.ArgumentParser) -> None:
         choices=[d.value for d in Durability],
         help="journal commits: fsync survives power loss, os survives crashes and clean"
         f" reboots, none keeps no journal (HEAPD_DURABILITY; default {Durability.FSYNC})",
+    )
+
+
+def add_socket_flag(parser: argparse.ArgumentParser, role: str, what: str) -> None:
+    """--socket PATH: a Unix domain socket the role listens on (`what` says how)."""
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"{what} (HEAPD_{role.upper()}_SOCKET; default none)",
     )
 
 

@@ -2,6 +2,9 @@
 benchmarks and the end-to-end tests.
 
 `heapd up` prints one JSON line when every role is ready; that is read instead of polling.
+With the unix transport it names the PLM's and the register's sockets too: `local_address`
+is how a client on this host reaches the PLM, and `add_worker` joins the register the way the
+cell's own workers do.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from heapd import shm
+from heapd.runtime import sockets
 from heapd.security import Security, read_token
 
 READY_TIMEOUT_S = 60.0
@@ -44,7 +48,9 @@ class LocalCell:
         state_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        transport: str | None = None,
     ) -> None:
+        """`transport`: `heapd up --transport` (unix, tcp); None: its default."""
         self.name = name
         self.workers = workers
         self.slots = slots
@@ -52,6 +58,7 @@ class LocalCell:
         self.state_dir = state_dir
         self.extra_args = list(extra_args)
         self.env = env
+        self.transport = transport
         self.process: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.extra_workers: list[subprocess.Popen[bytes]] = []  # started by add_worker
@@ -60,6 +67,17 @@ class LocalCell:
     def address(self) -> str:
         """The PLM's HOST:PORT."""
         return str(self.info["address"])
+
+    @property
+    def local_address(self) -> str:
+        """How a client on this host reaches the PLM: its unix: socket when the cell has one
+        (the unix transport), else its HOST:PORT."""
+        return str(self.info.get("socket") or self.info["address"])
+
+    @property
+    def socket_dir(self) -> Path:
+        """Where `heapd up` keeps this cell's sockets with the unix transport."""
+        return sockets.cell_dir(self.name, os.environ if self.env is None else self.env)
 
     @property
     def security(self) -> Security:
@@ -98,6 +116,8 @@ class LocalCell:
             argv += ["--logs", str(self.log_dir)]
         if self.state_dir is not None:
             argv += ["--state-dir", str(self.state_dir)]
+        if self.transport is not None:
+            argv += ["--transport", self.transport]
         self.process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -116,11 +136,19 @@ class LocalCell:
         starts equal workers; cells of unequal ones add theirs here); returns its pid once it
         has joined. `launcher` is a command that execs the worker's (e.g. `taskset -c 1 nice
         -n 10`: a pinned, niced worker, task processes included). `stop` drains it before the
-        cell, `crash` kills it with the cell."""
+        cell, `crash` kills it with the cell. It follows the cell's transport: with unix, it
+        listens on a socket of the cell's directory and joins the register's socket."""
         argv = [
-            *launcher, sys.executable, "-m", "heapd.worker", "--register", self.register,
-            "--slots", str(slots), "--port", "0",
+            *launcher, sys.executable, "-m", "heapd.worker", "--slots", str(slots), "--port", "0",
         ]  # fmt: skip
+        register_socket = str(self.info.get("register_socket", ""))
+        if register_socket:
+            name = sockets.worker_name(f"extra-{len(self.extra_workers)}")
+            directory = Path(sockets.path_of(register_socket)).parent
+            argv += ["--register", register_socket]
+            argv += ["--socket", str(sockets.socket_path(directory, name))]
+        else:
+            argv += ["--register", self.register, "--socket", ""]
         if self.info.get("token_file"):
             argv += ["--token-file", str(self.info["token_file"])]
         with contextlib.ExitStack() as files:
@@ -158,7 +186,8 @@ class LocalCell:
         self.extra_workers = []
 
     def stop(self) -> int | None:
-        """SIGTERM the supervisor, wait, and make sure nothing of the cell is left."""
+        """SIGTERM the supervisor, wait, and make sure nothing of the cell is left (a clean
+        stop removes the socket directory itself: tests check it does)."""
         self._stop_extra_workers()
         process = self.process
         if process is None:
@@ -171,6 +200,7 @@ class LocalCell:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+                sockets.remove_dir(self.socket_dir)
         if process.stdout is not None:
             process.stdout.close()
         shm.Cell.unlink(self.name)
@@ -179,7 +209,8 @@ class LocalCell:
     def crash(self) -> None:
         """What a power cut and a reboot leave: SIGKILL `heapd up` and every role's process
         group at once (the pids announced when the cell came up), and remove the cell's shared
-        memory. The journal in the state directory stays."""
+        memory and socket directory (a reboot clears both). The journal in the state directory
+        stays."""
         process = self.process
         if process is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -194,6 +225,7 @@ class LocalCell:
         self._stop_extra_workers()  # already killed: this reaps them
         self.process = None
         shm.Cell.unlink(self.name)
+        sockets.remove_dir(self.socket_dir)
 
     @staticmethod
     def _read_ready(process: subprocess.Popen[bytes], role: str = "cell") -> dict[str, Any]:

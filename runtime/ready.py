@@ -10,11 +10,14 @@ import os
 import sys
 
 
-def announce(role: str, address: str, metrics: str = "") -> None:
+def announce(role: str, address: str, metrics: str = "", socket: str = "") -> None:
     """Print {"ready": role, "address": ..., "pid": ...} (and "metrics": the HTTP endpoint's
-    host:port, when it serves one) and flush."""
+    host:port, when it serves one; "socket": the unix: address it also listens on, when it
+    does) and flush."""
     message = {"ready": role, "address": address, "pid": os.getpid()}
     if metrics:
         message["metrics"] = metrics
+    if socket:
+        message["socket"] = socket
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from heapd.runtime import status
+from heapd.runtime import sockets, status
 from heapd.runtime.channels import CHANNEL_OPTIONS, format_address
 from heapd.runtime.limits import Limits
 from heapd.runtime.security import RoleSecurity
@@ -33,16 +33,21 @@ Registration = Callable[[grpc.aio.Server], None]
 
 async def start(
     host: str,
-    port: int,
+    port: int | None,
     registrations: Sequence[Registration],
     service_names: Sequence[str],
     security: RoleSecurity | None = None,
     limits: Limits | None = None,
+    socket: str = "",
 ) -> tuple[grpc.aio.Server, int]:
     """Start an aio server with these services plus health and reflection: (server, port).
-    With `security`, every call but health checks needs its token, and the port speaks TLS
-    (mutual TLS with a CA) when it has a certificate; `limits` sets its transport limits
-    (the defaults without)."""
+
+    It listens on host:port (`port` None: on no TCP port, and returns port 0) and, given a
+    `socket` path, on that Unix domain socket too (made 0600 once bound; the role checks the
+    path first with `sockets.role_socket`, to end with a message if it cannot). With
+    `security`, every call but health checks needs its token, and both speak TLS (mutual TLS
+    with a CA) when it has a certificate: over a Unix socket the same as over TCP. `limits`
+    sets its transport limits (the defaults without)."""
     security = security or RoleSecurity()
     # The token is checked first (nothing of a stranger is parsed), then requests that do not
     # parse are refused as INVALID_ARGUMENT without a traceback per message.
@@ -55,14 +60,24 @@ async def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    address = format_address(host, port)
-    if security.tls:
-        bound = server.add_secure_port(address, security.server_credentials())
-    else:
-        bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+    bound = 0
+    if port is not None:
+        bound = _listen(server, format_address(host, port), security)
+        if bound == 0:
+            raise OSError(f"cannot listen on {format_address(host, port)}")
+    if socket and _listen(server, sockets.address(socket), security) == 0:
+        raise OSError(f"cannot listen on the Unix socket {socket}")
     await server.start()
+    if socket:
+        sockets.make_private(socket)
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, bound
+
+
+def _listen(server: grpc.aio.Server, address: str, security: RoleSecurity) -> int:
+    """Add a port at `address` (host:port or unix:path), TLS when `security` has a
+    certificate; gRPC's answer (the bound port, 1 for a socket, 0 if it cannot)."""
+    if security.tls:
+        return int(server.add_secure_port(address, security.server_credentials()))
+    return int(server.add_insecure_port(address))

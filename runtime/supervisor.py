@@ -7,6 +7,12 @@ A role that exits unexpectedly is restarted with backoff, reacting to its exit (
 the register keeps its port across restarts so workers find it again. A second signal kills
 every role's process group and removes the shared memory at once.
 
+With the unix transport (`CellPlan.socket_dir`), the PLM and the register also listen on Unix
+sockets in the cell's socket directory (`heapd.runtime.sockets`), and the local workers listen
+on theirs only and join the register over its socket; a restarted role binds the same path
+again (gRPC unlinks the socket file a killed one left before it binds). The directory goes with
+the shared memory.
+
 What happens to the cell is logged (`heapd.runtime.logs`, on stderr); the two lines meant for the
 person at the terminal, "the cell is up" and "the cell already exists", are plain text.
 """
@@ -20,13 +26,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from heapd import shm
 from heapd.runtime import pidfile as pidfiles
-from heapd.runtime import signals
+from heapd.runtime import signals, sockets
 from heapd.runtime.config import (
     DEFAULT_PLM_PORT,
     DEFAULT_REGISTER_PORT,
@@ -42,6 +49,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_CELL_EXISTS = 2
 EXIT_ROLE_FAILED = 4
+EXIT_SOCKETS = 2  # the cell's socket directory cannot be used (refused as a bad flag is)
 EXIT_KILLED = signals.EXIT_INTERRUPTED  # a second signal cut the graceful stop short
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -91,6 +99,23 @@ class CellPlan:
     # the ports after it; -1 = off, 0 = any ports (each kept across restarts once bound).
     metrics_port: int = -1
     security: SecurityConfig = field(default_factory=SecurityConfig)  # files as absolute paths
+    # The unix transport: the cell's socket directory (`sockets.cell_dir`); None: TCP only.
+    socket_dir: Path | None = None
+
+    def socket_problem(self) -> str:
+        """Why the cell's socket paths cannot be used ("" if they can): the longest, the last
+        worker's, must fit sun_path."""
+        if self.socket_dir is None:
+            return ""
+        try:
+            sockets.socket_path(self.socket_dir, sockets.worker_name(max(self.workers - 1, 0)))
+        except sockets.SocketPathError as exc:
+            return str(exc)
+        return ""
+
+    def socket(self, name: str) -> str:
+        """The path of the cell's socket `name` ("" with the TCP transport)."""
+        return "" if self.socket_dir is None else str(self.socket_dir / name)
 
     def metrics_problem(self) -> str:
         """Why the metrics ports cannot be used ("" if they can): past 65535, or one of them
@@ -128,6 +153,7 @@ class Child:
     argv: list[str]
     process: asyncio.subprocess.Process | None = None
     address: str = ""
+    socket: str = ""  # the unix: address it also listens on, if it does
     metrics: str = ""  # its HTTP endpoint (host:port), if it serves one
     restarts: int = 0  # consecutive quick exits: the index into RESTART_BACKOFF_S
     started_at: float = 0.0  # loop time of the last start
@@ -144,6 +170,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._failed: str | None = None
         self._created = False  # the cell's shared memory is ours to remove
+        self._sockets = False  # and its socket directory
+        self._refused = False  # the socket directory cannot be used
         self._killed = False
         self._drains: set[asyncio.Task[None]] = set()
 
@@ -164,6 +192,7 @@ class Supervisor:
             _kill_group(child.process)
         if self._created:
             shm.Cell.unlink(self.plan.cell)
+        self._remove_sockets()
 
     async def run(self) -> int:
         """Bring the cell up, supervise until stopped, bring it down; returns the exit code."""
@@ -179,21 +208,43 @@ class Supervisor:
         self._created = True
         cell.close()
         # Only once the cell is ours: a refused second `heapd up` must not take the running
-        # one's pid file away.
+        # one's pid file away, nor its sockets.
         pidfiles.claim(self.plan.cell)
         try:
-            if await self._start_all():
+            if self._make_socket_dir() and await self._start_all():
                 self._announce()
                 await self._supervise()
         finally:
             await self._stop_all()
             shm.Cell.unlink(self.plan.cell)
+            self._remove_sockets()
             pidfiles.release(self.plan.cell)
         if self._killed:
             return EXIT_KILLED
+        if self._refused:
+            return EXIT_SOCKETS
         return EXIT_ROLE_FAILED if self._failed else EXIT_OK
 
     # --- start
+
+    def _make_socket_dir(self) -> bool:
+        """Create the cell's socket directory (unix transport); False, with a message, if it
+        cannot be used."""
+        if self.plan.socket_dir is None:
+            return True
+        try:
+            sockets.ensure_dir(self.plan.socket_dir)
+        except sockets.SocketPathError as exc:
+            print(f"heapd up: {exc}", file=sys.stderr)
+            self._refused = True
+            return False
+        self._sockets = True
+        return True
+
+    def _remove_sockets(self) -> None:
+        """Remove the socket directory this supervisor made (never one it refused)."""
+        if self._sockets and self.plan.socket_dir is not None:
+            sockets.remove_dir(self.plan.socket_dir)
 
     async def _start_all(self) -> bool:
         plan = self.plan
@@ -201,6 +252,8 @@ class Supervisor:
         if plan.config is not None:
             common += ["--config", str(plan.config)]
         register_args = [*common, "--host", plan.host, "--port", str(plan.register_port)]
+        # Given even when empty: a HEAPD_SOCKET in the environment must not reach every role.
+        register_args += ["--socket", plan.socket(sockets.REGISTER)]
         register_args += plan.metrics_flags(2)
         if plan.heartbeat_interval_s is not None:
             register_args += ["--heartbeat-interval-s", str(plan.heartbeat_interval_s)]
@@ -221,6 +274,7 @@ class Supervisor:
         )
         scheduler = Child("scheduler", self._role("scheduler", scheduler_args))
         plm_args = [*common, "--host", plan.host, "--port", str(plan.port)]
+        plm_args += ["--socket", plan.socket(sockets.PLM)]
         plm_args += ["--durability", str(plan.durability)]
         plm_args += plan.metrics_flags(0)
         if plan.result_ttl_s is not None:
@@ -233,7 +287,8 @@ class Supervisor:
                 return False
         if plan.port == 0:
             _pin_port(plm.argv, "--port", plm.address)
-        worker_args = ["--register", register.address, "--slots", str(plan.slots), "--port", "0"]
+        worker_args = ["--register", register.socket or register.address]
+        worker_args += ["--slots", str(plan.slots), "--port", "0"]
         worker_args += security_flags(plan.security)
         worker_args += ["--max-result-bytes", str(plan.max_result_bytes())]
         if plan.config is not None:
@@ -242,7 +297,17 @@ class Supervisor:
             {"--resources": plan.worker_resources or None, "--labels": plan.worker_labels or None}
         )
         workers = [
-            Child(f"worker-{i}", self._role("worker", [*worker_args, *plan.metrics_flags(3 + i)]))
+            Child(
+                f"worker-{i}",
+                self._role(
+                    "worker",
+                    [
+                        *worker_args,
+                        *["--socket", plan.socket(sockets.worker_name(i))],
+                        *plan.metrics_flags(3 + i),
+                    ],
+                ),
+            )
             for i in range(plan.workers)
         ]
         started = await asyncio.gather(*(self._start(w) for w in workers))
@@ -314,6 +379,7 @@ class Supervisor:
                 if isinstance(message, dict) and "ready" in message:
                     self._drains.add(asyncio.create_task(_drain(stream)))
                     _keep_metrics_port(child, str(message.get("metrics", "")))
+                    child.socket = str(message.get("socket", ""))
                     return str(message.get("address", ""))
 
     def _log_file(self, name: str) -> IO[bytes] | None:
@@ -334,7 +400,11 @@ class Supervisor:
             "pid": os.getpid(),
             "pids": {c.name: c.process.pid for c in self._children if c.process is not None},
             "tls": bool(self.plan.security.tls_cert),
+            "transport": "tcp" if self.plan.socket_dir is None else "unix",
         }
+        if plm.socket:
+            message["socket"] = plm.socket
+            message["register_socket"] = register.socket
         if self.plan.security.token_file:
             message["token_file"] = self.plan.security.token_file
         endpoints = {c.name: c.metrics for c in self._children if c.metrics}
@@ -342,8 +412,9 @@ class Supervisor:
             message["metrics"] = endpoints
         self._out.write(json.dumps(message) + "\n")
         self._out.flush()
+        plm_at = f"{plm.address} and {plm.socket}" if plm.socket else plm.address
         print(
-            f"heapd: cell {self.plan.cell!r} is up — PLM at {plm.address}, register at "
+            f"heapd: cell {self.plan.cell!r} is up — PLM at {plm_at}, register at "
             f"{register.address}, {self.plan.workers} worker(s) x {self.plan.slots} slot(s). "
             "Ctrl-C stops it.",
             file=sys.stderr,
@@ -463,11 +534,13 @@ def up(plan: CellPlan) -> int:
     return asyncio.run(_main(plan))
 
 
-def down(cell: str, timeout_s: float = 30.0) -> int:
+def down(cell: str, timeout_s: float = 30.0, env: Mapping[str, str] | None = None) -> int:
     """Stop the cell's `heapd up` (SIGTERM, wait) if its pid file really names it (see
-    `runtime.pidfile`), then remove any shared memory left."""
+    `runtime.pidfile`), then remove any shared memory and socket directory left (the
+    directory as `env`, default os.environ, places it)."""
     pidfiles.stop(cell, timeout_s)
     removed = shm.Cell.unlink(cell)
+    sockets.remove_dir(sockets.cell_dir(cell, os.environ if env is None else env))
     return 0 if removed or not shm.Cell.exists(cell) else 1
 
 

@@ -15,9 +15,9 @@ from heapd.security import Security
 from heapd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 
-def assign_request(request: Request) -> worker_service_pb2.AssignTasksRequest:
+def assign_request(request: Request, defer: bool = False) -> worker_service_pb2.AssignTasksRequest:
     """One AssignStream request: tasks that all go to the same worker (same id and epoch), or a
-    revocation of unstarted attempts."""
+    revocation of unstarted attempts; `defer`: the worker may answer it with a later answer."""
     if isinstance(request, Revoke):
         return worker_service_pb2.AssignTasksRequest(
             worker_id=request.worker_id,
@@ -38,16 +38,18 @@ def assign_request(request: Request) -> worker_service_pb2.AssignTasksRequest:
                 spec=d.payload,
                 timeout_s=d.timeout_ms / 1000.0,
                 priority=d.priority,
+                trace=d.traced,
             )
             for d in request
         ],
+        defer_answer=defer,
     )
 
 
 def answer_from_proto(reply: worker_service_pb2.AssignTasksResponse) -> Answer:
     """Why the worker refused a request (empty: taken) and which attempts it gave back."""
     revoked = [(ref.task_id, ref.attempt) for ref in reply.revoked] if reply.revoked else []
-    return Answer(refused=reply.refused, revoked=revoked)
+    return Answer(refused=reply.refused, revoked=revoked, answers=max(1, reply.answers))
 
 
 class AssignCall:
@@ -57,9 +59,9 @@ class AssignCall:
         self._channel = channels.channel(address, security)
         self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).AssignStream()
 
-    async def send(self, request: Request) -> None:
+    async def send(self, request: Request, defer: bool = False) -> None:
         """Write one request (a group for one worker id and epoch, or a revocation)."""
-        await self._call.write(assign_request(request))
+        await self._call.write(assign_request(request, defer))
 
     async def answers(self) -> AsyncIterator[Answer]:
         """The worker's answers in order; raises grpc.aio.AioRpcError when the stream breaks."""

@@ -12,6 +12,12 @@ dropped as stale). Counting here too would count an attempt twice, or count a di
 worker that was already dead and never ran it; requeueing here at once would feed a dead worker
 its task again before the register buried it.
 
+Answers are cumulative: a group of tasks defers its answer (while fewer than ANSWER_EVERY requests
+are unanswered), and the worker's next answer — to a request that does not defer, a revocation,
+or one it refuses — covers it with those before it, in order (all taken): a busy worker costs no
+answer message per group. Unanswered groups are only what a broken stream makes the scheduler
+wait out (RECLAIM_AFTER_S), so deferring changes no outcome.
+
 A feed's writer or reader that fails unexpectedly (not a stream error) closes its feed like a
 broken stream, so its tasks go back to the queue. A feed's closing and a delayed requeue are the
 scheduler's lifelines (`heapd.runtime.lifelines`): if one raised, tasks would stay DISPATCHED
@@ -40,6 +46,7 @@ REQUEUE_DELAY_S = 0.1
 # Longer than the register takes to bury a dead worker (a broken stream: ~30 ms; silence: its
 # deadline, 2 s by default).
 RECLAIM_AFTER_S = 5.0
+ANSWER_EVERY = 16  # requests a feed sends at most before one asks for an answer
 
 Requeue = Callable[[list[shm.Dispatch], float], None]  # (tasks, after how many seconds)
 Ref = tuple[int, int]  # (task_id, attempt)
@@ -56,11 +63,13 @@ class Revoke:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A worker's answer to one request: why it refused it (empty: taken), and for a revoke,
-    the attempts it gave back."""
+    """A worker's answer to its latest `answers` requests (the deferred ones before the latest
+    were all taken): why it refused the latest (empty: taken), and for a revoke, the attempts
+    it gave back."""
 
     refused: str
     revoked: list[Ref]
+    answers: int = 1
 
 
 Request = list[shm.Dispatch] | Revoke
@@ -69,11 +78,12 @@ Request = list[shm.Dispatch] | Revoke
 class AssignStream(Protocol):
     """One AssignStream to one worker (`heapd.scheduler.convert.AssignCall` over gRPC)."""
 
-    async def send(self, request: Request) -> None:
-        """Write one group of dispatches (one worker id and epoch) or one revocation."""
+    async def send(self, request: Request, defer: bool = False) -> None:
+        """Write one group of dispatches (one worker id and epoch) or one revocation; `defer`:
+        the worker may answer it with a later answer."""
 
     def answers(self) -> AsyncIterator[Answer]:
-        """One answer per request, in order."""
+        """Answers in order, each covering one request or more (`Answer.answers`)."""
 
     async def close(self) -> None:
         """End the stream and release its channel."""
@@ -93,8 +103,11 @@ class WorkerFeed:
         on_closed: Callable[[WorkerFeed], None],
         on_revoked: Callable[[list[Ref]], None],
         lifelines: Lifelines,
+        on_sent: Callable[[list[shm.Dispatch]], None],
     ) -> None:
+        """`on_sent` is told of each group of dispatches as it is written to the stream."""
         self.address = address
+        self._on_sent = on_sent
         self._lifelines = lifelines
         self._on_lost = on_lost
         self._on_closed = on_closed
@@ -169,13 +182,18 @@ class WorkerFeed:
                 while self._outbox:
                     group = self._outbox.popleft()
                     self._unanswered.append(group)
-                    await self._stream.send(group)
+                    defer = isinstance(group, list) and len(self._unanswered) < ANSWER_EVERY
+                    if isinstance(group, list):
+                        self._on_sent(group)
+                    await self._stream.send(group, defer)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             self._failed(exc)
 
     async def _read(self) -> None:
         try:
             async for answer in self._stream.answers():
+                for _ in range(min(answer.answers, len(self._unanswered)) - 1):
+                    self._unanswered.popleft()  # deferred, and taken
                 request = self._unanswered.popleft() if self._unanswered else []
                 if isinstance(request, Revoke):
                     if answer.revoked:
@@ -259,9 +277,16 @@ class Dispatcher:
                 self._forget,
                 self._take_back,
                 self._lifelines,
+                self._sent,
             )
             self._feeds[address] = feed
         return feed
+
+    def _sent(self, group: list[shm.Dispatch]) -> None:
+        """A group is being written: record the hop of its traced tasks (`shm.trace`)."""
+        traced = [d.task_id for d in group if d.traced]
+        if traced:
+            self._cell.trace(shm.Writer.SCHEDULER, shm.Hop.SCHEDULER_SENT, traced)
 
     def _forget(self, feed: WorkerFeed) -> None:
         if self._feeds.get(feed.address) is feed:

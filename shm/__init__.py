@@ -22,6 +22,7 @@ from heapd.shm.latency import Latency
 from heapd.shm.names import CellNames, validate_cell_name
 from heapd.shm.placement import Cursor
 from heapd.shm.sample import CellSample, Interval, WorkerSample
+from heapd.shm.trace import WORKER_HOPS, Hop, Stamp, Writer
 from heapd.shm.types import (
     ACTIVE,
     ACTIVE_STATES,
@@ -54,6 +55,7 @@ __all__ = [
     "MAX_WORKER_LOSSES",
     "TERMINAL",
     "TERMINAL_STATES",
+    "WORKER_HOPS",
     "ArenaFull",
     "BlobTooLarge",
     "CancelResult",
@@ -71,6 +73,7 @@ __all__ = [
     "Dispatch",
     "DispatchRound",
     "Doorbell",
+    "Hop",
     "Interval",
     "InvalidCapacity",
     "Latency",
@@ -82,6 +85,7 @@ __all__ = [
     "RestoredTask",
     "ShmError",
     "StaleEpoch",
+    "Stamp",
     "TableFull",
     "TaskInfo",
     "TaskNotFound",
@@ -91,5 +95,6 @@ __all__ = [
     "WorkerNotFound",
     "WorkerSample",
     "WorkerState",
+    "Writer",
     "validate_cell_name",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import mmap
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -35,6 +35,7 @@ from heapd.shm.memory import CellMemory
 from heapd.shm.names import CellNames
 from heapd.shm.placement import Cursor
 from heapd.shm.sample import CellSample
+from heapd.shm.trace import Hop, Stamp, Writer
 from heapd.shm.types import (
     CancelResult,
     Capacities,
@@ -327,6 +328,15 @@ class Cell:
     def sample(self) -> CellSample:
         """A lock-free snapshot for monitoring (`shm.sample`): never waits on the lock."""
         return sample_mod.sample(self._m)
+
+    def trace(self, writer: Writer, hop: Hop, task_ids: Iterable[int], ns: int = 0) -> None:
+        """Record `hop` of these traced tasks at `ns` (now if 0) in `writer`'s ring: no lock,
+        each role writes only its own (`shm.trace`)."""
+        self._m.trace.record(writer, hop, task_ids, ns)
+
+    def trace_stamps(self) -> list[Stamp]:
+        """Every per-hop stamp the trace rings hold (`shm.trace`)."""
+        return self._m.trace.read()
 
     def task_seq(self) -> int:
         """The highest task sequence number issued so far (ids are (seq << 24) | slot)."""

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from heapd.shm import derived, latency, resources, transitions
-from heapd.shm.layout import F_PARKED, NO_PRIORITY, SLOT_MASK, H, worker_key
+from heapd.shm.layout import F_PARKED, F_TRACED, NO_PRIORITY, SLOT_MASK, H, worker_key
 from heapd.shm.memory import CellMemory
 from heapd.shm.placement import Cursor, Placement
 from heapd.shm.types import ACTIVE, Dispatch, DispatchRound, Policy, TaskState
@@ -159,6 +159,7 @@ def _assign(
         timeout_ms=tasks.timeout_ms[slot],
         priority=tasks.priority[slot],
         key=key,
+        traced=bool(tasks.flags[slot] & F_TRACED),
     )
 
 

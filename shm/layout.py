@@ -21,6 +21,7 @@ Segment, in order (each section starts on a 64-byte boundary, the arena on a pag
     worker heap items   W x int32
     worker heap pos     W x int32
     worker free stack   W x int32
+    trace rings         3 x 98,368            per-hop stamps of traced tasks (`shm.trace`)
     arena map           C x uint8             1 = chunk in use; C = arena_bytes // 64
     arena               C x 64                blob chunks (payloads, results, dependency lists)
 
@@ -53,7 +54,7 @@ Task record (TASK_DTYPE, 192 bytes)::
     74   needs          u1    resource needs in use: need_res/need_milli[:needs]
     75   nlabels        u1    labels asked: label_hash[:nlabels]
     76   state          u1    TaskState; written LAST: the commit point of a change
-    77   flags          u1    F_RESULT | F_NOTIFY | F_PARKED | F_WAITING
+    77   flags          u1    F_RESULT | F_NOTIFY | F_PARKED | F_WAITING | F_TRACED
     78   losses         u1    attempts that ended with their worker lost (poison-task cap)
     80   need_res       u1[8] resource index (name table) of each need
     88   need_milli     u4[8] amount of each need, in thousandths
@@ -97,13 +98,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heapd.shm import trace
 from heapd.shm.types import CHUNK_BYTES, Capacities
 
 MAGIC = int.from_bytes(b"HEAPDSHM", "little")
 # 2: task record gained `losses`; 3: scheduling (aging, parking, resources); 4: latency
 # histograms in the header, H.TASK_HWM; 5: doorbells are FIFOs (shm.doorbell), not semaphores;
-# 6: the registration key (shm.secret)
-VERSION = 6
+# 6: the registration key (shm.secret); 7: trace rings (shm.trace), F_TRACED
+VERSION = 7
 HEADER_BYTES = 4096
 HEADER_WORDS = 64
 PAGE = 4096
@@ -115,6 +117,7 @@ F_RESULT = 1  # the task has a result blob (possibly empty)
 F_NOTIFY = 2  # terminal and not yet taken from the completion ring
 F_PARKED = 4  # QUEUED but off the heap: no live worker could ever run it (see shm.dispatch)
 F_WAITING = 8  # PENDING on its dependencies (shm.deps), not on a retry's backoff
+F_TRACED = 16  # submitted with `trace`: roles record its hops (shm.trace)
 
 ADDRESS_BYTES = 127
 HOSTNAME_BYTES = 63
@@ -300,6 +303,7 @@ class Layout:
     worker_items: int
     worker_pos: int
     worker_free: int
+    trace: int
     arena_map: int
     arena: int
     total: int
@@ -321,6 +325,7 @@ class Layout:
             ("worker_items", w * 4),
             ("worker_pos", w * 4),
             ("worker_free", w * 4),
+            ("trace", trace.SECTION_BYTES),
             ("arena_map", c),
         ]
         offsets: dict[str, int] = {}

@@ -22,6 +22,7 @@ from heapd.shm.layout import (
 )
 from heapd.shm.ring import CompletionRing
 from heapd.shm.tables import TaskTable, WorkerTable
+from heapd.shm.trace import SECTION_BYTES, TraceRings
 
 
 class CellMemory:
@@ -73,6 +74,8 @@ class CellMemory:
         )
         self.ring = CompletionRing(self.root, layout.ring, self.tasks, self.hdr)
         self.arena = Arena(mm, self.root, layout.arena_map, layout.arena, layout.chunks, self.hdr)
+        self.trace_words = self.root[layout.trace : layout.trace + SECTION_BYTES].cast("q")
+        self.trace = TraceRings(self.trace_words)
 
     def bump(self, word: H, by: int = 1) -> int:
         """Add to a header counter and return the new value."""
@@ -98,4 +101,5 @@ class CellMemory:
         self.hdr.release()
         self.latency.release()
         self.latency_sums.release()
+        self.trace_words.release()
         self.root.release()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from heapd.shm import derived
-from heapd.shm.layout import F_NOTIFY, F_RESULT, F_WAITING, SLOT_BITS, WORKER_SLOT_BITS, H
+from heapd.shm.layout import F_NOTIFY, F_RESULT, F_TRACED, F_WAITING, SLOT_BITS, WORKER_SLOT_BITS, H
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import TaskState, WorkerState
 
@@ -51,8 +51,10 @@ def _settle_tables(mem: CellMemory) -> None:
     rec["deps_len"][~waits] = 0  # a dependency list lives only while its task waits
     # F_RESULT / F_NOTIFY only mean something once terminal, F_WAITING only while PENDING;
     # F_PARKED is dropped: every QUEUED task goes back on the heap, the scheduler parks again.
-    rec["flags"][done] &= np.uint8(F_RESULT | F_NOTIFY)
-    rec["flags"][~done] = np.where(waits[~done], F_WAITING, 0).astype(np.uint8)
+    # F_TRACED stays with its task.
+    traced = rec["flags"] & np.uint8(F_TRACED)
+    rec["flags"][done] &= np.uint8(F_RESULT | F_NOTIFY | F_TRACED)
+    rec["flags"][~done] = np.where(waits[~done], F_WAITING, 0).astype(np.uint8) | traced[~done]
     rec["result_len"][(rec["flags"] & F_RESULT) == 0] = 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from heapd.shm import catalog, deps, resources, transitions
 from heapd.shm.arena import chunks_for
 from heapd.shm.errors import ArenaFull, ShmError, TableFull, TaskNotFound
-from heapd.shm.layout import F_NOTIFY, F_RESULT, F_WAITING, MAX_SEQ, SLOT_BITS, H
+from heapd.shm.layout import F_NOTIFY, F_RESULT, F_TRACED, F_WAITING, MAX_SEQ, SLOT_BITS, H
 from heapd.shm.memory import CellMemory
 from heapd.shm.types import (
     ACTIVE,
@@ -117,7 +117,7 @@ def _submit_one(mem: CellMemory, task: NewTask, now: float, asked: Constraints) 
     t.worker_epoch[slot] = 0
     t.priority[slot] = task.priority
     resources.write_task(mem, slot, *asked)
-    t.flags[slot] = 0
+    t.flags[slot] = F_TRACED if task.traced else 0
     t.losses[slot] = 0
     t.deps_len[slot] = 0
     if task.after:

@@ -86,6 +86,7 @@ class NewTask:
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     after: tuple[int, ...] = ()  # run once these tasks (already in the cell) have succeeded
+    traced: bool = False  # roles record its hops (shm.trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,7 @@ class Dispatch:
     timeout_ms: int
     priority: int = 0
     key: int = 0  # its task heap key: lower runs first (the scheduler's revocation test)
+    traced: bool = False  # submitted with `trace`: its hops are recorded (shm.trace)
 
 
 @dataclass(frozen=True, slots=True)

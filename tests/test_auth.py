@@ -24,7 +24,7 @@ from heapd.runtime.config import SecurityConfig
 from heapd.security import SecurityError, cell_token_file
 from heapd.v1 import register_service_pb2, task_service_pb2, worker_service_pb2
 from tests import tasks_for_tests as t
-from tests.conftest import StartCell
+from tests.conftest import TRANSPORTS, StartCell
 from tests.helpers import authed_channel
 
 SERVICES = {
@@ -196,17 +196,22 @@ def test_token_sources(tmp_path: Path) -> None:
     assert "direct" not in repr(Security(token="direct"))  # never printed by accident
 
 
-@pytest.fixture
-def tls_cell(start_cell: StartCell, tmp_path: Path) -> tuple[str, CertPaths, dict[str, str]]:
-    """A cell whose every port speaks mutual TLS (certificates from `heapd certs`)."""
+@pytest.fixture(params=TRANSPORTS)
+def tls_cell(
+    start_cell: StartCell, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, CertPaths, dict[str, str]]:
+    """A cell whose every port speaks mutual TLS (certificates from `heapd certs`), over each
+    transport: with unix, the worker's and register's sockets and the PLM's, which the test's
+    clients then use, speak it too (checked as "localhost")."""
     paths = make_certs("tls", tmp_path / "certs")
     flags = (
         "--tls-cert", str(paths.server), "--tls-key", str(paths.server_key),
         "--tls-ca", str(paths.ca), "--metrics-port", "0",
     )  # fmt: skip
-    cell = start_cell(workers=1, slots=1, extra_args=flags)
+    cell = start_cell(workers=1, slots=1, extra_args=flags, transport=request.param)
     assert cell.info["tls"] is True
-    return cell.address, paths, cell.info["metrics"]
+    assert cell.info["transport"] == request.param
+    return cell.local_address, paths, cell.info["metrics"]
 
 
 def test_mutual_tls_runs_tasks_and_refuses_strangers(

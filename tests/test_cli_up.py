@@ -41,6 +41,22 @@ def test_config_file_from_flag_or_environment(tmp_path: Path) -> None:
         assert (cfg.cell, cfg.workers, cfg.max_blob_kb) == ("from-toml", 4, 8)
 
 
+def test_transport_from_flag_environment_or_file(tmp_path: Path) -> None:
+    toml = tmp_path / "heapd.toml"
+    toml.write_text('[up]\ntransport = "tcp"\n')
+    assert up_config(["up"], {}).transport is config.Transport.UNIX  # the default
+    assert up_config(["up", "--config", str(toml)], {}).transport is config.Transport.TCP
+    assert up_config(["up"], {"HEAPD_TRANSPORT": "tcp"}).transport is config.Transport.TCP
+    env = {"HEAPD_TRANSPORT": "tcp"}
+    assert up_config(["up", "--transport", "unix"], env).transport is config.Transport.UNIX
+    with pytest.raises(ValueError, match="expected unix or tcp"):
+        config.load(config.UpConfig, "up", {}, {"HEAPD_TRANSPORT": "udp"})
+    role = {"HEAPD_PLM_SOCKET": "/run/plm.sock", "HEAPD_SOCKET": "/run/any.sock"}
+    assert config.load(config.PlmConfig, "plm", {}, role).socket == "/run/plm.sock"
+    assert config.load(config.RegisterConfig, "register", {}, role).socket == "/run/any.sock"
+    assert config.load(config.WorkerConfig, "worker", {"socket": ""}, role).socket == ""
+
+
 def test_down_finds_the_cell_as_up_does(tmp_path: Path) -> None:
     toml = tmp_path / "heapd.toml"
     toml.write_text('[up]\ncell = "from-toml"\n')

@@ -309,6 +309,7 @@ def test_bench_measure_writes_a_profile_per_run(
     )
     assert report["W1"]["tasks_per_s"] > 0
     assert report["F0"]["p50_ms"] > 0 and report["F1"]["p50_ms"] > 0  # the floors, measured
+    assert report["transport"] == "unix" and report["F1_unix"]["p50_ms"] > 0  # the default
     assert sorted(p.name for p in directory.iterdir()) == ["W1-run1.csv", "W1-run2.csv"]
     for run in (1, 2):
         rows = read_rows((directory / f"W1-run{run}.csv").read_text())

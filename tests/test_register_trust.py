@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 
 import grpc
 import pytest
@@ -371,6 +372,86 @@ def test_a_worker_address_may_be_a_name_or_an_ip_literal(address: str) -> None:
     assert check_worker_address(address) == address
 
 
+UDS_PEER = "unix:"  # what gRPC names a peer that connected over a Unix socket
+SOCKET_ADDRESSES = [
+    "unix:/tmp/heapd-1000/default/worker-0.sock",
+    "unix:/run/user/1000/heapd/cell.a_b-c/worker-extra-12.sock",
+    f"unix:/{'a' * 106}",  # 107 bytes of path: sun_path's most
+]
+
+
+@pytest.mark.parametrize("address", SOCKET_ADDRESSES)
+def test_a_worker_of_the_host_may_announce_its_unix_socket(address: str) -> None:
+    assert check_worker_address(address, UDS_PEER) == address
+
+
+@pytest.mark.parametrize("address", SOCKET_ADDRESSES)
+@pytest.mark.parametrize("peer", ["", "ipv4:10.0.0.7:50000", "ipv6:[::1]:50000"])
+def test_a_worker_that_came_over_tcp_may_not_announce_a_unix_socket(
+    address: str, peer: str
+) -> None:
+    with pytest.raises(InvalidArgument, match="only from a worker that registers over"):
+        check_worker_address(address, peer)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "unix:",
+        "unix:/",
+        "unix:relative/worker.sock",
+        "unix://host/worker.sock",
+        "unix:/tmp//worker.sock",
+        "unix:/tmp/worker.sock/",
+        "unix:/tmp/../etc/worker.sock",
+        "unix:/tmp/./worker.sock",
+        "unix:/tmp/a b.sock",
+        "unix:/tmp/a\x00b.sock",
+        "unix:/tmp/a%2Fb.sock",
+        "unix:/tmp/a?b.sock",
+        "unix:/tmp/a#b.sock",
+        "unix:/tmp/bücher.sock",
+        f"unix:/{'a' * 107}",  # over sun_path
+        f"unix:/{'a/' * 62}b",  # over what the worker table holds
+        "unix-abstract:heapd",
+    ],
+)
+def test_a_unix_address_must_be_an_absolute_plain_path(address: str) -> None:
+    with pytest.raises(InvalidArgument):
+        check_worker_address(address, UDS_PEER)
+
+
+def test_a_unix_address_is_taken_only_over_the_registers_socket(
+    cell: shm.Cell, tmp_path: Path
+) -> None:
+    """The peer gRPC names decides: the same request is refused over TCP, taken over the
+    register's Unix socket."""
+    path = str(tmp_path / "register.sock")
+    announced = f"unix:{tmp_path}/worker-0.sock"
+    request = pb.RegisterWorkerRequest(address=announced, slots=1, pid=1, hostname="h")
+
+    async def scenario(register: Register) -> None:
+        grpc_server, port = await server.start(
+            "127.0.0.1", 0, [service.registration(register)], [service.SERVICE_NAME], socket=path
+        )
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as tcp:
+                stub = register_service_pb2_grpc.RegisterServiceStub(tcp)
+                err = await refused(stub.RegisterWorker(request))
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "Unix socket" in (err.details() or "")
+            async with grpc.aio.insecure_channel(f"unix:{path}") as uds:
+                stub = register_service_pb2_grpc.RegisterServiceStub(uds)
+                reply = await stub.RegisterWorker(request)
+        finally:
+            await grpc_server.stop(None)
+        assert [w.address for w in cell.workers()] == [announced]
+        assert cell.worker(reply.worker_id).address == announced
+        assert register.refused["registration"] == 1
+
+    run(cell, scenario)
+
+
 def test_slots_are_capped_by_a_setting(cell: shm.Cell) -> None:
     assert config.RegisterConfig().max_slots == 1024
     cap = config.RegisterConfig().max_slots
@@ -574,6 +655,7 @@ class HeldCall:
         results: Sequence[JobResult],
         running: int,
         draining: bool,
+        defer_ack: bool = False,
     ) -> None:
         self._register.sent.append(member)
         self._sent.put_nowait(None)

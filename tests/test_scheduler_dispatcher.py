@@ -39,7 +39,7 @@ class FakeStream:
         self.closed = False
         self._sent_changed = asyncio.Event()
 
-    async def send(self, request: Request) -> None:
+    async def send(self, request: Request, defer: bool = False) -> None:
         if self.send_error is not None:
             raise self.send_error
         if isinstance(request, Revoke):

@@ -39,10 +39,12 @@ def unavailable() -> grpc.aio.AioRpcError:
 
 
 class FakeCall:
-    """One heartbeat stream: acknowledges each beat, or fails once the register is cut off."""
+    """One heartbeat stream: acknowledges beats as the register does (a beat that defers its
+    reply is acknowledged by the next reply), or fails once the register is cut off."""
 
     def __init__(self, register: FakeRegister) -> None:
         self._register = register
+        self._deferred = 0
         self._answers: asyncio.Queue[HeartbeatAck | Exception] = asyncio.Queue()
         if register.cut_off:
             self._answers.put_nowait(unavailable())
@@ -54,9 +56,13 @@ class FakeCall:
         results: Sequence[JobResult],
         running: int,
         draining: bool,
+        defer_ack: bool = False,
     ) -> None:
         self._register.received(Beat(member, list(started), list(results), draining))
-        self._answers.put_nowait(HeartbeatAck(stale=0, cancel=()))
+        self._deferred += 1
+        if not defer_ack:
+            self._answers.put_nowait(HeartbeatAck(stale=0, cancel=(), acks=self._deferred))
+            self._deferred = 0
 
     async def acks(self) -> AsyncIterator[HeartbeatAck]:
         while True:

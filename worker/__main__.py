@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 
 from heapd.errors import InvalidArgument
 from heapd.options import label_pairs, pairs_from_text, resource_amounts, resources_from_text
-from heapd.runtime import channels, config, logs, security, server, signals
+from heapd.runtime import channels, config, logs, security, server, signals, sockets
 from heapd.runtime import endpoint as endpoint_mod
 from heapd.runtime.security import RoleSecurity
 from heapd.worker import convert, metrics, service
@@ -27,12 +28,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--register",
-        help="the register's HOST:PORT (HEAPD_WORKER_REGISTER; default"
-        f" {config.WorkerConfig.register})",
+        help="the register's HOST:PORT, or unix:PATH on its host (HEAPD_WORKER_REGISTER;"
+        f" default {config.WorkerConfig.register})",
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 0 = any)")
     p.add_argument("--advertise-host", dest="advertise_host", help="host the scheduler should dial")
+    config.add_socket_flag(
+        p,
+        "worker",
+        "listen on this Unix socket instead of a TCP port, announced as unix:PATH (a worker"
+        " on the cell's host; needs --register unix:PATH)",
+    )
     p.add_argument("--slots", type=int, help="task processes (default 2)")
     p.add_argument(
         "--resources",
@@ -87,17 +94,30 @@ async def serve(
         worker = Worker(pool, register, cfg.slots, cfg.register_timeout_s)
         signals.install(asyncio.get_running_loop(), worker.shutdown)
         grpc_server, port = await server.start(
-            cfg.host, cfg.port, [service.registration(worker)], [service.SERVICE_NAME], sec
+            cfg.host,
+            None if cfg.socket else cfg.port,
+            [service.registration(worker)],
+            [service.SERVICE_NAME],
+            sec,
+            socket=cfg.socket,
         )
         endpoint, worker.metrics_address = await endpoint_mod.serve_if_asked(
             cfg.host, cfg.metrics_port, metrics.registry(worker), security=sec
         )
         try:
-            return await worker.run(channels.format_address(cfg.advertise_host or cfg.host, port))
+            return await worker.run(announced_address(cfg, port))
         finally:
             if endpoint is not None:
                 await endpoint.close()
             await grpc_server.stop(SHUTDOWN_GRACE_S)
+
+
+def announced_address(cfg: config.WorkerConfig, port: int) -> str:
+    """Where schedulers dial this worker: unix:PATH when it listens on a socket, else
+    HOST:PORT (the advertised host, else the one it listens on)."""
+    if cfg.socket:
+        return sockets.address(cfg.socket)
+    return channels.format_address(cfg.advertise_host or cfg.host, port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.slots < 1:
         print("heapd worker: --slots must be at least 1", file=sys.stderr)
         return 2
+    if cfg.socket and not sockets.is_unix(cfg.register):
+        # The register takes a unix: address only from a worker that came over its socket.
+        print(
+            "heapd worker: --socket needs the register's own socket: --register unix:PATH",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = dataclasses.replace(cfg, socket=sockets.role_socket("worker", cfg.socket))
     try:
         resources, labels = offers(cfg)
     except InvalidArgument as exc:

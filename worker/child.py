@@ -9,8 +9,11 @@ Protocol (pickled over one duplex `Connection`):
 - parent → child: `Run(jobs)` appends to the local queue; `Skip(task_id, attempt)` drops a job
   not yet started (a cancel); `None` asks the child to exit.
 - child → parent: `Ready(pid)` once, when it can take work; then `Report(started, results)`.
-  A job's start is reported just before it runs (the parent times it from there). A finished
-  result rides with the next job's start when more jobs are already waiting locally — that is
+  The parent hands work only to an idle child, so the first job of each `Run` starts the moment
+  it arrives: the parent counts it started when it hands it over, and the child does not report
+  that start (a job handed singly costs one message each way). The start of each later job of a
+  batch is reported just before it runs (the parent times it from there). A finished result
+  rides with the next job's start when more jobs are already waiting locally — that is
   microseconds later, so it is never held back — and is sent on its own otherwise.
 
 Jobs carry the task as serialized `heapd.v1.TaskSpec` bytes and results carry serialized
@@ -38,7 +41,8 @@ from heapd.worker.outcomes import CommandResult, Outcome
 from heapd.worker.specs import BadSpec
 
 JobTuple = tuple[int, int, bytes]  # task_id, attempt, serialized TaskSpec
-ResultTuple = tuple[int, int, bool, bool, bytes]  # task_id, attempt, succeeded, retryable, outcome
+# task_id, attempt, succeeded, retryable, outcome, started_ns (the child's clock, unix ns)
+ResultTuple = tuple[int, int, bool, bool, bytes, int]
 
 
 class Run(NamedTuple):
@@ -61,10 +65,13 @@ class Ready(NamedTuple):
 
 
 class Report(NamedTuple):
-    """Child → parent: the job just started (if any) and results finished since the last report."""
+    """Child → parent: the job just started (if any) and results finished since the last report,
+    sent at `at_ns` (the child's clock, unix ns: when the job started, or the results finished,
+    for traced tasks)."""
 
     started: tuple[int, int] | None
     results: list[ResultTuple]
+    at_ns: int = 0
 
 
 class Execution(NamedTuple):
@@ -136,23 +143,29 @@ def main(
 def _serve(conn: Connection, max_result_bytes: int) -> None:
     pending: deque[JobTuple] = deque()
     done: list[ResultTuple] = []
+    announced: tuple[int, int] | None = None  # the first job of the last Run: started on arrival
     while True:
         if not pending:
             if done:
-                conn.send(Report(None, done))
+                conn.send(Report(None, done, time.time_ns()))
                 done = []
-            if not _absorb(conn.recv(), pending):
+            message = conn.recv()
+            if not _absorb(message, pending):
                 return
+            if isinstance(message, Run) and message.jobs:
+                announced = message.jobs[0][:2]
         while conn.poll():  # cancels and new work that came in while the last job ran
             if not _absorb(conn.recv(), pending):
                 return
         if not pending:
             continue
         task_id, attempt, spec = pending.popleft()
-        conn.send(Report((task_id, attempt), done))
-        done = []
+        started_ns = time.time_ns()
+        if (task_id, attempt) != announced:
+            conn.send(Report((task_id, attempt), done, started_ns))
+            done = []
         succeeded, retryable, outcome = execute(spec, max_result_bytes)
-        done.append((task_id, attempt, succeeded, retryable, outcome))
+        done.append((task_id, attempt, succeeded, retryable, outcome, started_ns))
 
 
 def _absorb(message: Run | Skip | None, pending: deque[JobTuple]) -> bool:

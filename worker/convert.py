@@ -12,6 +12,7 @@ messages built here, handing the daemon plain values only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -131,17 +132,23 @@ def _failure_to_proto(failure: FailureInfo) -> task_pb2.Failure:
 def assignment_from_proto(request: worker_service_pb2.AssignTasksRequest) -> Assignment:
     """The tasks of one AssignTasks request, as pool jobs (spec bytes untouched), and the
     attempts it asks back (revoke)."""
-    jobs = [Job(a.task_id, a.attempt, a.spec, a.timeout_s, a.priority) for a in request.tasks]
+    now_ns = time.time_ns()
+    jobs = [
+        Job(a.task_id, a.attempt, a.spec, a.timeout_s, a.priority, now_ns if a.trace else 0)
+        for a in request.tasks
+    ]
     revoke = [(ref.task_id, ref.attempt) for ref in request.revoke] if request.revoke else []
-    return Assignment(request.worker_id, request.epoch, jobs, revoke)
+    return Assignment(request.worker_id, request.epoch, jobs, revoke, request.defer_answer)
 
 
 def assigned_reply(
-    accepted: int, revoked: list[tuple[int, int]] | None = None
+    accepted: int, revoked: list[tuple[int, int]] | None = None, answers: int = 1
 ) -> worker_service_pb2.AssignTasksResponse:
-    """How many tasks the worker took, and which of the revoked ones it gave back."""
+    """How many tasks the worker took over the `answers` requests this answers, and which of
+    the revoked ones it gave back."""
     return worker_service_pb2.AssignTasksResponse(
         accepted=accepted,
+        answers=answers,
         revoked=[
             worker_service_pb2.AssignmentRef(task_id=task_id, attempt=attempt)
             for task_id, attempt in revoked or ()
@@ -149,9 +156,10 @@ def assigned_reply(
     )
 
 
-def refused_reply(reason: str) -> worker_service_pb2.AssignTasksResponse:
-    """Nothing taken, and why (draining, or not this worker's membership)."""
-    return worker_service_pb2.AssignTasksResponse(accepted=0, refused=reason)
+def refused_reply(reason: str, answers: int = 1) -> worker_service_pb2.AssignTasksResponse:
+    """Nothing of the latest request taken, and why (draining, or not this worker's
+    membership); the deferred requests before it (`answers` - 1) were taken."""
+    return worker_service_pb2.AssignTasksResponse(accepted=0, refused=reason, answers=answers)
 
 
 def cancel_from_proto(request: worker_service_pb2.WorkerCancelRequest) -> tuple[int, int]:
@@ -204,8 +212,10 @@ def heartbeat_request(
     results: Sequence[JobResult],
     running: int,
     draining: bool = False,
+    defer_ack: bool = False,
 ) -> register_service_pb2.HeartbeatRequest:
-    """One heartbeat carrying started attempts and finished results."""
+    """One heartbeat carrying started attempts and finished results; `defer_ack`: no reply
+    needed now."""
     return register_service_pb2.HeartbeatRequest(
         worker_id=member.worker_id,
         epoch=member.epoch,
@@ -218,17 +228,20 @@ def heartbeat_request(
                 state=task_pb2.SUCCEEDED if r.succeeded else task_pb2.FAILED,
                 retryable=r.retryable,
                 outcome=r.outcome,
+                trace_ns=(*r.trace_ns, time.time_ns()) if r.trace_ns else (),
             )
             for r in results
         ],
         running=running,
         draining=draining,
+        defer_ack=defer_ack,
     )
 
 
 def heartbeat_ack_from_proto(reply: register_service_pb2.HeartbeatResponse) -> HeartbeatAck:
     """The register's answer to one heartbeat as a plain value."""
-    return HeartbeatAck(reply.stale, tuple((r.task_id, r.attempt) for r in reply.cancel))
+    cancel = tuple((r.task_id, r.attempt) for r in reply.cancel) if reply.cancel else ()
+    return HeartbeatAck(reply.stale, cancel, max(1, reply.acks))
 
 
 def deregister_request(member: Membership) -> register_service_pb2.DeregisterRequest:
@@ -251,9 +264,12 @@ class HeartbeatStream:
         results: Sequence[JobResult],
         running: int,
         draining: bool,
+        defer_ack: bool = False,
     ) -> None:
         """Write one heartbeat."""
-        await self._call.write(heartbeat_request(member, started, results, running, draining))
+        await self._call.write(
+            heartbeat_request(member, started, results, running, draining, defer_ack)
+        )
 
     async def acks(self) -> AsyncIterator[HeartbeatAck]:
         """The register's answers in order; raises grpc.aio.AioRpcError when the stream breaks."""

@@ -1,11 +1,17 @@
 """The worker's heartbeat stream: liveness, started attempts and results, coalesced.
 
 Everything that happens between two turns of the event loop goes out in one message; with
-nothing to report a message still goes out every interval. Each reply acknowledges one request
-in order, so results sent but not acknowledged when a stream breaks are sent again on the next
-stream (the register drops duplicates as stale). A backlog too large for one message (many
-results at once, or what a broken stream left unacknowledged) goes out over several, back to back:
-never a heartbeat too big to send (`BEAT_RESULT_BYTES`, `BEAT_RESULTS`).
+nothing to report a message still goes out every interval. Acknowledgements are cumulative: a
+message carrying results defers its reply (while fewer than ACK_EVERY are unacknowledged), and
+the register's next reply — to a periodic beat, a flush, the ACK_EVERY-th message, or one it
+sends to deliver cancels — acknowledges it with those before it, in order; and a message asks
+for a reply whenever the last one is an interval old, so the worker hears the register as often
+as a periodic beat would tell it. So a busy worker's
+results cost the register no reply message each, and results sent but not acknowledged when a
+stream breaks are sent again on the next stream (the register drops duplicates as stale). A
+backlog too large for one message (many results at once, or what a broken stream left
+unacknowledged) goes out over several, back to back: never a heartbeat too big to send
+(`BEAT_RESULT_BYTES`, `BEAT_RESULTS`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ COALESCE_S = 0.002
 # the pool's max_result_bytes, a quarter of it), and a count the register accepts.
 BEAT_RESULT_BYTES = MAX_MESSAGE_BYTES // 2
 BEAT_RESULTS = 1024
+ACK_EVERY = 16  # messages a worker sends at most before one asks for a reply
 
 
 class HeartbeatLink:
@@ -52,6 +59,7 @@ class HeartbeatLink:
         self._unacked: deque[list[JobResult]] = deque()
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
+        self._flushing = 0  # flush() calls waiting: every message asks for a reply
         self.acked_at = 0.0  # time.monotonic() of the last reply from the register
         self.sent_results = 0
         self.stale_results = 0
@@ -97,7 +105,10 @@ class HeartbeatLink:
         try:
             while not reader.done():
                 started, results = self._next_reports()
-                await call.send(self.member, started, results, self._running(), self._draining())
+                defer = self._defers(started, results)
+                await call.send(
+                    self.member, started, results, self._running(), self._draining(), defer
+                )
                 # Wait for news or the periodic beat; the reader also wakes us when it ends.
                 tick = loop.call_later(self.member.interval_s, self._wake.set)
                 await self._wake.wait()
@@ -111,7 +122,7 @@ class HeartbeatLink:
     async def _read(self, call: HeartbeatCall) -> None:
         try:
             async for ack in call.acks():
-                if self._unacked:
+                for _ in range(min(ack.acks, len(self._unacked))):
                     self._unacked.popleft()
                 self.stale_results += ack.stale
                 self.acked_at = time.monotonic()
@@ -126,10 +137,27 @@ class HeartbeatLink:
 
     async def flush(self) -> None:
         """Until everything reported so far has been acknowledged by the register."""
-        while self._started or self._results or any(self._unacked):
-            self._acked.clear()
-            self._wake.set()
-            await self._acked.wait()
+        self._flushing += 1
+        try:
+            while self._started or self._results or any(self._unacked):
+                self._acked.clear()
+                self._wake.set()
+                await self._acked.wait()
+        finally:
+            self._flushing -= 1
+
+    def _defers(self, started: list[tuple[int, int]], results: list[JobResult]) -> bool:
+        """Whether the next message may go without a reply of its own: it reports work (a
+        periodic beat always asks), the register has answered this worker within the last
+        interval, nobody waits on a flush, and fewer than ACK_EVERY messages (this one
+        included) are unacknowledged."""
+        return (
+            bool(started or results)
+            and self._on_heard is None
+            and not self._flushing
+            and len(self._unacked) < ACK_EVERY
+            and time.monotonic() - self.acked_at < self.member.interval_s
+        )
 
     def _next_reports(self) -> tuple[list[tuple[int, int]], list[JobResult]]:
         """What the next message carries; its results count as unacknowledged from now."""

@@ -14,6 +14,7 @@ class Job:
     spec: bytes  # serialized heapd.v1.TaskSpec
     timeout_s: float = 0.0
     priority: int = 0  # higher first; the pool starts what it holds in (priority, task id) order
+    received_ns: int = 0  # traced (shm.trace): when the worker received it (unix ns); else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,9 @@ class JobResult:
     succeeded: bool
     retryable: bool
     outcome: bytes  # serialized heapd.v1.TaskOutcome
+    # Traced: the worker's stamps so far (received, handed, child started, child finished,
+    # read); the heartbeat adds when it was sent. Empty otherwise.
+    trace_ns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +39,4 @@ class Assignment:
     epoch: int
     jobs: list[Job]
     revoke: list[tuple[int, int]]  # (task_id, attempt) to give back if not started
+    defer_answer: bool = False  # AssignStream: answered with a later answer (cumulative)

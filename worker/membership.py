@@ -30,11 +30,13 @@ class Membership:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck:
-    """The register's answer to one heartbeat, in order: results it dropped as stale, and
-    attempts this worker should kill (cancelled, or settled elsewhere)."""
+    """The register's answer to heartbeats, in order: how many it acknowledges (the latest and
+    the deferred ones before it), results it dropped as stale, and attempts this worker should
+    kill (cancelled, or settled elsewhere)."""
 
     stale: int
     cancel: tuple[tuple[int, int], ...]  # (task_id, attempt)
+    acks: int = 1
 
 
 class HeartbeatCall(Protocol):
@@ -47,11 +49,14 @@ class HeartbeatCall(Protocol):
         results: Sequence[JobResult],
         running: int,
         draining: bool,
+        defer_ack: bool = False,
     ) -> None:
-        """Write one heartbeat carrying started attempts and finished results."""
+        """Write one heartbeat carrying started attempts and finished results; `defer_ack`:
+        the register need not answer it now (its next answer acknowledges it)."""
 
     def acks(self) -> AsyncIterator[HeartbeatAck]:
-        """The register's answers, one per heartbeat; raises when the stream breaks."""
+        """The register's answers, each acknowledging one heartbeat or more in order; raises
+        when the stream breaks."""
 
     def cancel(self) -> None:
         """End the stream."""

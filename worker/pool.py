@@ -55,6 +55,7 @@ Key = tuple[int, int]  # (task_id, attempt)
 _START_TIMEOUT_S = 60.0  # a child that is not ready by then is broken (bad sys.path, no memory)
 _REAP_TIMEOUT_S = 1.0  # after SIGKILL a child is gone in microseconds; bound it all the same
 _RESPAWN_RETRY_S = 1.0  # fork/exec failed, or a child died starting: retry without spinning
+TRACED_MAX = 4096  # traced jobs whose stamps a pool keeps at once (shm.trace)
 # One result must fit a heartbeat with room to spare (heapd.worker.heartbeats packs by size).
 MAX_RESULT_BYTES = MAX_MESSAGE_BYTES // 4
 
@@ -122,6 +123,8 @@ class Pool:
         self._children: list[_Child | None] = [None] * slots
         self._queue: list[tuple[int, int, int, Job]] = []  # heap of (-priority, id, attempt, job)
         self._keys: set[Key] = set()  # queued or assigned: a duplicate submission is dropped
+        # Traced jobs (shm.trace) handed to a child: received, handed, child started (unix ns).
+        self._traces: dict[Key, list[int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_started: Callable[[list[Key]], None] = _ignore
         self._on_results: Callable[[list[JobResult]], None] = _ignore
@@ -440,7 +443,7 @@ class Pool:
 
     def _apply(self, child: _Child, message: object, events: _Events) -> None:
         if isinstance(message, Report):
-            self._finish(child, message.results, events)
+            self._finish(child, message.results, events, message.at_ns)
             if message.started is not None:
                 self._start(child, message.started, events)
         elif isinstance(message, Ready):
@@ -448,8 +451,11 @@ class Pool:
         else:
             log.error("pool child %d sent an unknown message %r", child.index, message)
 
-    def _finish(self, child: _Child, results: list[ResultTuple], events: _Events) -> None:
-        for task_id, attempt, succeeded, retryable, outcome in results:
+    def _finish(
+        self, child: _Child, results: list[ResultTuple], events: _Events, at_ns: int = 0
+    ) -> None:
+        """Results a child reported (at `at_ns`, its clock) for the jobs it was assigned."""
+        for task_id, attempt, succeeded, retryable, outcome, started_ns in results:
             key = (task_id, attempt)
             if key == child.running:
                 child.running = None
@@ -458,7 +464,19 @@ class Pool:
                     child.timer = None
             if child.assigned.pop(key, None) is not None:
                 self._keys.discard(key)
-                events.results.append(JobResult(task_id, attempt, succeeded, retryable, outcome))
+                trace = self._trace_of(key, started_ns, at_ns) if self._traces else ()
+                events.results.append(
+                    JobResult(task_id, attempt, succeeded, retryable, outcome, trace)
+                )
+
+    def _trace_of(self, key: Key, started_ns: int, finished_ns: int) -> tuple[int, ...]:
+        """A traced job's worker stamps up to reading its result (shm.WORKER_HOPS but the
+        last); () for a job not traced."""
+        stamps = self._traces.pop(key, None)
+        if stamps is None:
+            return ()
+        received_ns, handed_ns = stamps
+        return (received_ns, handed_ns, started_ns, finished_ns, time.time_ns())
 
     def _start(self, child: _Child, key: Key, events: _Events) -> None:
         child.running = key
@@ -495,18 +513,33 @@ class Pool:
         if self._closed or self._loop is None:
             return
         idle = [child for child in self._live() if child.idle]
+        events = _Events()
         while self._queue and idle:
             size = _batch_size(len(self._queue), len(idle), self._max_batch)
             batch = [heapq.heappop(self._queue)[3] for _ in range(size)]
-            self._hand(idle.pop(), batch)
+            self._hand(idle.pop(), batch, events)
+        self._emit(events)
 
-    def _hand(self, child: _Child, batch: list[Job]) -> None:
+    def _hand(self, child: _Child, batch: list[Job], events: _Events) -> None:
+        """Hand a batch to an idle child; its first job starts at once (`heapd.worker.child`
+        does not report that start), so it counts as started now."""
         for job in batch:
             child.assigned[(job.task_id, job.attempt)] = job
+            if job.received_ns:
+                self._traced((job.task_id, job.attempt), job.received_ns)
         try:
             child.conn.send(Run([(job.task_id, job.attempt, job.spec) for job in batch]))
         except OSError:
             self._mark_eof(child)  # it died: the exit watcher puts these jobs back in the queue
+            return
+        self._start(child, (batch[0].task_id, batch[0].attempt), events)
+
+    def _traced(self, key: Key, received_ns: int) -> None:
+        """Start a traced job's stamps; the oldest are dropped past TRACED_MAX (jobs that never
+        reported a result: killed, revoked, their child died)."""
+        if len(self._traces) >= TRACED_MAX:
+            del self._traces[next(iter(self._traces))]
+        self._traces[key] = [received_ns, time.time_ns()]
 
     def _skip(self, child: _Child, key: Key) -> None:
         """Cancel a job handed to a child but not started; if it starts anyway, it is killed."""

@@ -44,9 +44,14 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
 
     def _apply(self, assignment: Assignment) -> pb.AssignTasksResponse:
         """Take the assignment's tasks, then give back what it revokes (if not started)."""
+        accepted, revoked = self._take(assignment)
+        return convert.assigned_reply(accepted, revoked)
+
+    def _take(self, assignment: Assignment) -> tuple[int, list[tuple[int, int]]]:
+        """(tasks taken, attempts given back) of one assignment."""
         accepted = self._worker.assign(assignment.jobs) if assignment.jobs else 0
         revoked = self._worker.revoke(assignment.revoke) if assignment.revoke else []
-        return convert.assigned_reply(accepted, revoked)
+        return accepted, revoked
 
     @status.streaming
     async def AssignStream(
@@ -55,14 +60,21 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ign
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AssignTasksResponse]:
         self._worker.assign_stream_opened()
+        unanswered = taken = 0  # requests since the last answer, and the tasks they brought
         try:
             async for request in request_iterator:
                 assignment = checked(convert.assignment_from_proto(request))
+                unanswered += 1
                 refusal = await self._worker.refusal(assignment.worker_id, assignment.epoch)
                 if refusal is not None:
-                    yield convert.refused_reply(refusal)
-                else:
-                    yield self._apply(assignment)
+                    yield convert.refused_reply(refusal, unanswered)
+                    unanswered = taken = 0
+                    continue
+                accepted, revoked = self._take(assignment)
+                taken += accepted
+                if not assignment.defer_answer or assignment.revoke:
+                    yield convert.assigned_reply(taken, revoked, unanswered)
+                    unanswered = taken = 0
         except asyncio.CancelledError:
             return  # the worker is stopping, or the scheduler went away: end the stream
         finally:

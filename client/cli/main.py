@@ -11,7 +11,7 @@ from pathlib import Path
 
 from heapd import __version__, shm
 from heapd.cli import run, show
-from heapd.runtime import config, logs, security, supervisor
+from heapd.runtime import config, logs, security, sockets, supervisor
 from heapd.runtime.config import DEFAULT_PLM_PORT
 from heapd.security import TOKEN_FILE_NAME, Security, SecurityError, read_token
 
@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
         help="the journal of the cells benchmarked (default fsync, as `heapd up`)",
     )
     bench.add_argument(
+        "--transport",
+        choices=[t.value for t in config.Transport],
+        default=config.Transport.UNIX.value,
+        help="how the cells' roles, workers and W1/W2's clients talk: unix sockets (adds the"
+        " floor F1_unix) or tcp (default unix, as `heapd up`)",
+    )
+    bench.add_argument(
         "--recover-tasks", type=int, default=1_000_000, help="queued tasks for RECOVER"
     )
     bench.add_argument("--n", type=int, default=10_000, help="fuzzed requests for FUZZ")
@@ -84,6 +91,12 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--scale-workers", type=int, default=100, help="W6's most workers (1, 10, 100)"
+    )
+    bench.add_argument(
+        "--trace",
+        action="store_true",
+        help="W2 traces every 10th round trip; report the time per hop (client, PLM,"
+        " scheduler, worker, child, register, back) as TRACE rows",
     )
     bench.add_argument(
         "--experiment",
@@ -124,6 +137,13 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--register-port", type=int, help=f"register port (default {d.register_port}; 0 = any)"
+    )
+    up.add_argument(
+        "--transport",
+        choices=[t.value for t in config.Transport],
+        help="unix: the roles and local workers talk over Unix sockets in the cell's socket"
+        " directory, the PLM and register listen on TCP too; tcp: TCP only (HEAPD_TRANSPORT;"
+        f" default {d.transport})",
     )
     up.add_argument("--workers", type=int, help=f"local workers (default {d.workers})")
     up.add_argument("--slots", type=int, help=f"task processes per worker (default {d.slots})")
@@ -357,11 +377,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
         result_ttl_s=args.result_ttl_s,
         metrics_port=cfg.metrics_port,
         security=up_security(args, cfg),
+        socket_dir=up_socket_dir(cfg),
     )
-    if problem := plan.metrics_problem():
+    if problem := plan.metrics_problem() or plan.socket_problem():
         print(f"heapd up: {problem}", file=sys.stderr)
         return 2
     return supervisor.up(plan)
+
+
+def up_socket_dir(cfg: config.UpConfig) -> Path | None:
+    """The cell's socket directory with the unix transport (None with tcp)."""
+    if cfg.transport is not config.Transport.UNIX:
+        return None
+    try:
+        return sockets.cell_dir(cfg.cell, os.environ)
+    except ValueError as exc:
+        print(f"heapd up: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def up_security(args: argparse.Namespace, cfg: config.UpConfig) -> config.SecurityConfig:
@@ -398,7 +430,7 @@ def _absolute(path: str) -> str:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    return supervisor.down(up_config(args, os.environ).cell)
+    return supervisor.down(up_config(args, os.environ).cell, env=os.environ)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -439,6 +471,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         fuzz_requests=args.n,
         queue_tasks=args.queue_tasks,
         scale_workers=args.scale_workers,
+        trace_w2=args.trace,
+        transport=config.Transport(args.transport),
     )
 
 

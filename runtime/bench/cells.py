@@ -1,5 +1,5 @@
 """The fresh cell each workload runs against: `heapd up` with its logs and journal in a scratch
-directory that goes away with it."""
+directory that goes away with it, its roles and workers talking over the run's transport."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from heapd.runtime.config import Durability
+from heapd.runtime.config import Durability, Transport
 from heapd.runtime.launch import LocalCell
 
 # (label, workers, slots per worker, extra `heapd up` flags) -> a started cell, stopped on exit.
@@ -26,8 +26,10 @@ def bench_cell(
     slots: int,
     extra_args: Sequence[str] = (),
     durability: Durability = Durability.FSYNC,
+    transport: Transport = Transport.UNIX,
 ) -> Iterator[LocalCell]:
-    """A started cell named after the bench process and `label`, journal as `durability`."""
+    """A started cell named after the bench process and `label`, journal as `durability`,
+    over `transport`."""
     with (
         tempfile.TemporaryDirectory() as scratch,
         LocalCell(
@@ -37,17 +39,18 @@ def bench_cell(
             log_dir=Path(scratch) / "logs",
             state_dir=Path(scratch) / "state",
             extra_args=["--durability", str(durability), *extra_args],
+            transport=str(transport),
         ) as cell,
     ):
         yield cell
 
 
-def opener(durability: Durability) -> OpenCell:
-    """`bench_cell` with the run's durability."""
+def opener(durability: Durability, transport: Transport = Transport.UNIX) -> OpenCell:
+    """`bench_cell` with the run's durability and transport."""
 
     def open_cell(
         label: str, workers: int, slots: int, extra_args: Sequence[str]
     ) -> AbstractContextManager[LocalCell]:
-        return bench_cell(label, workers, slots, extra_args, durability)
+        return bench_cell(label, workers, slots, extra_args, durability, transport)
 
     return open_cell

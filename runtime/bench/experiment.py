@@ -165,7 +165,7 @@ def run_once(
 ) -> PolicyRun:
     """Submit every task in one burst, wait for all; where and when each ran."""
     worker_of = {w.pid: i for i, w in enumerate(workers)}
-    with Client(cell.address, security=cell.security) as client:
+    with Client(cell.local_address, security=cell.security) as client:
         makespan.wait_for_slots(client, sum(w.slots for w in workers))
         start = time.time()
         futures = client.map(spin.spin, seconds)

@@ -34,7 +34,7 @@ def run_w4(cell: LocalCell, hang: bool = False) -> Figures:
     """One repetition of W4 on a cell of 4 one-slot workers."""
     # ignore_cleanup_errors: in the hang variant the stopped worker's children may still write
     with (
-        Client(cell.address, security=cell.security) as client,
+        Client(cell.local_address, security=cell.security) as client,
         tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch,
     ):
         _wait_for_workers(client, WORKERS)

@@ -3,8 +3,9 @@
 F0: p50 of one no-op's round trip through a ProcessPoolExecutor with SLOTS processes
 (`submit(noop, i).result()`, W2's pattern with no scheduler). F1: p50 of a unary gRPC call with
 a tiny message to another Python process on loopback (sync client, aio server: as heapd's
-client uses gRPC). F2: tasks/s of a ProcessPoolExecutor with SLOTS processes mapping the
-no-op, chunksize=1.
+client uses gRPC). F1_unix: the same call over a Unix domain socket (the transport of a cell's
+local hops with `--transport unix`). F2: tasks/s of a ProcessPoolExecutor with SLOTS processes
+mapping the no-op, chunksize=1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import multiprocessing
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,16 +29,25 @@ ECHO_CALLS = 1000
 WARMUP_CALLS = 100
 
 
-def echo_p50_ms() -> float:
-    """F1: p50 round trip (ms) of a health Check to a server in another process."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "heapd.runtime.bench.echo"],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
+def echo_p50_ms(unix: bool = False) -> float:
+    """F1: p50 round trip (ms) of a health Check to a server in another process, over
+    loopback TCP; `unix`: over a Unix socket in a private scratch directory (F1_unix)."""
+    with tempfile.TemporaryDirectory(prefix="heapd-echo-") as scratch:
+        socket = [str(Path(scratch) / "echo.sock")] if unix else []
+        server = subprocess.Popen(
+            [sys.executable, "-m", "heapd.runtime.bench.echo", *socket],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        return _echo_p50_ms(server, "socket" if unix else "address")
+
+
+def _echo_p50_ms(server: subprocess.Popen[bytes], key: str) -> float:
+    """Time health Checks to the echo `server` at the address its ready line gives as `key`,
+    then stop it."""
     try:
         assert server.stdout is not None
-        address = json.loads(server.stdout.readline())["address"]
+        address = json.loads(server.stdout.readline())[key]
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest()

@@ -53,7 +53,7 @@ def run_makespan(cell: LocalCell, seconds: Sequence[float], slots: int) -> Figur
     """One repetition: submit every sleep, wait for all; makespan against its lower bound."""
     bound = max(sum(seconds) / slots, max(seconds))
     greedy = greedy_makespan(seconds, slots)
-    with Client(cell.address, security=cell.security) as client:
+    with Client(cell.local_address, security=cell.security) as client:
         wait_for_slots(client, slots)
         start = time.perf_counter()
         futures = [client.submit_builtin("sleep", seconds=s) for s in seconds]

@@ -61,7 +61,7 @@ def cell_args(tasks: int) -> list[str]:
 
 def run_size(cell: LocalCell, tasks: int, log: Callable[[str], None]) -> Figures:
     """One repetition at one size on a cell without workers: submit, attach a worker, drain."""
-    with Client(cell.address, security=cell.security) as client:
+    with Client(cell.local_address, security=cell.security) as client:
         client.cluster_status()  # connected before the clock starts
         futures = []
         tail_s, tail = 0.0, 1

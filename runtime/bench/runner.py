@@ -5,6 +5,7 @@ Every target is a ratio to a floor measured in the same run (the machines are sh
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -27,10 +28,11 @@ from heapd.runtime.bench import (
     profiling,
     queue_scale,
     recover,
+    trace,
     worker_scale,
 )
 from heapd.runtime.bench.workloads import noop
-from heapd.runtime.config import Durability
+from heapd.runtime.config import Durability, Transport
 from heapd.runtime.launch import LocalCell
 
 W1_TASKS = 20_000
@@ -52,7 +54,7 @@ def _no_tick(done: int) -> None:
 
 def run_w1(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     """W1: 20,000 no-op calls submitted in batches; wait for all; tasks/s."""
-    with Client(cell.address, security=cell.security) as client:
+    with Client(cell.local_address, security=cell.security) as client:
         start = time.perf_counter()
         futures = client.map(noop, range(W1_TASKS))
         results: list[Any] = []
@@ -65,13 +67,24 @@ def run_w1(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     return {"tasks_per_s": W1_TASKS / elapsed}
 
 
-def run_w2(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
-    """W2: 1,000 sequential round trips of one no-op after 50 warm-ups; p50/p90/p99 ms."""
+def run_w2(
+    cell: LocalCell, tick: Tick = _no_tick, traced: trace.ClientStamps | None = None
+) -> Figures:
+    """W2: 1,000 sequential round trips of one no-op after 50 warm-ups; p50/p90/p99 ms.
+    `traced`: every `traced.every`-th task is traced, its client side stamped there."""
     samples = []
-    with Client(cell.address, security=cell.security) as client:
+    every = traced.every if traced is not None else 0
+    with Client(cell.local_address, security=cell.security, trace_every=every) as client:
         for i in range(W2_WARMUP + W2_ROUNDS):
             start = time.perf_counter()
-            value = client.submit(noop, i).result(timeout=30)
+            if traced is None:
+                value = client.submit(noop, i).result(timeout=30)
+            else:
+                sent = time.time_ns()
+                future = client.submit(noop, i)
+                traced.sent(future, sent)
+                value = future.result(timeout=30)
+                traced.resolved(future)
             if i >= W2_WARMUP:
                 samples.append((time.perf_counter() - start) * 1000)
             if value != i:
@@ -137,12 +150,17 @@ def measure(
     fuzz_requests: int = 10_000,
     queue_tasks: int = queue_scale.MAX_TASKS,
     scale_workers: int = worker_scale.MAX_WORKERS,
+    trace_w2: bool = False,
+    transport: Transport = Transport.UNIX,
 ) -> dict[str, Any]:
     """Floors, then each workload against its own fresh cell (journal as `durability` says);
     medians of `repeat` runs. `profile_dir`: each run's cell sampled into a CSV there
     (`profiling`; RECOVER's cells are not). `progress`: a bar over the steps, and one over the
     tasks of each run of W1 and W2. FUZZ runs once, `fuzz_requests` requests. W5 queues up to
-    `queue_tasks` tasks, W6 attaches up to `scale_workers` workers."""
+    `queue_tasks` tasks, W6 attaches up to `scale_workers` workers. `trace_w2`: W2 traces a
+    sample of its tasks and the report gains TRACE, the time per hop (`bench.trace`).
+    `transport`: how the cells' roles, workers and the clients of W1 and W2 talk (unix: also
+    the floor F1_unix, F1's echo over a Unix socket)."""
     unknown = [
         w
         for w in workloads
@@ -151,7 +169,8 @@ def measure(
     if unknown:
         known = sorted([*WORKLOADS, *MULTI_CELL, "RECOVER", "FUZZ"])
         raise ValueError(f"unknown workload(s) {unknown}; available: {known}")
-    bars = _Bars(progress, steps=3 + len(workloads))
+    unix = transport is Transport.UNIX
+    bars = _Bars(progress, steps=(4 if unix else 3) + len(workloads))
     log("F0: process pool round trip floor")
     f0 = statistics.median(
         floors.pool_round_trip_p50_ms(W1_SLOTS, W2_ROUNDS, W2_WARMUP) for _ in range(repeat)
@@ -165,10 +184,16 @@ def measure(
     bars.step_done()
     report: dict[str, Any] = {
         "durability": str(durability),
+        "transport": str(transport),
         "F0": {"p50_ms": f0},
         "F1": {"p50_ms": f1},
         "F2": {"tasks_per_s": f2},
     }
+    if unix:
+        log("F1_unix: gRPC echo floor over a Unix socket")
+        f1_unix = statistics.median(floors.echo_p50_ms(unix=True) for _ in range(repeat))
+        report["F1_unix"] = {"p50_ms": f1_unix}
+        bars.step_done()
     for name in workloads:
         if name == "RECOVER":
             runs = [recover.run_recover(recover_tasks, log) for _ in range(repeat)]
@@ -182,19 +207,24 @@ def measure(
             bars.step_done()
             continue
         if name in MULTI_CELL:
-            open_cell = profiling.opener(cells.opener(durability), profile_dir, name)
+            open_cell = profiling.opener(cells.opener(durability, transport), profile_dir, name)
             knobs = {"W5": {"max_tasks": queue_tasks}, "W6": {"max_workers": scale_workers}}
             report[name] = MULTI_CELL[name](repeat, log, open_cell, **knobs.get(name, {}))
             bars.step_done()
             continue
         run, workers, slots = WORKLOADS[name]
         log(f"{name}: starting a cell ({workers} worker x {slots} slots, {durability})")
-        with cells.bench_cell(name, workers, slots, durability=durability) as cell:
+        traced = trace.ClientStamps() if trace_w2 and name == "W2" else None
+        opened = cells.bench_cell(name, workers, slots, (), durability, transport)
+        with opened as cell:
             runs = []
             for i in range(repeat):
                 log(f"{name}: run {i + 1}/{repeat}")
                 with profiling.sampled(cell, profile_dir, f"{name}-run{i + 1}"):
-                    runs.append(bars.run(name, run, cell, f"{name} run {i + 1}/{repeat}"))
+                    label = f"{name} run {i + 1}/{repeat}"
+                    runs.append(bars.run(name, run, cell, label, traced))
+            if traced is not None:
+                report["TRACE"] = trace.report(cell.name, traced)
         report[name] = median_of(runs)
         bars.step_done()
     _add_ratios(report)
@@ -216,13 +246,23 @@ class _Bars:
             self._progress.update(self._steps, advance=1, refresh=True)
 
     def run(
-        self, name: str, run: Callable[[LocalCell], Figures], cell: LocalCell, label: str
+        self,
+        name: str,
+        run: Callable[[LocalCell], Figures],
+        cell: LocalCell,
+        label: str,
+        traced: trace.ClientStamps | None = None,
     ) -> Figures:
-        """`run(cell)` of workload `name`, with a bar over its tasks if it counts them."""
+        """`run(cell)` of workload `name`, with a bar over its tasks if it counts them;
+        `traced`: W2 traced (`heapd.runtime.bench.trace`)."""
+        if traced is not None:
+            run = functools.partial(run_w2, traced=traced)
         progress = self._progress
         if name not in COUNTED or progress is None:
             return run(cell)
         counted, total = COUNTED[name]
+        if traced is not None:
+            counted = functools.partial(run_w2, traced=traced)
         bar = progress.add_task(label, total=total)
         try:
             return counted(cell, lambda done: progress.update(bar, completed=done, refresh=True))
@@ -236,16 +276,20 @@ def _add_ratios(report: dict[str, Any]) -> None:
     if "W2" in report:
         report["W2"]["ratio_to_F1"] = report["W2"]["p50_ms"] / report["F1"]["p50_ms"]
         report["W2"]["ratio_to_F0"] = report["W2"]["p50_ms"] / report["F0"]["p50_ms"]
+        if "F1_unix" in report:
+            ratio = report["W2"]["p50_ms"] / report["F1_unix"]["p50_ms"]
+            report["W2"]["ratio_to_F1_unix"] = ratio
 
 
 def render(report: dict[str, Any]) -> Table:
     """The report as a table: one row per figure; a workload with settings (W3's policies)
     gets one id per setting ("W3 hetero random")."""
-    table = Table(title="heapd bench (medians; counts summed over runs)")
+    over = f"; over {report['transport']}" if "transport" in report else ""
+    table = Table(title=f"heapd bench (medians; counts summed over runs{over})")
     table.add_column("id")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    _add_rows(table, "", report)
+    _add_rows(table, "", {key: value for key, value in report.items() if key != "TRACE"})
     return table
 
 
@@ -282,6 +326,8 @@ def main(
     fuzz_requests: int = 10_000,
     queue_tasks: int = queue_scale.MAX_TASKS,
     scale_workers: int = worker_scale.MAX_WORKERS,
+    trace_w2: bool = False,
+    transport: Transport = Transport.UNIX,
 ) -> int:
     """`heapd bench`: print the table (or one JSON object); with `experiment`, run that
     instead (`heapd.runtime.bench.experiment`: its table, and plots in `plot_dir`)."""
@@ -289,7 +335,7 @@ def main(
     if experiment is not None or plot_dir is not None:
         from heapd.runtime.bench.experiment import main as run_experiment
 
-        opener = cells.opener(durability)
+        opener = cells.opener(durability, transport)
         log = console.log
         return run_experiment(experiment, opener, max(1, repeat), plot_dir, log, tasks)
     with task_progress(console, transient=True, auto_refresh=False) as progress:
@@ -304,9 +350,13 @@ def main(
             fuzz_requests,
             queue_tasks,
             scale_workers,
+            trace_w2,
+            transport,
         )
     if as_json:
         print(json.dumps(report))
     else:
         Console().print(render(report))
+        if "TRACE" in report:
+            Console().print(trace.render(report["TRACE"]))
     return 0

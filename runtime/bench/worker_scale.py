@@ -136,7 +136,7 @@ def measure_cell(
     report: dict[str, Any] = {}
     with (
         open_cell("w6", 0, 1, ["--metrics-port", "0"]) as cell,
-        Client(cell.address, security=cell.security) as client,
+        Client(cell.local_address, security=cell.security) as client,
     ):
         attached = 0
         for workers in counts:

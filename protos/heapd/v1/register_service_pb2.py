@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from heapd.v1 import task_pb2 as heapd_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheapd/v1/register_service.proto\x12\x08heapd.v1\x1a\x13heapd/v1/task.proto\"\xb7\x02\n\x15RegisterWorkerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x41\n\tresources\x18\x05 \x03(\x0b\x32..heapd.v1.RegisterWorkerRequest.ResourcesEntry\x12;\n\x06labels\x18\x06 \x03(\x0b\x32+.heapd.v1.RegisterWorkerRequest.LabelsEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x12\n\ndeadline_s\x18\x04 \x01(\x01\x12\x0e\n\x06secret\x18\x05 \x01(\x0c\"+\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"z\n\x0eTaskCompletion\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.heapd.v1.TaskState\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x0f\n\x07outcome\x18\x05 \x01(\x0c\"\xba\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\"\n\x07started\x18\x03 \x03(\x0b\x32\x11.heapd.v1.TaskRef\x12-\n\x0b\x63ompletions\x18\x04 \x03(\x0b\x32\x18.heapd.v1.TaskCompletion\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x0e\n\x06secret\x18\x07 \x01(\x0c\"W\n\x11HeartbeatResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05stale\x18\x02 \x01(\r\x12!\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x11.heapd.v1.TaskRef\"E\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\"&\n\x12\x44\x65registerResponse\x12\x10\n\x08requeued\x18\x01 \x01(\r2\xf9\x01\n\x0fRegisterService\x12S\n\x0eRegisterWorker\x12\x1f.heapd.v1.RegisterWorkerRequest\x1a .heapd.v1.RegisterWorkerResponse\x12H\n\tHeartbeat\x12\x1a.heapd.v1.HeartbeatRequest\x1a\x1b.heapd.v1.HeartbeatResponse(\x01\x30\x01\x12G\n\nDeregister\x12\x1b.heapd.v1.DeregisterRequest\x1a\x1c.heapd.v1.DeregisterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheapd/v1/register_service.proto\x12\x08heapd.v1\x1a\x13heapd/v1/task.proto\"\xb7\x02\n\x15RegisterWorkerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x41\n\tresources\x18\x05 \x03(\x0b\x32..heapd.v1.RegisterWorkerRequest.ResourcesEntry\x12;\n\x06labels\x18\x06 \x03(\x0b\x32+.heapd.v1.RegisterWorkerRequest.LabelsEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x12\n\ndeadline_s\x18\x04 \x01(\x01\x12\x0e\n\x06secret\x18\x05 \x01(\x0c\"+\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x8c\x01\n\x0eTaskCompletion\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.heapd.v1.TaskState\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x0f\n\x07outcome\x18\x05 \x01(\x0c\x12\x10\n\x08trace_ns\x18\x06 \x03(\x03\"\xcd\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\"\n\x07started\x18\x03 \x03(\x0b\x32\x11.heapd.v1.TaskRef\x12-\n\x0b\x63ompletions\x18\x04 \x03(\x0b\x32\x18.heapd.v1.TaskCompletion\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x0e\n\x06secret\x18\x07 \x01(\x0c\x12\x11\n\tdefer_ack\x18\x08 \x01(\x08\"e\n\x11HeartbeatResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05stale\x18\x02 \x01(\r\x12!\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x11.heapd.v1.TaskRef\x12\x0c\n\x04\x61\x63ks\x18\x04 \x01(\r\"E\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\"&\n\x12\x44\x65registerResponse\x12\x10\n\x08requeued\x18\x01 \x01(\r2\xf9\x01\n\x0fRegisterService\x12S\n\x0eRegisterWorker\x12\x1f.heapd.v1.RegisterWorkerRequest\x1a .heapd.v1.RegisterWorkerResponse\x12H\n\tHeartbeat\x12\x1a.heapd.v1.HeartbeatRequest\x1a\x1b.heapd.v1.HeartbeatResponse(\x01\x30\x01\x12G\n\nDeregister\x12\x1b.heapd.v1.DeregisterRequest\x1a\x1c.heapd.v1.DeregisterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,16 +46,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERWORKERRESPONSE']._serialized_end=504
   _globals['_TASKREF']._serialized_start=506
   _globals['_TASKREF']._serialized_end=549
-  _globals['_TASKCOMPLETION']._serialized_start=551
-  _globals['_TASKCOMPLETION']._serialized_end=673
-  _globals['_HEARTBEATREQUEST']._serialized_start=676
-  _globals['_HEARTBEATREQUEST']._serialized_end=862
-  _globals['_HEARTBEATRESPONSE']._serialized_start=864
-  _globals['_HEARTBEATRESPONSE']._serialized_end=951
-  _globals['_DEREGISTERREQUEST']._serialized_start=953
-  _globals['_DEREGISTERREQUEST']._serialized_end=1022
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1024
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1062
-  _globals['_REGISTERSERVICE']._serialized_start=1065
-  _globals['_REGISTERSERVICE']._serialized_end=1314
+  _globals['_TASKCOMPLETION']._serialized_start=552
+  _globals['_TASKCOMPLETION']._serialized_end=692
+  _globals['_HEARTBEATREQUEST']._serialized_start=695
+  _globals['_HEARTBEATREQUEST']._serialized_end=900
+  _globals['_HEARTBEATRESPONSE']._serialized_start=902
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1003
+  _globals['_DEREGISTERREQUEST']._serialized_start=1005
+  _globals['_DEREGISTERREQUEST']._serialized_end=1074
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1076
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1114
+  _globals['_REGISTERSERVICE']._serialized_start=1117
+  _globals['_REGISTERSERVICE']._serialized_end=1366
 # @@protoc_insertion_point(module_scope)

@@ -60,21 +60,23 @@ class TaskRef(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TaskCompletion(_message.Message):
-    __slots__ = ("task_id", "attempt", "state", "retryable", "outcome")
+    __slots__ = ("task_id", "attempt", "state", "retryable", "outcome", "trace_ns")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TRACE_NS_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     attempt: int
     state: _task_pb2.TaskState
     retryable: bool
     outcome: bytes
-    def __init__(self, task_id: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., retryable: _Optional[bool] = ..., outcome: _Optional[bytes] = ...) -> None: ...
+    trace_ns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, task_id: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., retryable: _Optional[bool] = ..., outcome: _Optional[bytes] = ..., trace_ns: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "epoch", "started", "completions", "running", "draining", "secret")
+    __slots__ = ("worker_id", "epoch", "started", "completions", "running", "draining", "secret", "defer_ack")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +84,7 @@ class HeartbeatRequest(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    DEFER_ACK_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     epoch: int
     started: _containers.RepeatedCompositeFieldContainer[TaskRef]
@@ -89,17 +92,20 @@ class HeartbeatRequest(_message.Message):
     running: int
     draining: bool
     secret: bytes
-    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., started: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[TaskCompletion, _Mapping]]] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ..., secret: _Optional[bytes] = ...) -> None: ...
+    defer_ack: bool
+    def __init__(self, worker_id: _Optional[int] = ..., epoch: _Optional[int] = ..., started: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[TaskCompletion, _Mapping]]] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ..., secret: _Optional[bytes] = ..., defer_ack: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("accepted", "stale", "cancel")
+    __slots__ = ("accepted", "stale", "cancel", "acks")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     stale: int
     cancel: _containers.RepeatedCompositeFieldContainer[TaskRef]
-    def __init__(self, accepted: _Optional[int] = ..., stale: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+    acks: int
+    def __init__(self, accepted: _Optional[int] = ..., stale: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., acks: _Optional[int] = ...) -> None: ...
 
 class DeregisterRequest(_message.Message):
     __slots__ = ("worker_id", "epoch", "secret")

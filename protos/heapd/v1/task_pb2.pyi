@@ -114,7 +114,7 @@ class DependencyResult(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., outcome: _Optional[bytes] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key", "resources", "labels", "after")
+    __slots__ = ("priority", "retries", "timeout_s", "cpus", "key", "resources", "labels", "after", "trace")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class TaskOptions(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     priority: int
     retries: int
     timeout_s: float
@@ -145,7 +146,8 @@ class TaskOptions(_message.Message):
     resources: _containers.ScalarMap[str, float]
     labels: _containers.ScalarMap[str, str]
     after: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., after: _Optional[_Iterable[int]] = ...) -> None: ...
+    trace: bool
+    def __init__(self, priority: _Optional[int] = ..., retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[int] = ..., key: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., after: _Optional[_Iterable[int]] = ..., trace: _Optional[bool] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "type", "message", "traceback", "pickled_exception", "dependency_id")

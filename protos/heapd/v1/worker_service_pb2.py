@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheapd/v1/worker_service.proto\x12\x08heapd.v1\"a\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04spec\x18\x03 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x10\n\x08priority\x18\x05 \x01(\x05\"1\n\rAssignmentRef\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x84\x01\n\x12\x41ssignTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.heapd.v1.Assignment\x12\'\n\x06revoke\x18\x04 \x03(\x0b\x32\x17.heapd.v1.AssignmentRef\"b\n\x13\x41ssignTasksResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07refused\x18\x02 \x01(\t\x12(\n\x07revoked\x18\x03 \x03(\x0b\x32\x17.heapd.v1.AssignmentRef\"7\n\x13WorkerCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"%\n\x14WorkerCancelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0e\n\x0c\x44rainRequest\" \n\rDrainResponse\x12\x0f\n\x07running\x18\x01 \x01(\r2\xb3\x02\n\rWorkerService\x12J\n\x0b\x41ssignTasks\x12\x1c.heapd.v1.AssignTasksRequest\x1a\x1d.heapd.v1.AssignTasksResponse\x12O\n\x0c\x41ssignStream\x12\x1c.heapd.v1.AssignTasksRequest\x1a\x1d.heapd.v1.AssignTasksResponse(\x01\x30\x01\x12K\n\nCancelTask\x12\x1d.heapd.v1.WorkerCancelRequest\x1a\x1e.heapd.v1.WorkerCancelResponse\x12\x38\n\x05\x44rain\x12\x16.heapd.v1.DrainRequest\x1a\x17.heapd.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheapd/v1/worker_service.proto\x12\x08heapd.v1\"p\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04spec\x18\x03 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\r\n\x05trace\x18\x06 \x01(\x08\"1\n\rAssignmentRef\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x9a\x01\n\x12\x41ssignTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.heapd.v1.Assignment\x12\'\n\x06revoke\x18\x04 \x03(\x0b\x32\x17.heapd.v1.AssignmentRef\x12\x14\n\x0c\x64\x65\x66\x65r_answer\x18\x05 \x01(\x08\"s\n\x13\x41ssignTasksResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07refused\x18\x02 \x01(\t\x12(\n\x07revoked\x18\x03 \x03(\x0b\x32\x17.heapd.v1.AssignmentRef\x12\x0f\n\x07\x61nswers\x18\x04 \x01(\r\"7\n\x13WorkerCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"%\n\x14WorkerCancelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0e\n\x0c\x44rainRequest\" \n\rDrainResponse\x12\x0f\n\x07running\x18\x01 \x01(\r2\xb3\x02\n\rWorkerService\x12J\n\x0b\x41ssignTasks\x12\x1c.heapd.v1.AssignTasksRequest\x1a\x1d.heapd.v1.AssignTasksResponse\x12O\n\x0c\x41ssignStream\x12\x1c.heapd.v1.AssignTasksRequest\x1a\x1d.heapd.v1.AssignTasksResponse(\x01\x30\x01\x12K\n\nCancelTask\x12\x1d.heapd.v1.WorkerCancelRequest\x1a\x1e.heapd.v1.WorkerCancelResponse\x12\x38\n\x05\x44rain\x12\x16.heapd.v1.DrainRequest\x1a\x17.heapd.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heapd.v1.worker_service_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSIGNMENT']._serialized_start=43
-  _globals['_ASSIGNMENT']._serialized_end=140
-  _globals['_ASSIGNMENTREF']._serialized_start=142
-  _globals['_ASSIGNMENTREF']._serialized_end=191
-  _globals['_ASSIGNTASKSREQUEST']._serialized_start=194
-  _globals['_ASSIGNTASKSREQUEST']._serialized_end=326
-  _globals['_ASSIGNTASKSRESPONSE']._serialized_start=328
-  _globals['_ASSIGNTASKSRESPONSE']._serialized_end=426
-  _globals['_WORKERCANCELREQUEST']._serialized_start=428
-  _globals['_WORKERCANCELREQUEST']._serialized_end=483
-  _globals['_WORKERCANCELRESPONSE']._serialized_start=485
-  _globals['_WORKERCANCELRESPONSE']._serialized_end=522
-  _globals['_DRAINREQUEST']._serialized_start=524
-  _globals['_DRAINREQUEST']._serialized_end=538
-  _globals['_DRAINRESPONSE']._serialized_start=540
-  _globals['_DRAINRESPONSE']._serialized_end=572
-  _globals['_WORKERSERVICE']._serialized_start=575
-  _globals['_WORKERSERVICE']._serialized_end=882
+  _globals['_ASSIGNMENT']._serialized_end=155
+  _globals['_ASSIGNMENTREF']._serialized_start=157
+  _globals['_ASSIGNMENTREF']._serialized_end=206
+  _globals['_ASSIGNTASKSREQUEST']._serialized_start=209
+  _globals['_ASSIGNTASKSREQUEST']._serialized_end=363
+  _globals['_ASSIGNTASKSRESPONSE']._serialized_start=365
+  _globals['_ASSIGNTASKSRESPONSE']._serialized_end=480
+  _globals['_WORKERCANCELREQUEST']._serialized_start=482
+  _globals['_WORKERCANCELREQUEST']._serialized_end=537
+  _globals['_WORKERCANCELRESPONSE']._serialized_start=539
+  _globals['_WORKERCANCELRESPONSE']._serialized_end=576
+  _globals['_DRAINREQUEST']._serialized_start=578
+  _globals['_DRAINREQUEST']._serialized_end=592
+  _globals['_DRAINRESPONSE']._serialized_start=594
+  _globals['_DRAINRESPONSE']._serialized_end=626
+  _globals['_WORKERSERVICE']._serialized_start=629
+  _globals['_WORKERSERVICE']._serialized_end=936
 # @@protoc_insertion_point(module_scope)
