@@ -32,28 +32,4 @@ class Beat:
     # when this message arrived (unix ns; 0 when nothing is traced).
     traces: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
     received_ns: int = 0
-    defer_ack: bool = False  # acknowledged with the next reply (see `Acks`)
-
-
-class Acks:
-    """A Heartbeat stream's acknowledgements, cumulative: a message that defers its reply is
-    counted, and the next reply acknowledges every message counted (with their results'
-    figures). A reply goes out for a message that does not defer, or when the worker has
-    cancels waiting: a busy worker's results cost no reply message each."""
-
-    def __init__(self) -> None:
-        self.pending = 0  # messages not yet acknowledged
-        self.accepted = 0
-        self.stale = 0
-
-    def count(self, outcome: shm.CompleteOutcome) -> None:
-        """One more message, whose results settled as `outcome`."""
-        self.pending += 1
-        self.accepted += outcome.accepted
-        self.stale += outcome.stale
-
-    def take(self) -> tuple[int, int, int]:
-        """(messages, results accepted, results stale) to acknowledge now; counts restart."""
-        taken = (self.pending, self.accepted, self.stale)
-        self.pending = self.accepted = self.stale = 0
-        return taken
+    defer_ack: bool = False  # acknowledged with the next reply (`heapd.register.service`)

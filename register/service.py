@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from heapd import shm
 from heapd.errors import InvalidArgument
 from heapd.register import convert
-from heapd.register.beats import Acks
 from heapd.register.daemon import Register
 from heapd.runtime import config, status
 from heapd.runtime.server import Registration
@@ -44,6 +44,30 @@ class Limits:
 
 class NotProven(Exception):
     """The caller does not prove the registration it names (PERMISSION_DENIED)."""
+
+
+class Acks:
+    """A Heartbeat stream's acknowledgements, cumulative: a message that defers its reply is
+    counted, and the next reply acknowledges every message counted (with their results'
+    figures). A reply goes out for a message that does not defer, or when the worker has
+    cancels waiting: a busy worker's results cost no reply message each."""
+
+    def __init__(self) -> None:
+        self.pending = 0  # messages not yet acknowledged
+        self.accepted = 0
+        self.stale = 0
+
+    def count(self, outcome: shm.CompleteOutcome) -> None:
+        """One more message, whose results settled as `outcome`."""
+        self.pending += 1
+        self.accepted += outcome.accepted
+        self.stale += outcome.stale
+
+    def take(self) -> tuple[int, int, int]:
+        """(messages, results accepted, results stale) to acknowledge now; counts restart."""
+        taken = (self.pending, self.accepted, self.stale)
+        self.pending = self.accepted = self.stale = 0
+        return taken
 
 
 class RegisterService(register_service_pb2_grpc.RegisterServiceServicer):  # type: ignore[misc]

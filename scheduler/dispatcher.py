@@ -12,11 +12,13 @@ dropped as stale). Counting here too would count an attempt twice, or count a di
 worker that was already dead and never ran it; requeueing here at once would feed a dead worker
 its task again before the register buried it.
 
-Answers are cumulative: a group of tasks defers its answer (while fewer than ANSWER_EVERY requests
-are unanswered), and the worker's next answer — to a request that does not defer, a revocation,
-or one it refuses — covers it with those before it, in order (all taken): a busy worker costs no
-answer message per group. Unanswered groups are only what a broken stream makes the scheduler
-wait out (RECLAIM_AFTER_S), so deferring changes no outcome.
+Answers are cumulative: a group of tasks written while more wait in the outbox defers its answer
+(while fewer than ANSWER_EVERY requests are unanswered), and the worker's next answer — to the
+last group of the burst, which never defers, a revocation, or a request it refuses — covers it
+with those before it, in order (all taken): a burst costs one answer, not one per group. As the
+last group of every burst asks, what is unanswered once a burst is written is only what is in
+flight, as before: deferring adds no task to what a broken stream or a stopping scheduler
+requeues.
 
 A feed's writer or reader that fails unexpectedly (not a stream error) closes its feed like a
 broken stream, so its tasks go back to the queue. A feed's closing and a delayed requeue are the
@@ -182,7 +184,11 @@ class WorkerFeed:
                 while self._outbox:
                     group = self._outbox.popleft()
                     self._unanswered.append(group)
-                    defer = isinstance(group, list) and len(self._unanswered) < ANSWER_EVERY
+                    defer = (
+                        isinstance(group, list)
+                        and bool(self._outbox)
+                        and len(self._unanswered) < ANSWER_EVERY
+                    )
                     if isinstance(group, list):
                         self._on_sent(group)
                     await self._stream.send(group, defer)

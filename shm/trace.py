@@ -106,11 +106,6 @@ class TraceRings:
             count += 1
         words[base] = count  # after the entries: a reader never counts an unwritten one
 
-    def record_each(self, writer: Writer, stamps: Iterable[tuple[int, Hop, int]]) -> None:
-        """Record (task id, hop, ns) stamps taken elsewhere (a worker's)."""
-        for task_id, hop, ns in stamps:
-            self.record(writer, hop, (task_id,), ns)
-
     def read(self) -> list[Stamp]:
         """Every stamp the rings still hold, oldest first within each ring."""
         words = np.frombuffer(self._words, dtype=np.int64).reshape(WRITERS, RING_WORDS)

@@ -32,6 +32,7 @@ class FakeStream:
         self.address = address
         self.send_error = send_error
         self.sent: list[list[Ref]] = []
+        self.deferred: list[bool] = []  # per request sent: whether it deferred its answer
         self.answers_in: asyncio.Queue[str | Answer | Exception] = asyncio.Queue()
         self.closing = asyncio.Event()  # close() was called
         self.release = asyncio.Event()  # close() may return
@@ -42,6 +43,7 @@ class FakeStream:
     async def send(self, request: Request, defer: bool = False) -> None:
         if self.send_error is not None:
             raise self.send_error
+        self.deferred.append(defer)
         if isinstance(request, Revoke):
             self.sent.append(list(request.refs))
         else:
@@ -164,6 +166,25 @@ def test_tasks_sent_to_a_closing_feed_go_back_to_the_queue() -> None:
 
         assert stream.sent == [[(1, 1)]]
         assert sorted(cell.requeued) == [[(1, 1)], [(3, 1)]]
+        assert not others()
+
+    asyncio.run(main())
+
+
+def test_a_burst_asks_one_answer_and_a_refusal_is_about_the_latest_request() -> None:
+    async def main() -> None:
+        streams, cell = Streams(), RequeueLog()
+        dispatcher = Dispatcher(cell, streams, lifelines())  # type: ignore[arg-type]
+        for task_id in (1, 2, 3):  # three rounds before the feed's writer runs: one burst
+            dispatcher.send([dispatch(task_id)])
+        [stream] = streams.opened
+        await stream.until_sent(3)
+        assert stream.deferred == [True, True, False], "only the burst's last group asks"
+        stream.answers_in.put_nowait(Answer(refused="worker is draining", revoked=[], answers=3))
+        await cell.some.wait()
+        assert cell.requeued == [[(3, 1)]], "the two deferred groups were taken"
+        await dispatcher.close()
+        assert cell.requeued == [[(3, 1)]], "nothing was left unanswered to requeue"
         assert not others()
 
     asyncio.run(main())

@@ -12,6 +12,9 @@ from heapd import shm
 from heapd.core import ClientCore
 from heapd.errors import InvalidArgument
 from heapd.register.convert import beat_from_proto
+from heapd.register.service import Acks
+from heapd.runtime.bench import trace
+from heapd.runtime.bench.trace import ClientStamps
 from heapd.shm.trace import TRACE_ENTRIES
 from heapd.v1 import register_service_pb2 as pb
 from heapd.v1 import task_pb2
@@ -88,3 +91,24 @@ def test_the_register_takes_six_worker_stamps_and_refuses_other_counts() -> None
         beat_from_proto(_beat(1, 2))
     with pytest.raises(InvalidArgument, match="non-negative"):
         beat_from_proto(_beat(1, 2, 3, -4, 5, 6))
+
+
+def test_a_cell_without_a_journal_reports_the_path_without_the_commit() -> None:
+    client = ClientStamps(every=1)
+    client.stamps[9] = {shm.Hop.CLIENT_SENT: 100, shm.Hop.CLIENT_RECEIVED: 900}
+    client.stamps[9][shm.Hop.CLIENT_RESOLVED] = 950
+    cell_hops = [h for h in shm.Hop if h not in client.stamps[9] and h != shm.Hop.PLM_COMMITTED]
+    stamps = [shm.Stamp(9, hop, 100 + 40 * i) for i, hop in enumerate(cell_hops, start=1)]
+    joined = trace.join(stamps, client)
+    assert list(joined) == [9]
+    summary = trace.summarize(joined)
+    assert "plm_queued -> plm_committed" not in summary
+    assert summary["round trip"]["p50_us"] == (950 - 100) / 1000
+
+
+def test_a_heartbeat_reply_acknowledges_every_message_since_the_last() -> None:
+    acks = Acks()
+    acks.count(shm.CompleteOutcome(2, 0, 0))
+    acks.count(shm.CompleteOutcome(1, 1, 0))
+    assert acks.take() == (2, 3, 1)
+    assert acks.take() == (0, 0, 0)

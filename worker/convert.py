@@ -216,7 +216,7 @@ def heartbeat_request(
 ) -> register_service_pb2.HeartbeatRequest:
     """One heartbeat carrying started attempts and finished results; `defer_ack`: no reply
     needed now."""
-    return register_service_pb2.HeartbeatRequest(
+    request = register_service_pb2.HeartbeatRequest(
         worker_id=member.worker_id,
         epoch=member.epoch,
         secret=member.secret,
@@ -228,7 +228,6 @@ def heartbeat_request(
                 state=task_pb2.SUCCEEDED if r.succeeded else task_pb2.FAILED,
                 retryable=r.retryable,
                 outcome=r.outcome,
-                trace_ns=(*r.trace_ns, time.time_ns()) if r.trace_ns else (),
             )
             for r in results
         ],
@@ -236,6 +235,11 @@ def heartbeat_request(
         draining=draining,
         defer_ack=defer_ack,
     )
+    if any(r.trace_ns for r in results):  # traced (shm.trace): the worker's stamps, and now
+        for completion, r in zip(request.completions, results, strict=True):
+            if r.trace_ns:
+                completion.trace_ns.extend((*r.trace_ns, time.time_ns()))
+    return request
 
 
 def heartbeat_ack_from_proto(reply: register_service_pb2.HeartbeatResponse) -> HeartbeatAck:

@@ -60,6 +60,7 @@ class HeartbeatLink:
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self._flushing = 0  # flush() calls waiting: every message asks for a reply
+        self._answered = False  # the register has answered on the current stream
         self.acked_at = 0.0  # time.monotonic() of the last reply from the register
         self.sent_results = 0
         self.stale_results = 0
@@ -100,6 +101,7 @@ class HeartbeatLink:
         while self._unacked:  # resend what the last stream may have lost
             self._results[:0] = self._unacked.pop()
         call = register.heartbeat()
+        self._answered = False
         reader = asyncio.create_task(self._read(call))
         loop = asyncio.get_running_loop()
         try:
@@ -126,6 +128,7 @@ class HeartbeatLink:
                     self._unacked.popleft()
                 self.stale_results += ack.stale
                 self.acked_at = time.monotonic()
+                self._answered = True
                 if self._on_heard is not None:
                     heard, self._on_heard = self._on_heard, None
                     heard()
@@ -148,12 +151,12 @@ class HeartbeatLink:
 
     def _defers(self, started: list[tuple[int, int]], results: list[JobResult]) -> bool:
         """Whether the next message may go without a reply of its own: it reports work (a
-        periodic beat always asks), the register has answered this worker within the last
-        interval, nobody waits on a flush, and fewer than ACK_EVERY messages (this one
+        periodic beat always asks), the register has answered on this stream, and within the
+        last interval, nobody waits on a flush, and fewer than ACK_EVERY messages (this one
         included) are unacknowledged."""
         return (
             bool(started or results)
-            and self._on_heard is None
+            and self._answered
             and not self._flushing
             and len(self._unacked) < ACK_EVERY
             and time.monotonic() - self.acked_at < self.member.interval_s

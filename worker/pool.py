@@ -19,7 +19,9 @@ What the pool reports, through the two callbacks given to `bind`:
 A job given back (`revoke`) or dropped with everything (`cancel_all`: the worker lost its
 membership) is reported by nobody. A child that is killed (timeout, cancel) or dies is replaced
 at once; the jobs it had not started go back to the front of the local queue, so they keep
-their turn.
+their turn. The first job of each hand-off counts as started when it is handed over (the child
+starts it on arrival, without a message): a child that dies before it really starts that job
+(killed from outside in those microseconds) fails it as CRASHED, retryable.
 
 Each outcome a child reports weighs at most `max_result_bytes` (`heapd.worker.execute.capped`).
 """
@@ -123,8 +125,8 @@ class Pool:
         self._children: list[_Child | None] = [None] * slots
         self._queue: list[tuple[int, int, int, Job]] = []  # heap of (-priority, id, attempt, job)
         self._keys: set[Key] = set()  # queued or assigned: a duplicate submission is dropped
-        # Traced jobs (shm.trace) handed to a child: received, handed, child started (unix ns).
-        self._traces: dict[Key, list[int]] = {}
+        # Traced jobs (shm.trace) handed to a child: when the worker received and handed them.
+        self._traces: dict[Key, tuple[int, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_started: Callable[[list[Key]], None] = _ignore
         self._on_results: Callable[[list[JobResult]], None] = _ignore
@@ -539,7 +541,7 @@ class Pool:
         reported a result: killed, revoked, their child died)."""
         if len(self._traces) >= TRACED_MAX:
             del self._traces[next(iter(self._traces))]
-        self._traces[key] = [received_ns, time.time_ns()]
+        self._traces[key] = (received_ns, time.time_ns())
 
     def _skip(self, child: _Child, key: Key) -> None:
         """Cancel a job handed to a child but not started; if it starts anyway, it is killed."""

@@ -255,14 +255,13 @@ class _Bars:
     ) -> Figures:
         """`run(cell)` of workload `name`, with a bar over its tasks if it counts them;
         `traced`: W2 traced (`heapd.runtime.bench.trace`)."""
-        if traced is not None:
-            run = functools.partial(run_w2, traced=traced)
         progress = self._progress
-        if name not in COUNTED or progress is None:
-            return run(cell)
-        counted, total = COUNTED[name]
+        counted: Callable[[LocalCell, Tick], Figures] | None = COUNTED.get(name, (None, 0))[0]
         if traced is not None:
-            counted = functools.partial(run_w2, traced=traced)
+            run = counted = functools.partial(run_w2, traced=traced)
+        if counted is None or progress is None:
+            return run(cell)
+        total = COUNTED[name][1]
         bar = progress.add_task(label, total=total)
         try:
             return counted(cell, lambda done: progress.update(bar, completed=done, refresh=True))

@@ -65,14 +65,15 @@ def report(cell: str, client: ClientStamps) -> dict[str, dict[str, float]]:
 
 def join(cell_stamps: Sequence[Stamp], client: ClientStamps) -> dict[int, dict[Hop, int]]:
     """Every traced task's stamps, the cell's and the client's, by task id; only tasks with a
-    stamp at every hop (a ring may have wrapped over the earliest)."""
+    stamp at every hop of the path (a ring may have wrapped over the earliest; a cell without a
+    journal stamps no PLM_COMMITTED)."""
     tasks: dict[int, dict[Hop, int]] = {}
     for stamp in cell_stamps:
         if stamp.task_id in client.stamps:
             tasks.setdefault(stamp.task_id, dict(client.stamps[stamp.task_id]))[stamp.hop] = (
                 stamp.ns
             )
-    return {task_id: hops for task_id, hops in tasks.items() if len(hops) == len(Hop)}
+    return {task_id: hops for task_id, hops in tasks.items() if all(h in hops for h in PATH)}
 
 
 def summarize(tasks: dict[int, dict[Hop, int]]) -> dict[str, dict[str, float]]:
@@ -83,6 +84,8 @@ def summarize(tasks: dict[int, dict[Hop, int]]) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {}
     steps = [*itertools.pairwise(PATH), *((b, h) for h, b in BRANCHES.items())]
     for before, hop in steps:
+        if not all(hop in t and before in t for t in tasks.values()):
+            continue  # a branch this cell does not stamp (no journal: no PLM_COMMITTED)
         gaps = [(t[hop] - t[before]) / 1000 for t in tasks.values()]
         since = [(t[hop] - t[Hop.CLIENT_SENT]) / 1000 for t in tasks.values()]
         report[f"{before.name.lower()} -> {hop.name.lower()}"] = {
