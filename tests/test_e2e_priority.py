@@ -136,8 +136,10 @@ def test_each_policy_runs_a_load_on_every_worker(start_cell: StartCell, policy: 
     the cell records (and `heapd status` shows) which policy its scheduler uses."""
     cell = start_cell(workers=3, slots=2, extra_args=("--policy", policy))
     with Client(cell.address) as client:
-        squares = client.map(t.square, range(300))
+        # Ahead of the load: placed while every worker has room (behind it, a deep prefetch may
+        # hand the last 60 to two workers' refills, whatever the policy).
         pids = [client.submit(t.whoami) for _ in range(60)]
+        squares = client.map(t.square, range(300))
         assert client.gather(squares, timeout=60) == [i * i for i in range(300)]
         assert len(set(client.gather(pids, timeout=60))) == 3, "every worker took work"
         status = client.cluster_status()
