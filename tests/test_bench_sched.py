@@ -4,12 +4,14 @@ functions the bench runs: the report's shape, and every task completed. No time 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from rich.console import Console
 
-from heapd.runtime.bench import makespan, priority, runner
+from heapd.runtime.bench import makespan, priority, profiling, runner
 from heapd.runtime.bench.cells import OpenCell
 from tests.conftest import StartCell
+from tests.test_profile import read_rows, settled_sum
 
 FIGURES = {
     "ratio",
@@ -22,9 +24,12 @@ FIGURES = {
 }
 
 
-def test_w3_reports_every_policy_on_both_cells(open_cell: OpenCell) -> None:
+def test_w3_reports_every_policy_on_both_cells(open_cell: OpenCell, tmp_path: Path) -> None:
+    """Also through the bench's profiling opener (`heapd bench --profile`): one CSV per cell."""
     policies = ("least-loaded", "power-of-two")
-    report = makespan.measure(1, lambda _: None, open_cell, tasks=8, policies=policies)
+    profiles = tmp_path / "profiles"
+    opened = profiling.opener(open_cell, profiles, "W3")
+    report = makespan.measure(1, lambda _: None, opened, tasks=8, policies=policies)
     assert set(report) == {*policies, "hetero"}
     assert set(report["hetero"]) == set(policies)
     for figures in [*(report[p] for p in policies), *report["hetero"].values()]:
@@ -35,6 +40,10 @@ def test_w3_reports_every_policy_on_both_cells(open_cell: OpenCell) -> None:
     Console(file=out, width=200).print(runner.render({"W3": report}))
     text = out.getvalue()
     assert "W3 least-loaded" in text and "W3 hetero power-of-two" in text
+    files = sorted(p.name for p in profiles.iterdir())
+    assert files == [f"W3-{cell}-{p}.csv" for cell in ("w3", "w3h") for p in policies]
+    for name in files:
+        assert settled_sum(read_rows((profiles / name).read_text())) == 8
 
 
 def test_w3_durations_are_the_workloads() -> None:

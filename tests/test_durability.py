@@ -57,7 +57,7 @@ def power_cut(cell: LocalCell) -> float:
     return killed_at
 
 
-@pytest.mark.parametrize("done_before_kill", [0, TASKS // 3, TASKS * 2 // 3])
+@pytest.mark.parametrize("done_before_kill", [0, TASKS * 2 // 3])  # before any, and mid-run
 def test_a_host_restart_loses_no_acknowledged_task(
     start_cell: StartCell, tmp_path: Path, done_before_kill: int
 ) -> None:

@@ -20,8 +20,7 @@ import pytest
 
 from heapd import Client
 from heapd.runtime import profile
-from heapd.runtime.bench import floors, makespan, profiling, runner
-from heapd.runtime.bench.cells import OpenCell
+from heapd.runtime.bench import floors, runner
 from heapd.runtime.config import Durability
 from heapd.shm import Cell, CellNotFound, Completion, NewTask, TaskState
 from tests import shm_helpers
@@ -280,18 +279,6 @@ def test_heapd_profile_on_a_real_cell_until_sigint(start_cell: StartCell, tmp_pa
     assert {r["slots_total"] for r in rows} == {"2"}
     elapsed = [float(r["elapsed_s"]) for r in rows]
     assert elapsed == sorted(elapsed)
-
-
-def test_a_profiled_w3_cell_per_label(open_cell: OpenCell, tmp_path: Path) -> None:
-    """The bench's opener for workloads with their own cells: one CSV per cell."""
-
-    directory = tmp_path / "profiles"
-    opened = profiling.opener(open_cell, directory, "W3")
-    makespan.measure(1, lambda _: None, opened, tasks=10, policies=("least-loaded",))
-    files = sorted(p.name for p in directory.iterdir())
-    assert files == ["W3-w3-least-loaded.csv", "W3-w3h-least-loaded.csv"]
-    for name in files:
-        assert settled_sum(read_rows((directory / name).read_text())) == 10
 
 
 def test_bench_measure_writes_a_profile_per_run(
