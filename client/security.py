@@ -119,6 +119,8 @@ class Security:
 
 def _target_options(address: str, options: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """`options`, with the authority of a unix: target (`UNIX_AUTHORITY`)."""
+    # Not `heapd.runtime.sockets.is_unix`: that module pulls in heapd.shm (numpy), and
+    # `import heapd` stays light (tests/test_public_api.py).
     if address.startswith("unix:") and all(key != UNIX_AUTHORITY[0] for key, _ in options):
         return [*options, UNIX_AUTHORITY]
     return options

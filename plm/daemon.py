@@ -182,22 +182,17 @@ class Plm:
         now = received / 1e9
         ids, fresh = self._queue(intake, now) if intake.tasks else ([], [])
         traced = intake.traced(ids) if ids else []
-        if traced:
-            self._trace(Hop.PLM_RECEIVED, traced, received)
-            self._trace(Hop.PLM_QUEUED, traced)
+        if traced:  # traced to their delivery (shm.trace)
+            self._traced.update(traced)
+            self.cell.trace(Writer.PLM, Hop.PLM_RECEIVED, traced, received)
+            self.cell.trace(Writer.PLM, Hop.PLM_QUEUED, traced)
         if self._commits is not None and fresh:
             await self._journal_submitted(intake, ids, fresh, now)
             if traced:
-                self._trace(Hop.PLM_COMMITTED, traced)
+                self.cell.trace(Writer.PLM, Hop.PLM_COMMITTED, traced)
         elif self._commits is not None and intake.acks:
             await self._journal_acks()  # acknowledged means gone, also after a restart
         return ids
-
-    def _trace(self, hop: Hop, task_ids: list[int], ns: int = 0) -> None:
-        """Record a hop of traced tasks (`shm.trace`); they are traced to their delivery."""
-        if hop is Hop.PLM_RECEIVED:
-            self._traced.update(task_ids)
-        self.cell.trace(Writer.PLM, hop, task_ids, ns)
 
     async def _journal_acks(self) -> None:
         """Wait until the deletions of acknowledged results are committed."""
@@ -403,10 +398,8 @@ class Plm:
         the delivered TTL."""
         assert self._held is not None
         while ids := self.cell.take_finished(FINISHED_BATCH):
-            if self._traced:
-                collected = [task_id for task_id in ids if task_id in self._traced]
-                if collected:
-                    self.cell.trace(Writer.PLM, Hop.PLM_COLLECTED, collected)
+            if self._traced and (collected := [i for i in ids if i in self._traced]):
+                self.cell.trace(Writer.PLM, Hop.PLM_COLLECTED, collected)
             # The streams waiting for these are woken first, so their writes run before the
             # journal's commit (in its thread) competes with them for the GIL; the journal and
             # the dependents read the results in this call, before anything can release them.

@@ -227,18 +227,23 @@ class Register:
         self.results_per_beat.observe(len(beat.completions))
         outcome = self._settle(beat.worker_id, beat.epoch, beat.completions, now)
         if beat.traces:
-            self._trace(beat)
+            self._trace(beat, outcome)
         return outcome
 
-    def _trace(self, beat: Beat) -> None:
-        """Record the hops of the traced attempts of one heartbeat: the worker's, its arrival
-        and their settling (`shm.trace`)."""
+    def _trace(self, beat: Beat, outcome: shm.CompleteOutcome) -> None:
+        """Record the hops of the traced attempts of one heartbeat that settled here (not the
+        stale ones: a result sent again after a broken stream): the worker's, its arrival and
+        their settling (`shm.trace`)."""
         writer = shm.Writer.REGISTER
-        for task_id, stamps in beat.traces:
+        stale = {beat.completions[i].task_id for i in outcome.stale_at}
+        traces = [(task_id, stamps) for task_id, stamps in beat.traces if task_id not in stale]
+        if not traces:
+            return
+        for task_id, stamps in traces:
             for hop, ns in zip(shm.WORKER_HOPS, stamps, strict=True):
                 if ns:
                     self.cell.trace(writer, hop, (task_id,), ns)
-        traced = [task_id for task_id, _ in beat.traces]
+        traced = [task_id for task_id, _ in traces]
         self.cell.trace(writer, shm.Hop.REGISTER_RECEIVED, traced, beat.received_ns)
         self.cell.trace(writer, shm.Hop.REGISTER_SETTLED, traced)
 

@@ -60,12 +60,13 @@ async def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
+    credentials = security.server_credentials() if security.tls else None  # read once
     bound = 0
     if port is not None:
-        bound = _listen(server, format_address(host, port), security)
+        bound = _listen(server, format_address(host, port), credentials)
         if bound == 0:
             raise OSError(f"cannot listen on {format_address(host, port)}")
-    if socket and _listen(server, sockets.address(socket), security) == 0:
+    if socket and _listen(server, sockets.address(socket), credentials) == 0:
         raise OSError(f"cannot listen on the Unix socket {socket}")
     await server.start()
     if socket:
@@ -75,9 +76,11 @@ async def start(
     return server, bound
 
 
-def _listen(server: grpc.aio.Server, address: str, security: RoleSecurity) -> int:
-    """Add a port at `address` (host:port or unix:path), TLS when `security` has a
-    certificate; gRPC's answer (the bound port, 1 for a socket, 0 if it cannot)."""
-    if security.tls:
-        return int(server.add_secure_port(address, security.server_credentials()))
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Add a port at `address` (host:port or unix:path), TLS with `credentials`; gRPC's
+    answer (the bound port, 1 for a socket, 0 if it cannot)."""
+    if credentials is not None:
+        return int(server.add_secure_port(address, credentials))
     return int(server.add_insecure_port(address))

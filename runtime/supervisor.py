@@ -171,7 +171,6 @@ class Supervisor:
         self._failed: str | None = None
         self._created = False  # the cell's shared memory is ours to remove
         self._sockets = False  # and its socket directory
-        self._refused = False  # the socket directory cannot be used
         self._killed = False
         self._drains: set[asyncio.Task[None]] = set()
 
@@ -210,8 +209,10 @@ class Supervisor:
         # Only once the cell is ours: a refused second `heapd up` must not take the running
         # one's pid file away, nor its sockets.
         pidfiles.claim(self.plan.cell)
+        refused = False  # the socket directory cannot be used
         try:
-            if self._make_socket_dir() and await self._start_all():
+            refused = not self._make_socket_dir()
+            if not refused and await self._start_all():
                 self._announce()
                 await self._supervise()
         finally:
@@ -221,7 +222,7 @@ class Supervisor:
             pidfiles.release(self.plan.cell)
         if self._killed:
             return EXIT_KILLED
-        if self._refused:
+        if refused:
             return EXIT_SOCKETS
         return EXIT_ROLE_FAILED if self._failed else EXIT_OK
 
@@ -236,7 +237,6 @@ class Supervisor:
             sockets.ensure_dir(self.plan.socket_dir)
         except sockets.SocketPathError as exc:
             print(f"heapd up: {exc}", file=sys.stderr)
-            self._refused = True
             return False
         self._sockets = True
         return True

@@ -190,9 +190,6 @@ class Scheduler:
                     extra={"fields": {"task_id": task_id, "why": why}},
                 )
             if done.dispatches:
-                traced = [d.task_id for d in done.dispatches if d.traced]
-                if traced:
-                    self.cell.trace(shm.Writer.SCHEDULER, shm.Hop.SCHEDULER_POPPED, traced)
                 self._dispatcher.send(done.dispatches)
                 self._prefetched.sent(done.dispatches)
                 total += len(done.dispatches)

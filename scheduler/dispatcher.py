@@ -242,10 +242,16 @@ class Dispatcher:
         self.revoked = 0
 
     def send(self, dispatches: Sequence[shm.Dispatch]) -> None:
-        """Hand each worker its share of this round (does not wait)."""
+        """Hand each worker its share of this round (does not wait); the traced tasks among
+        them were popped now (`shm.trace`)."""
         by_address: dict[str, list[shm.Dispatch]] = defaultdict(list)
+        traced = []
         for d in dispatches:
             by_address[d.address].append(d)
+            if d.traced:
+                traced.append(d.task_id)
+        if traced:
+            self._cell.trace(shm.Writer.SCHEDULER, shm.Hop.SCHEDULER_POPPED, traced)
         for address, group in by_address.items():
             self._feed(address).send(group)
 

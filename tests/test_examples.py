@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 from rich.console import Console
 
 from heapd.cli.progress import task_progress
@@ -133,7 +132,7 @@ def test_progress_draws_bar_count_and_rate_on_a_terminal() -> None:
     assert "eta" in text
 
 
-def test_bench_bars_count_steps_and_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_bars_count_steps_and_tasks() -> None:
     """The bench's bars: one over its steps; a run of a counted workload gets a bar of its own,
     moved by the workload's ticks, and removed when the run ends."""
     out = io.StringIO()
@@ -148,12 +147,11 @@ def test_bench_bars_count_steps_and_tasks(monkeypatch: pytest.MonkeyPatch) -> No
                 seen.append(int(progress.tasks[-1].completed))
             return {"tasks_per_s": 1.0}
 
-        monkeypatch.setitem(runner.COUNTED, "TEST", (counted, 2000))
-        figures = bars.run("TEST", lambda cell: {}, None, "TEST run 1/1")  # type: ignore[arg-type]
+        figures = bars.run(lambda cell: {}, None, "TEST run 1/1", (counted, 2000))  # type: ignore[arg-type]
         assert figures == {"tasks_per_s": 1.0}
         assert seen == [1000, 2000]
         assert len(progress.tasks) == 1, "the run's bar is gone"
-        assert bars.run("W4", lambda cell: {"x": 1.0}, None, "W4") == {"x": 1.0}  # type: ignore[arg-type]
+        assert bars.run(lambda cell: {"x": 1.0}, None, "W4") == {"x": 1.0}  # type: ignore[arg-type]
         bars.step_done()
         assert progress.tasks[0].completed == 2
     assert "TEST run 1/1" in out.getvalue()

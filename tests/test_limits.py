@@ -52,7 +52,7 @@ from heapd.v1 import (
     task_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
-from tests.helpers import authed_channel
+from tests.helpers import authed_channel, eventually
 
 pb = task_service_pb2
 SLEEP = task_pb2.TaskSpec(builtin=task_pb2.BuiltinCall(name="sleep"))
@@ -560,21 +560,13 @@ def test_watch_streams_per_peer_through_the_service(cell: shm.Cell) -> None:
             assert refused_.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "max_streams_per_peer=2" in (refused_.value.details() or "")
             opened[0].cancel()
-            await wait_for(lambda: plm.holding()[3] == 1)
+            await eventually(lambda: plm.holding()[3] == 1)
             again = stub.WatchTasks(pb.WatchTasksRequest(session="c", task_ids=[task_id]))
             assert (await again.read()).results[0].task_id == task_id
             again.cancel()
             opened[1].cancel()
 
     asyncio.run(main())
-
-
-async def wait_for(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout_s)
 
 
 def test_an_oversized_session_is_refused_on_every_submit_path_and_nothing_is_kept(
@@ -671,7 +663,7 @@ def test_results_behind_a_stream_that_stopped_reading_are_released_after_the_ttl
             cell.cancel(first, time.time())
             await reading  # delivered; the stream is now "writing" and never comes back
             cell.cancel(second, time.time())
-            await wait_for(lambda: released(cell, second), timeout_s=3.0)
+            await eventually(lambda: released(cell, second), timeout_s=3.0)
             await stream.aclose()
 
     asyncio.run(main())

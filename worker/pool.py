@@ -246,7 +246,11 @@ class Pool:
         if found:
             failure = cancelled()
             self._emit(
-                _Events(results=[_failed_key(key, failure, at) for key, at in found.items()])
+                _Events(
+                    results=[
+                        _failed(key, failure, at, retryable=False) for key, at in found.items()
+                    ]
+                )
             )
         return bool(found)
 
@@ -370,7 +374,8 @@ class Pool:
             self._respawn(child.index)
         if running is not None and failure is not None:
             self._keys.discard((running.task_id, running.attempt))
-            self._emit(_Events(results=[_failed(running, failure, child.started_at)]))
+            key = (running.task_id, running.attempt)
+            self._emit(_Events(results=[_failed(key, failure, child.started_at, retryable=True)]))
         self._dispatch()
 
     def _respawn(self, index: int) -> None:
@@ -615,16 +620,10 @@ def _expect_ready(child: _Child) -> None:
     child.ready = True
 
 
-def _failed(job: Job, failure: FailureInfo, started_at: float) -> JobResult:
-    """A retryable failure the pool decided (timeout, crash)."""
+def _failed(key: Key, failure: FailureInfo, started_at: float, retryable: bool) -> JobResult:
+    """A failure the pool decided: retryable for a timeout or crash, not for a cancel."""
     outcome = child_main.outcome_bytes(failure, started_at)
-    return JobResult(job.task_id, job.attempt, False, True, outcome)
-
-
-def _failed_key(key: Key, failure: FailureInfo, started_at: float) -> JobResult:
-    """A failure that is not retried (a cancel)."""
-    outcome = child_main.outcome_bytes(failure, started_at)
-    return JobResult(key[0], key[1], False, False, outcome)
+    return JobResult(key[0], key[1], False, retryable, outcome)
 
 
 def _kill_group(process: BaseProcess) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from heapd.client import Client
 from heapd.runtime.config import Durability, Transport
 from heapd.runtime.launch import LocalCell
 
@@ -43,6 +44,12 @@ def bench_cell(
         ) as cell,
     ):
         yield cell
+
+
+def client(cell: LocalCell, trace_every: int = 0) -> Client:
+    """A client of `cell` the way its host reaches it: over the PLM's Unix socket when the
+    cell has one, with the cell's token."""
+    return Client(cell.local_address, security=cell.security, trace_every=trace_every)
 
 
 def opener(durability: Durability, transport: Transport = Transport.UNIX) -> OpenCell:

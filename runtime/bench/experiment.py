@@ -46,8 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from heapd.client import Client
-from heapd.runtime.bench import makespan, spin
+from heapd.runtime.bench import cells, makespan, spin
 from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.launch import LocalCell
 
@@ -165,7 +164,7 @@ def run_once(
 ) -> PolicyRun:
     """Submit every task in one burst, wait for all; where and when each ran."""
     worker_of = {w.pid: i for i, w in enumerate(workers)}
-    with Client(cell.local_address, security=cell.security) as client:
+    with cells.client(cell) as client:
         makespan.wait_for_slots(client, sum(w.slots for w in workers))
         start = time.time()
         futures = client.map(spin.spin, seconds)

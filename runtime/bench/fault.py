@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from heapd.client import Client
+from heapd.runtime.bench import cells
 from heapd.runtime.bench.workloads import logged_sleep
 from heapd.runtime.launch import LocalCell
 
@@ -34,7 +35,7 @@ def run_w4(cell: LocalCell, hang: bool = False) -> Figures:
     """One repetition of W4 on a cell of 4 one-slot workers."""
     # ignore_cleanup_errors: in the hang variant the stopped worker's children may still write
     with (
-        Client(cell.local_address, security=cell.security) as client,
+        cells.client(cell) as client,
         tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch,
     ):
         _wait_for_workers(client, WORKERS)

@@ -23,6 +23,7 @@ from typing import Any
 
 from heapd import shm
 from heapd.client import Client
+from heapd.runtime.bench import cells
 from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.launch import LocalCell
 
@@ -53,7 +54,7 @@ def run_makespan(cell: LocalCell, seconds: Sequence[float], slots: int) -> Figur
     """One repetition: submit every sleep, wait for all; makespan against its lower bound."""
     bound = max(sum(seconds) / slots, max(seconds))
     greedy = greedy_makespan(seconds, slots)
-    with Client(cell.local_address, security=cell.security) as client:
+    with cells.client(cell) as client:
         wait_for_slots(client, slots)
         start = time.perf_counter()
         futures = [client.submit_builtin("sleep", seconds=s) for s in seconds]

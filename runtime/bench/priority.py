@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from heapd.client import Client
+from heapd.runtime.bench import cells
 from heapd.runtime.bench.workloads import started_sleep
 from heapd.runtime.launch import LocalCell
 
@@ -41,7 +41,7 @@ Figures = dict[str, float]
 
 def run_w7(cell: LocalCell, low: int = LOW_TASKS, high: int = HIGH_TASKS) -> Figures:
     """One repetition: queue the low tasks, and once they run, submit the high ones at once."""
-    with Client(cell.local_address, security=cell.security) as client:
+    with cells.client(cell) as client:
         lows = client.map(started_sleep, [TASK_S] * low, priority="low")
         lows[0].result(timeout=RESULT_TIMEOUT_S)  # the low tasks are running, the queue is deep
         submitted = time.time()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from heapd import shm
-from heapd.client import Client
+from heapd.runtime.bench import cells
 from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.bench.workloads import noop
 from heapd.runtime.config import UpConfig
@@ -61,7 +61,7 @@ def cell_args(tasks: int) -> list[str]:
 
 def run_size(cell: LocalCell, tasks: int, log: Callable[[str], None]) -> Figures:
     """One repetition at one size on a cell without workers: submit, attach a worker, drain."""
-    with Client(cell.local_address, security=cell.security) as client:
+    with cells.client(cell) as client:
         client.cluster_status()  # connected before the clock starts
         futures = []
         tail_s, tail = 0.0, 1

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from heapd.client import Client
+from heapd.runtime.bench import cells
 from heapd.runtime.bench.workloads import noop
 from heapd.runtime.config import Durability
 from heapd.runtime.launch import LocalCell
@@ -34,7 +34,7 @@ def run_recover(tasks: int, log: Callable[[str], None]) -> Figures:
         try:
             first.start()
             log(f"RECOVER: queueing {tasks:,} tasks")
-            with Client(first.address, security=first.security) as client:
+            with cells.client(first) as client:
                 for start in range(0, tasks, SUBMIT_BATCH):
                     count = min(SUBMIT_BATCH, tasks - start)
                     client.map(noop, range(start, start + count), batch_size=SUBMIT_BATCH)
@@ -46,7 +46,7 @@ def run_recover(tasks: int, log: Callable[[str], None]) -> Figures:
         started = time.perf_counter()
         try:
             second.start()
-            with Client(second.address, security=second.security) as client:
+            with cells.client(second) as client:
                 queued = client.cluster_status().queued
             seconds = time.perf_counter() - started
         finally:

@@ -18,7 +18,6 @@ from rich.progress import Progress
 from rich.table import Table
 
 from heapd.cli.progress import task_progress
-from heapd.client import Client
 from heapd.runtime.bench import (
     cells,
     fault,
@@ -54,7 +53,7 @@ def _no_tick(done: int) -> None:
 
 def run_w1(cell: LocalCell, tick: Tick = _no_tick) -> Figures:
     """W1: 20,000 no-op calls submitted in batches; wait for all; tasks/s."""
-    with Client(cell.local_address, security=cell.security) as client:
+    with cells.client(cell) as client:
         start = time.perf_counter()
         futures = client.map(noop, range(W1_TASKS))
         results: list[Any] = []
@@ -74,7 +73,7 @@ def run_w2(
     `traced`: every `traced.every`-th task is traced, its client side stamped there."""
     samples = []
     every = traced.every if traced is not None else 0
-    with Client(cell.local_address, security=cell.security, trace_every=every) as client:
+    with cells.client(cell, trace_every=every) as client:
         for i in range(W2_WARMUP + W2_ROUNDS):
             start = time.perf_counter()
             if traced is None:
@@ -215,6 +214,10 @@ def measure(
         run, workers, slots = WORKLOADS[name]
         log(f"{name}: starting a cell ({workers} worker x {slots} slots, {durability})")
         traced = trace.ClientStamps() if trace_w2 and name == "W2" else None
+        counted = COUNTED.get(name)
+        if traced is not None:
+            run = functools.partial(run_w2, traced=traced)
+            counted = (run, COUNTED[name][1])
         opened = cells.bench_cell(name, workers, slots, (), durability, transport)
         with opened as cell:
             runs = []
@@ -222,7 +225,7 @@ def measure(
                 log(f"{name}: run {i + 1}/{repeat}")
                 with profiling.sampled(cell, profile_dir, f"{name}-run{i + 1}"):
                     label = f"{name} run {i + 1}/{repeat}"
-                    runs.append(bars.run(name, run, cell, label, traced))
+                    runs.append(bars.run(run, cell, label, counted))
             if traced is not None:
                 report["TRACE"] = trace.report(cell.name, traced)
         report[name] = median_of(runs)
@@ -247,24 +250,20 @@ class _Bars:
 
     def run(
         self,
-        name: str,
         run: Callable[[LocalCell], Figures],
         cell: LocalCell,
         label: str,
-        traced: trace.ClientStamps | None = None,
+        counted: tuple[Callable[[LocalCell, Tick], Figures], int] | None = None,
     ) -> Figures:
-        """`run(cell)` of workload `name`, with a bar over its tasks if it counts them;
-        `traced`: W2 traced (`heapd.runtime.bench.trace`)."""
+        """`run(cell)`; for a workload that counts its tasks (`COUNTED`: the run that ticks,
+        and its total), the same run with a bar over its tasks."""
         progress = self._progress
-        counted: Callable[[LocalCell, Tick], Figures] | None = COUNTED.get(name, (None, 0))[0]
-        if traced is not None:
-            run = counted = functools.partial(run_w2, traced=traced)
         if counted is None or progress is None:
             return run(cell)
-        total = COUNTED[name][1]
+        ticking, total = counted
         bar = progress.add_task(label, total=total)
         try:
-            return counted(cell, lambda done: progress.update(bar, completed=done, refresh=True))
+            return ticking(cell, lambda done: progress.update(bar, completed=done, refresh=True))
         finally:
             progress.remove_task(bar)
 

@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heapd import shm
 from heapd.client import Client
+from heapd.runtime.bench import cells
 from heapd.runtime.bench.cells import OpenCell
 from heapd.runtime.bench.workloads import noop
 from heapd.runtime.config import SchedulerConfig
@@ -108,8 +109,7 @@ def scheduler_counters(cell: LocalCell) -> dict[str, float]:
     address = cell.info.get("metrics", {}).get("scheduler")
     if not address:
         raise ValueError("W6 needs a cell started with --metrics-port (no scheduler endpoint)")
-    token = cell.security.token
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = dict(cell.security.metadata())  # the bearer token, if the cell has one
     request = urllib.request.Request(f"http://{address}/metrics", headers=headers)
     with urllib.request.urlopen(request, timeout=SCRAPE_TIMEOUT_S) as reply:
         text = reply.read().decode()
@@ -136,7 +136,7 @@ def measure_cell(
     report: dict[str, Any] = {}
     with (
         open_cell("w6", 0, 1, ["--metrics-port", "0"]) as cell,
-        Client(cell.local_address, security=cell.security) as client,
+        cells.client(cell) as client,
     ):
         attached = 0
         for workers in counts:
