@@ -32,7 +32,7 @@ def test_policies_experiment_writes_plots_and_table(
     open_cell: OpenCell, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     plots = tmp_path / "plots"
-    policies = ("least-loaded", "power-of-two")  # two of the four: the same code, half the time
+    policies = ("power-of-two",)  # one of the four: the same code for each (the suite stays short)
     assert experiment.main("policies", open_cell, 1, plots, lambda _: None, 8, policies) == 0
 
     names = ["makespan.png", "queue.png", "latency-cdf.png"]
